@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`. Both bootstrap .venv when missing
+# and reinstall when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+BIN    := $(VENV)/bin
+
+.PHONY: demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/plastix run supervised
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "" 
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/diagnostics_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
