@@ -1,0 +1,215 @@
+"""Network-level diagnostics: every metric of every neuron layer from one forward/backward pass.
+
+``diagnose`` runs the network once on a scoring batch with zero perturbations added to every
+pre-activation, differentiates the loss with respect to the parameters and those perturbations,
+and turns activations ``h``, kernel gradients ``∂L/∂W`` and pre-activation gradients ``∂L/∂z``
+into per-neuron scores and masks (see :mod:`plastix.metrics.neurons`). Network-wide fractions
+count neurons, they do not average layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from plastix.metrics import neurons as nm
+from plastix.metrics.representation import effective_rank, srank
+from plastix.nn.topology import Params, Topology, capture, get_path, preactivation_shapes
+
+STAGNATION_SOURCES = ("grad", "update")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Thresholds of the diagnostics (DESIGN.md defaults).
+
+    Attributes:
+      tau: τ-dormant threshold on dormant scores (paper also uses 0.025 and 0).
+      grama_tau: threshold on both GraMa scores.
+      kappa: relative stagnation threshold on stagnant scores.
+      rho: absolute stagnation threshold on raw ratios; when set, absolute mode replaces relative.
+      stagnation_source: ``"grad"`` (Δ = gradient) or ``"update"`` (Δ = last optimizer update).
+      srank_delta: δ of srank.
+    """
+
+    tau: float = 0.1
+    grama_tau: float = 0.1
+    kappa: float = 0.1
+    rho: float | None = None
+    stagnation_source: str = "grad"
+    srank_delta: float = 0.01
+
+    def __post_init__(self):
+        for field in ("tau", "grama_tau", "kappa"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"DiagnosticsConfig.{field} must be >= 0, got {getattr(self, field)}")
+        if self.rho is not None and self.rho < 0:
+            raise ValueError(f"DiagnosticsConfig.rho must be >= 0 or None, got {self.rho}")
+        if self.stagnation_source not in STAGNATION_SOURCES:
+            raise ValueError(
+                f"DiagnosticsConfig.stagnation_source: got {self.stagnation_source!r}, "
+                f"allowed values are {STAGNATION_SOURCES}"
+            )
+        if not 0 <= self.srank_delta < 1:
+            raise ValueError(f"DiagnosticsConfig.srank_delta must be in [0, 1), got {self.srank_delta}")
+
+
+class LayerDiagnostics(NamedTuple):
+    """Scores and masks of one neuron layer with N neurons (all ``(N,)`` unless scalar)."""
+
+    dormant_score: Array
+    grama_score: Array
+    preact_grama_score: Array
+    stagnation_ratio: Array
+    stagnant_score: Array
+    dormant: Array  # bool (N,)
+    grama_dormant: Array  # bool (N,)
+    preact_grama_dormant: Array  # bool (N,)
+    stagnant: Array  # bool (N,)
+    active: Array  # bool (N,): positive for at least one scoring input
+    weight_norm: Array  # scalar: ‖(kernel, bias)‖₂
+    grad_norm: Array  # scalar: ‖(∂L/∂kernel, ∂L/∂bias)‖₂
+
+
+class Diagnostics(NamedTuple):
+    """Diagnostics of a whole network: per-layer results plus network-wide fractions."""
+
+    layers: dict[str, LayerDiagnostics]
+    dormant_fraction: Array
+    grama_fraction: Array
+    preact_grama_fraction: Array
+    stagnant_fraction: Array
+    active_fraction: Array
+    effective_rank: Array  # of the last neuron layer's activations, flattened to (batch, -1)
+    srank: Array
+    loss: Array
+
+
+MASK_FIELDS = ("dormant", "grama_dormant", "preact_grama_dormant", "stagnant", "active")
+FRACTION_FIELDS = {
+    "dormant": "dormant_fraction",
+    "grama_dormant": "grama_fraction",
+    "preact_grama_dormant": "preact_grama_fraction",
+    "stagnant": "stagnant_fraction",
+    "active": "active_fraction",
+}
+
+
+def _norm(*arrays: Array | None) -> Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(a)) for a in arrays if a is not None))
+
+
+def network_fraction(layers: Mapping[str, LayerDiagnostics], field: str) -> Array:
+    """Share of all neurons whose mask ``field`` is True (neurons counted, not layers averaged)."""
+    masks = [getattr(layer, field) for layer in layers.values()]
+    return sum(jnp.sum(m) for m in masks) / sum(m.shape[0] for m in masks)
+
+
+def diagnose(
+    topology: Topology,
+    apply_fn: Callable[[Params, Any], Any],
+    params: Params,
+    inputs: Any,
+    loss_fn: Callable[[Any], Array],
+    config: DiagnosticsConfig = DiagnosticsConfig(),
+    updates: Params | None = None,
+) -> Diagnostics:
+    """Every diagnostic of every neuron layer, from one forward and one backward pass.
+
+    Args:
+      topology: the network's neuron layers.
+      apply_fn: ``apply_fn(params, inputs) -> output``, e.g.
+        ``lambda p, x: model.apply({"params": p}, x)``.
+      params: the parameters (the nested dict the topology's paths index).
+      inputs: the scoring batch, e.g. ``(256, ...)`` observations.
+      loss_fn: ``loss_fn(output) -> scalar``, the training loss on this batch (targets closed
+        over); its gradients feed GraMa and the stagnation ratio (``source="grad"``).
+      config: thresholds.
+      updates: the last optimizer update (same tree as ``params``); required when
+        ``config.stagnation_source == "update"``.
+
+    Returns:
+      :class:`Diagnostics`; jittable and vmappable.
+    """
+    if config.stagnation_source == "update" and updates is None:
+        raise ValueError("diagnose: stagnation_source='update' needs the last optimizer `updates`")
+
+    shapes = preactivation_shapes(apply_fn, topology, params, inputs)
+    zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
+
+    def loss_with_perturbations(p, perturbations):
+        output, z = capture(apply_fn, topology, perturbations)(p, inputs)
+        return loss_fn(output), z
+
+    (loss, z), (grads, dz) = jax.value_and_grad(loss_with_perturbations, argnums=(0, 1), has_aux=True)(
+        params, zeros
+    )
+    delta_tree = grads if config.stagnation_source == "grad" else updates
+
+    layers: dict[str, LayerDiagnostics] = {}
+    last_h = None
+    for layer in topology.layers:
+        h = layer.activation(z[layer.name])
+        last_h = h
+        kernel = get_path(params, layer.kernel)
+        kernel_grad = get_path(grads, layer.kernel)
+        kernel_delta = get_path(delta_tree, layer.kernel)
+        bias = get_path(params, layer.bias) if layer.bias is not None else None
+        bias_grad = get_path(grads, layer.bias) if layer.bias is not None else None
+        bias_delta = get_path(delta_tree, layer.bias) if layer.bias is not None else None
+
+        dormant = nm.dormant_scores(h)
+        grama = nm.grama_scores(kernel_grad)
+        preact = nm.preactivation_grama_scores(dz[layer.name])
+        ratio = nm.stagnation_ratios(kernel, kernel_delta, bias, bias_delta)
+        stagnant_score = ratio / (jnp.mean(ratio) + nm.EPS)
+        stagnant = ratio <= config.rho if config.rho is not None else stagnant_score <= config.kappa
+        ever_active = jnp.any((h > 0).reshape(-1, h.shape[-1]), axis=0)
+        layers[layer.name] = LayerDiagnostics(
+            dormant_score=dormant,
+            grama_score=grama,
+            preact_grama_score=preact,
+            stagnation_ratio=ratio,
+            stagnant_score=stagnant_score,
+            dormant=dormant <= config.tau,
+            grama_dormant=grama <= config.grama_tau,
+            preact_grama_dormant=preact <= config.grama_tau,
+            stagnant=stagnant,
+            active=ever_active,
+            weight_norm=_norm(kernel, bias),
+            grad_norm=_norm(kernel_grad, bias_grad),
+        )
+
+    features = last_h.reshape(last_h.shape[0], -1)
+    return Diagnostics(
+        layers=layers,
+        **{frac: network_fraction(layers, mask) for mask, frac in FRACTION_FIELDS.items()},
+        effective_rank=effective_rank(features),
+        srank=srank(features, config.srank_delta),
+        loss=loss,
+    )
+
+
+def summarize(diagnostics: Diagnostics) -> dict[str, Array]:
+    """Flat scalar summary ``{"dormant_fraction": ..., "layer/<name>/dormant_fraction": ...}``.
+
+    Works on stacked diagnostics too (leading axes are kept), which is how run loops log them.
+    """
+    out = {
+        "loss": diagnostics.loss,
+        "effective_rank": diagnostics.effective_rank,
+        "srank": diagnostics.srank,
+    }
+    for frac in FRACTION_FIELDS.values():
+        out[frac] = getattr(diagnostics, frac)
+    for name, layer in diagnostics.layers.items():
+        for mask, frac in FRACTION_FIELDS.items():
+            out[f"layer/{name}/{frac}"] = jnp.mean(getattr(layer, mask), axis=-1)
+        out[f"layer/{name}/weight_norm"] = layer.weight_norm
+        out[f"layer/{name}/grad_norm"] = layer.grad_norm
+    return out

@@ -1,0 +1,49 @@
+"""Rank measures of a feature matrix (usually the penultimate layer's activations)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array
+
+from plastix.metrics.neurons import EPS
+
+
+def _singular_values(features: Array) -> Array:
+    features = jnp.asarray(features, dtype=jnp.float32)
+    if features.ndim != 2:
+        raise ValueError(f"expected features of shape (batch, dim), got {features.shape}")
+    return jnp.linalg.svd(features, compute_uv=False)
+
+
+def effective_rank(features: Array) -> Array:
+    """Effective rank (Roy & Vetterli 2007): ``exp(H(p))``, ``p_k = σ_k / Σσ``.
+
+    Args:
+      features: ``(batch, dim)``.
+
+    Returns:
+      scalar in ``[1, min(batch, dim)]`` (1.0 for an all-zero matrix).
+    """
+    sigma = _singular_values(features)
+    p = sigma / (jnp.sum(sigma) + EPS)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return jnp.exp(entropy)
+
+
+def srank(features: Array, delta: float = 0.01) -> Array:
+    """srank (Kumar et al. 2021): smallest k with ``Σ_{i<=k} σ_i / Σσ >= 1 - δ``.
+
+    Args:
+      features: ``(batch, dim)``.
+      delta: tolerated share of the singular-value mass, in ``[0, 1)``.
+
+    Returns:
+      int32 scalar in ``[0, min(batch, dim)]`` (0 for an all-zero matrix).
+    """
+    if not 0.0 <= delta < 1.0:
+        raise ValueError(f"srank: delta must be in [0, 1), got {delta}")
+    sigma = _singular_values(features)  # sorted descending
+    total = jnp.sum(sigma)
+    cumulative = jnp.cumsum(sigma) / jnp.where(total > 0, total, 1.0)
+    k = jnp.sum(cumulative < 1.0 - delta - 1e-7) + 1
+    return jnp.where(total > 0, k, 0).astype(jnp.int32)

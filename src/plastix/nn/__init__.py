@@ -1,0 +1,20 @@
+"""Networks built from layers whose neurons plastix can see and edit."""
+
+from plastix.nn.conv import ConvNet, nature_cnn, small_cnn
+from plastix.nn.mlp import MLP
+from plastix.nn.topology import (
+    Consumer,
+    NeuronLayer,
+    Topology,
+    capture,
+    get_path,
+    layer_sizes,
+    preactivation_shapes,
+    set_path,
+    validate,
+)
+
+__all__ = [
+    "MLP", "ConvNet", "nature_cnn", "small_cnn", "Consumer", "NeuronLayer", "Topology",
+    "capture", "get_path", "set_path", "layer_sizes", "preactivation_shapes", "validate",
+]

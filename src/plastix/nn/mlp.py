@@ -1,0 +1,52 @@
+"""Multi-layer perceptron whose hidden layers are plastix neuron layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import Array
+
+from plastix.nn.topology import Topology
+
+
+def _check_widths(widths: Sequence[int], width_multiplier: float, field: str) -> list[int]:
+    if width_multiplier <= 0:
+        raise ValueError(f"{field}.width_multiplier must be > 0, got {width_multiplier}")
+    out = [max(1, int(round(w * width_multiplier))) for w in widths]
+    if any(w <= 0 for w in widths):
+        raise ValueError(f"{field}.hidden must be positive integers, got {list(widths)}")
+    return out
+
+
+class MLP(nn.Module):
+    """``x -> [Dense -> relu] * len(hidden) -> Dense(out)``.
+
+    Attributes:
+      hidden: hidden widths before the multiplier, e.g. ``(256, 256)``.
+      out: output width (not a neuron layer); ``None`` returns the last hidden activations.
+      width_multiplier: scales every hidden width (rounded, at least 1).
+
+    Input ``(batch, ...)`` is flattened to ``(batch, features)``; output ``(batch, out)``.
+    """
+
+    hidden: Sequence[int] = (256, 256)
+    out: int | None = None
+    width_multiplier: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = jnp.reshape(x, (x.shape[0], -1))
+        for i, width in enumerate(_check_widths(self.hidden, self.width_multiplier, "MLP")):
+            x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
+        if self.out is not None:
+            x = nn.Dense(self.out, name="output")(x)
+        return x
+
+    def topology(self) -> Topology:
+        """Neuron layers ``hidden_0 ... hidden_{L-1}``; the output layer consumes the last one."""
+        if self.out is None:
+            raise ValueError("MLP.topology needs `out`: the last hidden layer has no consumer otherwise")
+        modules = [f"hidden_{i}" for i in range(len(self.hidden))]
+        return Topology.sequential(modules, output="output")
