@@ -1,0 +1,179 @@
+"""ReDo: recycle dormant neurons (Sokar et al. 2023, Algorithm 1), and its selection variants.
+
+For each selected neuron i of a layer: its incoming weights are re-drawn from the layer's
+original initializer, its bias set to 0, its outgoing weights (rows / input channels of every
+consumer kernel, through conv→flatten→dense when needed) set to 0, and the optimizer moments of
+exactly those elements zeroed. Incoming weights of all layers are re-drawn first and outgoing
+weights zeroed after, so a recycled neuron's outgoing weights are always 0: with τ = 0 the
+network's outputs on the scoring batch are bit-for-bit unchanged.
+
+ReGraMa is ReDo with ``score="grama"`` (neurons selected by gradient magnitude).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from plastix.interventions.base import (
+    InitParams,
+    Intervention,
+    TrainState,
+    _no_state,
+    check_choice,
+    mark,
+    reset_optimizer_elements,
+    zeros_like_bool,
+)
+from plastix.nn.topology import Params, Topology, get_path, set_path
+
+SELECTIONS = ("dormant", "random", "inverse", "scheduled")
+SCORES = ("dormant", "grama", "preact_grama", "stagnant")
+_SCORE_FIELDS = {
+    "dormant": "dormant_score",
+    "grama": "grama_score",
+    "preact_grama": "preact_grama_score",
+    "stagnant": "stagnant_score",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReDoConfig:
+    """ReDo settings.
+
+    Attributes:
+      tau: threshold on the selection score; neurons with score ``<= tau`` are recycled.
+      period: recycle every ``period`` updates (paper: 1,000 for DQN, 200,000 for SAC).
+      selection: ``dormant`` (score <= τ), ``random`` (as many random neurons per layer),
+        ``inverse`` (as many of the highest-scoring neurons), ``scheduled`` (the lowest-scoring
+        fraction, cosine-decayed from ``scheduled_fraction`` to 0 over ``schedule_steps``).
+      score: which score ranks neurons: ``dormant`` (ReDo), ``grama`` (ReGraMa),
+        ``preact_grama`` or ``stagnant``.
+      scheduled_fraction: starting fraction for ``scheduled``.
+      schedule_steps: updates over which ``scheduled`` decays (required for it).
+      reset_optimizer: zero the optimizer moments of touched elements (paper: yes).
+    """
+
+    tau: float = 0.1
+    period: int = 1000
+    selection: str = "dormant"
+    score: str = "dormant"
+    scheduled_fraction: float = 0.1
+    schedule_steps: int = 0
+    reset_optimizer: bool = True
+
+    def __post_init__(self):
+        if self.tau < 0:
+            raise ValueError(f"ReDoConfig.tau must be >= 0, got {self.tau}")
+        if self.period < 1:
+            raise ValueError(f"ReDoConfig.period must be >= 1 update, got {self.period}")
+        check_choice("ReDoConfig.selection", self.selection, SELECTIONS)
+        check_choice("ReDoConfig.score", self.score, SCORES)
+        if not 0 <= self.scheduled_fraction <= 1:
+            raise ValueError(f"ReDoConfig.scheduled_fraction must be in [0, 1], got {self.scheduled_fraction}")
+        if self.selection == "scheduled" and self.schedule_steps < 1:
+            raise ValueError("ReDoConfig.schedule_steps must be >= 1 when selection='scheduled'")
+
+
+def _lowest(score: Array, count: Array) -> Array:
+    """Boolean mask of the ``count`` lowest entries of ``score`` (ties broken by index)."""
+    rank = jnp.argsort(jnp.argsort(score, stable=True), stable=True)
+    return rank < count
+
+
+def select_neurons(key: Array, config: ReDoConfig, score: Array, step: Array) -> Array:
+    """Neurons of one layer to recycle.
+
+    Args:
+      key: PRNG key (used by ``random``).
+      config: ReDo settings.
+      score: ``(N,)`` selection score (lower = more dormant).
+      step: current update count (used by ``scheduled``).
+
+    Returns:
+      boolean ``(N,)`` mask.
+    """
+    below = score <= config.tau
+    count = jnp.sum(below)
+    n = score.shape[0]
+    if config.selection == "dormant":
+        return below
+    if config.selection == "inverse":
+        return _lowest(-score, count)
+    if config.selection == "random":
+        return _lowest(jax.random.uniform(key, (n,)), count)
+    progress = jnp.clip(step / config.schedule_steps, 0.0, 1.0)
+    fraction = config.scheduled_fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return _lowest(score, jnp.floor(fraction * n).astype(jnp.int32))
+
+
+def recycle_neurons(
+    state: TrainState,
+    topology: Topology,
+    masks: dict[str, Array],
+    fresh_params: Params,
+    reset_optimizer: bool = True,
+) -> TrainState:
+    """Recycle the neurons in ``masks``: the surgery of ReDo, for any selection.
+
+    Args:
+      state: train state whose ``params`` the topology indexes.
+      topology: the network's neuron layers.
+      masks: ``{layer name: bool (N,)}``; layers left out are untouched.
+      fresh_params: a fresh draw of the network's initializers (same tree as ``params``).
+      reset_optimizer: zero the optimizer moments of every touched element.
+
+    Returns:
+      the new train state (same shapes; ``step`` unchanged).
+    """
+    params = state.params
+    touched = zeros_like_bool(params)
+    for layer in topology.layers:  # 1. incoming weights: fresh draw; bias: 0
+        if layer.name not in masks:
+            continue
+        mask = masks[layer.name]
+        kernel = get_path(params, layer.kernel)
+        kernel_mask = jnp.broadcast_to(mask, kernel.shape)
+        params = set_path(params, layer.kernel, jnp.where(kernel_mask, get_path(fresh_params, layer.kernel), kernel))
+        touched = mark(touched, layer.kernel, kernel_mask)
+        if layer.bias is not None:
+            bias = get_path(params, layer.bias)
+            params = set_path(params, layer.bias, jnp.where(mask, jnp.zeros_like(bias), bias))
+            touched = mark(touched, layer.bias, mask)
+    for layer in topology.layers:  # 2. outgoing weights: 0 in every consumer
+        if layer.name not in masks:
+            continue
+        for consumer in layer.consumers:
+            kernel = get_path(params, consumer.kernel)
+            out_mask = consumer.input_mask(masks[layer.name], kernel.shape)
+            params = set_path(params, consumer.kernel, jnp.where(out_mask, jnp.zeros_like(kernel), kernel))
+            touched = mark(touched, consumer.kernel, out_mask)
+    opt_state = state.opt_state
+    if reset_optimizer:
+        opt_state = reset_optimizer_elements(state.tx, opt_state, touched)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def redo(config: ReDoConfig, topology: Topology, init_params: InitParams) -> Intervention:
+    """ReDo as an :class:`Intervention` (gate it with ``every(..., config.period)`` in a loop).
+
+    Args:
+      config: thresholds and selection.
+      topology: the neuron layers to recycle.
+      init_params: ``key -> params``, a fresh draw of the network's original initializers.
+    """
+    field = _SCORE_FIELDS[config.score]
+
+    def apply(key: Array, state: TrainState, scores) -> TrainState:
+        init_key, select_key = jax.random.split(key)
+        select_keys = jax.random.split(select_key, len(topology.layers))
+        masks = {
+            layer.name: select_neurons(k, config, getattr(scores.layers[layer.name], field), state.step)
+            for k, layer in zip(select_keys, topology.layers)
+        }
+        return recycle_neurons(state, topology, masks, init_params(init_key), config.reset_optimizer)
+
+    return Intervention(_no_state, apply)

@@ -1,0 +1,65 @@
+"""Weight decay / L2: an optimizer-side intervention, built with optax."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+from plastix.interventions.base import check_choice
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+DECAY_MODES = ("l2", "decoupled")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer, with optional weight decay.
+
+    Attributes:
+      name: ``adam``, ``sgd`` or ``rmsprop``.
+      learning_rate: step size.
+      eps: ε of Adam / RMSProp (paper DQN: 1.5e-4 with Adam's lr 6.25e-5).
+      momentum: SGD momentum (0 for plain SGD).
+      weight_decay: decay rate (paper's best for DQN: 1e-5); 0 disables it.
+      decay_mode: ``l2`` adds ``rate·θ`` to the gradient before the optimizer (an L2 penalty);
+        ``decoupled`` subtracts ``lr·rate·θ`` after it (AdamW-style).
+      max_grad_norm: clip gradients to this global norm (0 disables).
+    """
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    eps: float = 1e-8
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    decay_mode: str = "l2"
+    max_grad_norm: float = 0.0
+
+    def __post_init__(self):
+        check_choice("OptimizerConfig.name", self.name, OPTIMIZERS)
+        check_choice("OptimizerConfig.decay_mode", self.decay_mode, DECAY_MODES)
+        if self.learning_rate <= 0:
+            raise ValueError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"OptimizerConfig.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    """The optax transformation described by ``config``."""
+    steps = []
+    if config.max_grad_norm > 0:
+        steps.append(optax.clip_by_global_norm(config.max_grad_norm))
+    if config.weight_decay > 0 and config.decay_mode == "l2":
+        steps.append(optax.add_decayed_weights(config.weight_decay))
+    if config.name == "adam":
+        steps.append(optax.scale_by_adam(eps=config.eps))
+    elif config.name == "rmsprop":
+        steps.append(optax.scale_by_rms(eps=config.eps))
+    elif config.momentum > 0:
+        steps.append(optax.trace(decay=config.momentum))
+    if config.weight_decay > 0 and config.decay_mode == "decoupled":
+        steps.append(optax.add_decayed_weights(config.weight_decay))
+    steps.append(optax.scale(-config.learning_rate))
+    return optax.chain(*steps)

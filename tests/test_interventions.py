@@ -1,0 +1,250 @@
+"""Interventions: function preservation, exact surgery, optimizer moments by path, jit/vmap, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from plastix.interventions import (
+    OptimizerConfig,
+    ReDoConfig,
+    ResetConfig,
+    ShrinkPerturbConfig,
+    TrainState,
+    every,
+    make_intervention,
+    make_optimizer,
+    recycle_neurons,
+    redo,
+    reset,
+    select_neurons,
+    shrink_perturb,
+)
+from plastix.metrics import diagnose
+from plastix.nn import small_cnn
+
+NET = small_cnn(4)
+X = jax.random.normal(jax.random.key(0), (32, 8, 8, 1))
+Y = jax.random.randint(jax.random.key(1), (32,), 0, 4)
+TOPO = NET.topology()
+
+
+def apply(p, x):
+    return NET.apply({"params": p}, x)
+
+
+def init_params(key):
+    return NET.init(key, X[:1])["params"]
+
+
+def loss_fn(out):
+    return optax.softmax_cross_entropy_with_integer_labels(out, Y).mean()
+
+
+def trained_state(tx=None, steps=3, kill=(("conv_1", 3), ("dense_0", 5))):
+    """A state after a few Adam steps, with chosen neurons made dead (bias -1e3)."""
+    params = init_params(jax.random.key(2))
+    for layer, i in kill:
+        params[layer]["bias"] = params[layer]["bias"].at[i].set(-1e3)
+    state = TrainState.create(params, tx or optax.adam(1e-3))
+    for _ in range(steps):
+        state = state.apply_gradients(jax.grad(lambda p: loss_fn(apply(p, X)))(state.params))
+    return state
+
+
+def scores_of(state):
+    return diagnose(TOPO, apply, state.params, X, loss_fn)
+
+
+def test_redo_tau_zero_leaves_outputs_bit_identical():
+    state = trained_state()
+    scores = scores_of(state)
+    assert bool(scores.layers["conv_1"].dormant[3]) and bool(scores.layers["dense_0"].dormant[5])
+    new = redo(ReDoConfig(tau=0.0), TOPO, init_params).apply(jax.random.key(9), state, scores)
+    assert not np.array_equal(new.params["conv_1"]["kernel"], state.params["conv_1"]["kernel"])  # something changed
+    np.testing.assert_array_equal(apply(new.params, X), apply(state.params, X))
+
+
+def test_redo_without_dormant_neurons_changes_nothing():
+    state = trained_state(kill=())
+    scores = scores_of(state)
+    masks = {n: jnp.zeros_like(l.dormant) for n, l in scores.layers.items()}
+    new = recycle_neurons(state, TOPO, masks, init_params(jax.random.key(5)))
+    for a, b in zip(jax.tree.leaves((new.params, new.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_redo_surgery_on_known_neurons():
+    state = trained_state(kill=())  # live neurons: their moments are non-zero before the surgery
+    masks = {
+        "conv_0": jnp.zeros(16, bool),
+        "conv_1": jnp.zeros(32, bool).at[3].set(True),
+        "dense_0": jnp.zeros(64, bool).at[5].set(True),
+    }
+    fresh = init_params(jax.random.key(7))
+    new = recycle_neurons(state, TOPO, masks, fresh)
+    p, q = state.params, new.params
+    # incoming weights re-drawn from the original initializer, bias 0
+    np.testing.assert_array_equal(q["conv_1"]["kernel"][..., 3], fresh["conv_1"]["kernel"][..., 3])
+    assert not np.allclose(q["conv_1"]["kernel"][..., 3], p["conv_1"]["kernel"][..., 3])
+    assert float(q["conv_1"]["bias"][3]) == 0.0 and float(q["dense_0"]["bias"][5]) == 0.0
+    # outgoing: conv_1 channel 3 -> flattened rows r % 32 == 3 of dense_0; dense_0 unit 5 -> output row 5
+    rows = np.arange(q["dense_0"]["kernel"].shape[0]) % 32 == 3
+    # dense_0 unit 5 is re-drawn, except on the rows fed by recycled channel 3 (outgoing zeroed last)
+    np.testing.assert_array_equal(np.asarray(q["dense_0"]["kernel"])[~rows, 5], np.asarray(fresh["dense_0"]["kernel"])[~rows, 5])
+    np.testing.assert_array_equal(np.asarray(q["dense_0"]["kernel"])[rows, 5], 0.0)
+    assert np.all(np.asarray(q["dense_0"]["kernel"])[rows][:, np.arange(64) != 5] == 0)
+    np.testing.assert_array_equal(q["output"]["kernel"][5], 0.0)
+    # everything else identical
+    np.testing.assert_array_equal(q["conv_0"]["kernel"], p["conv_0"]["kernel"])
+    other = np.ones(32, bool)
+    other[3] = False
+    np.testing.assert_array_equal(q["conv_1"]["kernel"][..., other], p["conv_1"]["kernel"][..., other])
+    keep = np.ones(64, bool)
+    keep[5] = False
+    np.testing.assert_array_equal(
+        np.asarray(q["dense_0"]["kernel"])[~rows][:, keep], np.asarray(p["dense_0"]["kernel"])[~rows][:, keep]
+    )
+    np.testing.assert_array_equal(np.delete(q["output"]["kernel"], 5, 0), np.delete(p["output"]["kernel"], 5, 0))
+    # Adam moments: exactly the touched elements are zero, the rest and the count unchanged
+    adam_old, adam_new = state.opt_state[0], new.opt_state[0]
+    assert int(adam_new.count) == int(adam_old.count) == 3
+    for moment in ("mu", "nu"):
+        old, newm = getattr(adam_old, moment), getattr(adam_new, moment)
+        touched_kernel = np.zeros(q["dense_0"]["kernel"].shape, bool)
+        touched_kernel[:, 5] = True
+        touched_kernel[rows] = True
+        np.testing.assert_array_equal(np.asarray(newm["dense_0"]["kernel"])[touched_kernel], 0.0)
+        np.testing.assert_array_equal(
+            np.asarray(newm["dense_0"]["kernel"])[~touched_kernel], np.asarray(old["dense_0"]["kernel"])[~touched_kernel]
+        )
+        assert np.mean(np.asarray(old["dense_0"]["kernel"])[touched_kernel] != 0) > 0.5  # not vacuous
+        assert float(newm["conv_1"]["bias"][3]) == 0.0
+        np.testing.assert_array_equal(np.delete(newm["conv_1"]["bias"], 3), np.delete(old["conv_1"]["bias"], 3))
+        np.testing.assert_array_equal(newm["conv_0"]["kernel"], old["conv_0"]["kernel"])
+
+
+def test_redo_resets_moments_by_path_in_chained_rmsprop():
+    tx = optax.chain(optax.clip_by_global_norm(10.0), optax.rmsprop(1e-3, momentum=0.9))
+    state = trained_state(tx)
+    masks = {"conv_0": jnp.zeros(16, bool), "conv_1": jnp.zeros(32, bool), "dense_0": jnp.zeros(64, bool).at[0].set(True)}
+    new = recycle_neurons(state, TOPO, masks, init_params(jax.random.key(1)))
+    leaves_old = jax.tree.leaves(state.opt_state)
+    leaves_new = jax.tree.leaves(new.opt_state)
+    changed = [not np.array_equal(a, b) for a, b in zip(leaves_old, leaves_new)]
+    # rmsprop nu and momentum trace of dense_0 kernel, bias and of the output kernel changed, nothing else
+    assert sum(changed) == 6
+    nu = new.opt_state[1][0].nu
+    assert float(nu["dense_0"]["bias"][0]) == 0.0 and np.all(np.asarray(nu["output"]["kernel"][0]) == 0)
+
+
+def test_resampled_weights_have_initializer_statistics():
+    big = small_cnn(4, width_multiplier=4.0)
+    x = jnp.zeros((1, 8, 8, 1))
+    params = big.init(jax.random.key(0), x)["params"]
+    state = TrainState.create(jax.tree.map(jnp.zeros_like, params), optax.sgd(0.1))
+    masks = {"dense_0": jnp.ones(256, bool)}
+    new = recycle_neurons(state, big.topology(), masks, big.init(jax.random.key(1), x)["params"])
+    w = np.asarray(new.params["dense_0"]["kernel"])
+    fan_in = w.shape[0]  # lecun normal: std 1 / sqrt(fan_in)
+    assert w.std() == pytest.approx(1 / np.sqrt(fan_in), rel=0.05)
+    assert abs(w.mean()) < 0.01 / np.sqrt(fan_in) * 10
+
+
+def test_selection_variants():
+    score = jnp.array([0.0, 0.05, 2.0, 1.0, 0.5, 1.5])  # two below τ = 0.1
+    cfg = ReDoConfig(tau=0.1)
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(select_neurons(key, cfg, score, 0), [1, 1, 0, 0, 0, 0])
+    inv = ReDoConfig(tau=0.1, selection="inverse")
+    np.testing.assert_array_equal(select_neurons(key, inv, score, 0), [0, 0, 1, 0, 0, 1])
+    rnd = ReDoConfig(tau=0.1, selection="random")
+    picks = [np.asarray(select_neurons(jax.random.key(i), rnd, score, 0)) for i in range(20)]
+    assert all(p.sum() == 2 for p in picks) and len({p.tobytes() for p in picks}) > 1
+    sch = ReDoConfig(tau=0.1, selection="scheduled", scheduled_fraction=0.5, schedule_steps=100)
+    np.testing.assert_array_equal(select_neurons(key, sch, score, 0), [1, 1, 0, 0, 1, 0])  # 3 lowest
+    assert int(select_neurons(key, sch, score, 50).sum()) == 1  # 0.5 * 0.5 * 6 = 1.5 -> 1
+    assert int(select_neurons(key, sch, score, 100).sum()) == 0
+
+
+def test_redo_jit_and_vmap_over_seeds_match_plain_calls():
+    iv = redo(ReDoConfig(tau=0.5, selection="random"), TOPO, init_params)
+
+    def one(key):
+        state = TrainState.create(init_params(key), optax.adam(1e-3))
+        return iv.apply(key, state, scores_of(state)).params
+
+    keys = jax.random.split(jax.random.key(4), 2)
+    batched = jax.jit(jax.vmap(one))(keys)
+    for i in range(2):
+        plain = one(keys[i])
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(batched)):
+            np.testing.assert_allclose(a, b[i], rtol=1e-6, atol=1e-7)
+    again = jax.jit(jax.vmap(one))(keys)
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_gates_by_step():
+    state = trained_state(steps=2)
+    gated = every(redo(ReDoConfig(tau=10.0), TOPO, init_params), period=2)  # τ = 10: everything recycled
+    scores = scores_of(state)
+    fired = gated.apply(jax.random.key(0), state, scores)
+    assert not np.array_equal(fired.params["output"]["kernel"], state.params["output"]["kernel"])
+    skipped = gated.apply(jax.random.key(0), state.replace(step=state.step + 1), scores)
+    np.testing.assert_array_equal(skipped.params["output"]["kernel"], state.params["output"]["kernel"])
+
+
+def test_reset_last_k_layers():
+    state = trained_state()
+    fresh = init_params(jax.random.key(8))
+    iv = reset(ResetConfig(last_k=2), TOPO, init_params)
+    iv.init(state.params)
+    new = iv.apply(jax.random.key(8), state, None)
+    for name in ("output", "dense_0"):
+        np.testing.assert_array_equal(new.params[name]["kernel"], fresh[name]["kernel"])
+        np.testing.assert_array_equal(new.opt_state[0].mu[name]["kernel"], 0.0)
+    np.testing.assert_array_equal(new.params["conv_1"]["kernel"], state.params["conv_1"]["kernel"])
+    np.testing.assert_array_equal(new.opt_state[0].nu["conv_1"]["kernel"], state.opt_state[0].nu["conv_1"]["kernel"])
+
+
+def test_shrink_perturb_formula():
+    state = trained_state(steps=1)
+    fresh = init_params(jax.random.key(3))
+    new = shrink_perturb(ShrinkPerturbConfig(shrink=0.5, perturb=0.1), TOPO, init_params).apply(
+        jax.random.key(3), state, None
+    )
+    np.testing.assert_allclose(
+        new.params["dense_0"]["kernel"], 0.5 * state.params["dense_0"]["kernel"] + 0.1 * fresh["dense_0"]["kernel"], rtol=1e-6
+    )
+
+
+def test_weight_decay_modes_by_hand():
+    params = {"w": jnp.array([2.0, -1.0])}
+    grads = {"w": jnp.array([0.5, 0.5])}
+    sgd_l2 = make_optimizer(OptimizerConfig("sgd", learning_rate=0.1, weight_decay=0.01))
+    upd, _ = sgd_l2.update(grads, sgd_l2.init(params), params)
+    np.testing.assert_allclose(upd["w"], -0.1 * (grads["w"] + 0.01 * params["w"]), rtol=1e-6)
+    adamw = make_optimizer(OptimizerConfig("adam", learning_rate=0.1, weight_decay=0.01, decay_mode="decoupled"))
+    upd, _ = adamw.update(grads, adamw.init(params), params)
+    np.testing.assert_allclose(upd["w"], -0.1 * (jnp.sign(grads["w"]) + 0.01 * params["w"]), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: ReDoConfig(tau=-0.1), "tau"),
+        (lambda: ReDoConfig(selection="lowest"), r"selection.*allowed values.*dormant"),
+        (lambda: ReDoConfig(score="loss"), r"score.*allowed values"),
+        (lambda: ReDoConfig(selection="scheduled"), "schedule_steps"),
+        (lambda: ResetConfig(last_k=0), "last_k"),
+        (lambda: reset(ResetConfig(last_k=5), TOPO, init_params).init(init_params(jax.random.key(0))), r"last_k.*allowed values are 1..4"),
+        (lambda: OptimizerConfig(name="lion"), r"name.*allowed values"),
+        (lambda: ShrinkPerturbConfig(shrink=1.5), "shrink"),
+        (lambda: make_intervention("redo", TOPO, init_params), "allowed values"),
+    ],
+)
+def test_invalid_settings_name_field_and_allowed_values(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
