@@ -76,5 +76,8 @@ def nature_cnn(out: int, width_multiplier: float = 1.0) -> ConvNet:
 
 
 def small_cnn(out: int, width_multiplier: float = 1.0) -> ConvNet:
-    """A small CNN for 8×8 / 32×32 images: 16-3/1, 32-3/2 (SAME), dense 64."""
-    return ConvNet((16, 32), (3, 3), (1, 2), (64,), out, width_multiplier, "SAME")
+    """A small CNN for 8×8 / 32×32 images: 16-3/1, 32-3/2, dense 64 (VALID padding).
+
+    VALID, not SAME: on XLA:CPU the padded convolutions of this net train about 6× slower.
+    """
+    return ConvNet((16, 32), (3, 3), (1, 2), (64,), out, width_multiplier, "VALID")
