@@ -14,6 +14,7 @@ shows progress and checkpoints after each chunk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
@@ -121,6 +122,7 @@ class Experiment(NamedTuple):
     init_carry: Callable[..., Carry]
     run_epochs: Callable[[Carry], tuple[Carry, dict]]  # jitted, vmapped over runs
     chunk: int
+    run_epochs_single: Callable[[Carry], tuple[Carry, dict]]  # the same scan for one run, not jitted
 
 
 def _chunk_size(total: int, wanted: int) -> int:
@@ -180,12 +182,20 @@ def build(config: SupervisedConfig, data: ImageData | None = None) -> Experiment
 
     chunk = _chunk_size(math.gcd(config.epochs, config.fit_epochs), config.chunk_epochs)
 
-    @jax.jit
-    @jax.vmap
     def run_epochs(carry: Carry) -> tuple[Carry, dict]:
         return jax.lax.scan(epoch, carry, None, length=chunk)
 
-    return Experiment(net, data, tx, jax.jit(jax.vmap(init_carry)), run_epochs, chunk)
+    return Experiment(net, data, tx, jax.jit(jax.vmap(init_carry)), jax.jit(jax.vmap(run_epochs)), chunk, run_epochs)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_cached(compute_config: SupervisedConfig) -> Experiment:
+    return build(compute_config)
+
+
+def build_for(config: SupervisedConfig) -> Experiment:
+    """:func:`build`, memoized on the fields that change computation (not ``name`` / ``runs_dir``)."""
+    return _build_cached(dataclasses.replace(config, name="", runs_dir=""))
 
 
 def initial_carries(exp: Experiment, config: SupervisedConfig) -> Carry:
@@ -241,7 +251,7 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
     rundir.prepare(config)
     if rundir.finished:
         return rundir.metrics()
-    exp = build(config)
+    exp = build_for(config)
     phases = [("train", SETTINGS, config.epochs), ("fit", FIT_SETTINGS, config.fit_epochs)]
     carry = initial_carries(exp, config)
     rows: list[dict] = []
@@ -267,3 +277,69 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
         phase_index, done = phase_index + 1, 0
     return pd.DataFrame(rows)
 
+
+
+def summary(df: pd.DataFrame) -> list[dict]:
+    """Final-epoch results per phase and setting: mean and 95% bootstrap CI over seeds."""
+    from plastix.report import mean_ci
+
+    out = []
+    for phase, metrics in (("train", ("dormant_fraction", "overlap", "train_accuracy", "test_accuracy")),
+                           ("fit", ("train_accuracy", "dormant_fraction"))):
+        part = df[df.phase == phase]
+        last = part[part.epoch == part.epoch.max()]
+        for setting in last.setting.unique():
+            row = {"phase": phase, "setting": setting}
+            for m in metrics:
+                row[m] = mean_ci(last[last.setting == setting][m].to_numpy())
+            out.append(row)
+    return out
+
+
+def _fmt(stat: tuple[float, float, float], percent: bool = True) -> str:
+    k = 100 if percent else 1
+    unit = "%" if percent else ""
+    return f"{stat[0] * k:.1f}{unit} [{stat[1] * k:.1f}, {stat[2] * k:.1f}]"
+
+
+def write_report(config: SupervisedConfig, df: pd.DataFrame, path: str) -> list[str]:
+    """Figures (PNG) and ``report.md`` in run directory ``path``; returns the files written."""
+    from plastix.report import curve_grid
+
+    train, fit = df[df.phase == "train"], df[df.phase == "fit"]
+    layers = [c[len("layer/"):-len("/dormant_fraction")] for c in df.columns
+              if c.startswith("layer/") and c.endswith("/dormant_fraction")]
+    files = [
+        curve_grid(train, [("dormant_fraction", "all layers")] + [(f"layer/{l}/dormant_fraction", l) for l in layers],
+                   f"{path}/dormant.png", scale=100, ylabel=f"τ={config.tau}-dormant neurons (%)", order=SETTINGS,
+                   suptitle="Dormant neurons with fixed vs shuffled labels"),
+        curve_grid(train, [("overlap", "dormant set vs previous epoch"), ("train_accuracy", "train accuracy (current labels)"),
+                           ("test_accuracy", "test accuracy (true labels)")],
+                   f"{path}/overlap_accuracy.png", order=SETTINGS),
+        curve_grid(fit, [("train_accuracy", "fit new random labels: train accuracy"), ("dormant_fraction", "dormant fraction")],
+                   f"{path}/fit_new_targets.png", order=FIT_SETTINGS, legend_title="network trained with",
+                   suptitle="Learning ability: trained networks vs a fresh one"),
+    ]
+    rows = summary(df)
+    lines = [
+        f"# Supervised target non-stationarity ({config.data}, {config.seeds} seeds)",
+        "",
+        f"Phase 1: {config.epochs} epochs of SGD (lr {config.learning_rate}, momentum {config.momentum}, batch "
+        f"{config.batch_size}) with fixed labels, or labels re-shuffled every {config.shuffle_every} epoch(s). "
+        f"Phase 2: {config.fit_epochs} epochs fitting new random labels, starting from each trained network and "
+        "from a fresh one, each with a fresh optimizer. Final epoch, mean [95% bootstrap CI] over seeds; "
+        f"dormant = τ-dormant with τ = {config.tau}.",
+        "",
+        "| phase | network | dormant | overlap | train acc. | test acc. |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        overlap = _fmt(r["overlap"], False) if "overlap" in r else "–"
+        test = _fmt(r["test_accuracy"]) if "test_accuracy" in r else "–"
+        lines.append(f"| {r['phase']} | {r['setting']} | {_fmt(r['dormant_fraction'])} | {overlap} | "
+                     f"{_fmt(r['train_accuracy'])} | {test} |")
+    lines += ["", *[f"![{f.rsplit('/', 1)[-1]}]({f.rsplit('/', 1)[-1]})" for f in files], ""]
+    report = f"{path}/report.md"
+    with open(report, "w") as f:
+        f.write("\n".join(lines))
+    return files + [report]

@@ -1,0 +1,6 @@
+"""Statistics, figures and markdown reports of runs."""
+
+from plastix.report.figures import curve_grid, plot_curves, save_figure
+from plastix.report.stats import curve_ci, mean_ci
+
+__all__ = ["mean_ci", "curve_ci", "plot_curves", "curve_grid", "save_figure"]

@@ -1,0 +1,134 @@
+"""``plastix run | report | list``: the command-line front end.
+
+``plastix run supervised --help`` documents every field of the experiment's config.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXPERIMENTS = {
+    "supervised": "Sokar et al. 2023 §3.1: dormant neurons under fixed vs shuffled labels, then fitting new targets",
+}
+
+USAGE = """usage: plastix <command> [args]
+
+commands:
+  run <experiment> [flags]   run (or resume) an experiment; `plastix run <experiment> --help` lists flags
+  report <run_dir>           rewrite figures and report.md of a finished run from its metrics.parquet
+  list                       list the experiments
+"""
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_summary(rows: list[dict], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="final epoch: mean and 95% CI over seeds")
+    for col in ("network", "dormant %", "overlap", "train acc. %", "test acc. %"):
+        table.add_column(col, no_wrap=True, justify="right" if "%" in col or col == "overlap" else "left")
+    names = {"train": "trained, {} labels", "fit": "new targets\n← {}"}
+    for r in rows:
+        fmt = lambda s, k=100, d=1: f"{s[0] * k:.{d}f}\n[dim]{s[1] * k:.{d}f}–{s[2] * k:.{d}f}[/dim]"  # noqa: E731
+        table.add_row(
+            names[r["phase"]].format(r["setting"]), fmt(r["dormant_fraction"]),
+            fmt(r["overlap"], 1, 3) if "overlap" in r else "–", fmt(r["train_accuracy"]),
+            fmt(r["test_accuracy"]) if "test_accuracy" in r else "–",
+        )
+    console.print(table)
+
+
+def run_supervised(args: list[str]) -> int:
+    import tyro
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from plastix.experiments import supervised
+
+    config = tyro.cli(supervised.SupervisedConfig, args=args, prog="plastix run supervised",
+                      description=supervised.__doc__.split("\n\n")[0])
+    console = _console()
+    path = f"{config.runs_dir}/{config.name}"
+    console.print(f"[bold]plastix[/bold] supervised → {path}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        tasks = {
+            "train": bar.add_task("phase 1: fixed vs shuffled labels", total=config.epochs),
+            "fit": bar.add_task("phase 2: fit new random labels   ", total=config.fit_epochs),
+        }
+
+        def progress(phase, done, total):
+            bar.update(tasks[phase], completed=done)
+
+        df = supervised.run(config, progress)
+        for phase, task in tasks.items():
+            bar.update(task, completed=bar.tasks[task].total)
+    from plastix.experiments.rundir import RunDir
+
+    rundir = RunDir(path)
+    if not rundir.finished:
+        files = supervised.write_report(config, df, path)
+        rundir.finish(df)
+        console.print("wrote " + ", ".join([f"{path}/metrics.parquet"] + files))
+    else:
+        console.print(f"{path} is finished; showing its results (delete the directory to run again)")
+    _print_summary(supervised.summary(df), console)
+    return 0
+
+
+def report(args: list[str]) -> int:
+    import json
+
+    from plastix.experiments import supervised
+    from plastix.experiments.rundir import RunDir
+
+    if len(args) != 1:
+        print("usage: plastix report <run_dir>", file=sys.stderr)
+        return 2
+    rundir = RunDir(args[0].rstrip("/"))
+    try:
+        with open(rundir.file("config.json")) as f:
+            config = supervised.SupervisedConfig(**json.load(f))
+        df = rundir.metrics()
+    except FileNotFoundError as e:
+        print(f"plastix report: {args[0]} is not a finished run ({e.filename} missing)", file=sys.stderr)
+        return 2
+    files = supervised.write_report(config, df, rundir.path)
+    console = _console()
+    console.print("wrote " + ", ".join(files))
+    _print_summary(supervised.summary(df), console)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "list":
+        for name, text in EXPERIMENTS.items():
+            print(f"{name:12s} {text}")
+        return 0
+    if command == "report":
+        return report(rest)
+    if command == "run":
+        if not rest or rest[0] not in EXPERIMENTS:
+            got = rest[0] if rest else "nothing"
+            print(f"plastix run: got {got!r}, allowed experiments are {tuple(EXPERIMENTS)}", file=sys.stderr)
+            return 2
+        try:
+            return run_supervised(rest[1:])
+        except (ValueError, FileNotFoundError) as e:
+            print(f"plastix: error: {e}", file=sys.stderr)
+            return 2
+    print(f"plastix: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
