@@ -59,6 +59,7 @@ class SupervisedConfig:
       scoring_batch: samples of the training set used to score neurons.
       chunk_epochs: epochs per jitted chunk (progress and checkpoint granularity).
       seed: base seed.
+      diagnostics: score neurons every epoch (switch off only to time the training alone).
     """
 
     name: str = "supervised"
@@ -78,6 +79,7 @@ class SupervisedConfig:
     scoring_batch: int = 256
     chunk_epochs: int = 10
     seed: int = 0
+    diagnostics: bool = True
 
     def __post_init__(self):
         positive = ("epochs", "shuffle_every", "fit_epochs", "seeds", "batch_size", "scoring_batch", "chunk_epochs", "max_train")
@@ -169,13 +171,16 @@ def build(config: SupervisedConfig, data: ImageData | None = None) -> Experiment
             return state.apply_gradients(grads), loss
 
         state, losses = jax.lax.scan(step, carry.state, order.reshape(n_batches, config.batch_size))
-        diag, mask = dormant_mask(state.params, labels)
-        metrics = summarize(diag)
+        if config.diagnostics:
+            diag, mask = dormant_mask(state.params, labels)
+            metrics = summarize(diag)
+            metrics["overlap"] = overlap_coefficient(carry.dormant_mask, mask)
+        else:
+            mask, metrics = carry.dormant_mask, {}
         metrics.update(
             train_loss=jnp.mean(losses),
             train_accuracy=_accuracy(apply(state.params, x_train), labels),
             test_accuracy=_accuracy(apply(state.params, x_test), y_test),
-            overlap=overlap_coefficient(carry.dormant_mask, mask),
             labels_reshuffled=reshuffle,
         )
         return Carry(state, labels, key, mask, carry.shuffle, carry.epoch + 1), metrics
