@@ -105,3 +105,12 @@ def test_metrics_jit_and_vmap_match_plain_calls():
     plain = jnp.stack([pm.dormant_scores(x) for x in h])
     np.testing.assert_allclose(jax.vmap(pm.dormant_scores)(h), plain, rtol=1e-6)
     np.testing.assert_allclose(jax.jit(pm.dormant_scores)(h[0]), plain[0], rtol=1e-6)
+
+
+def test_rank_measures_match_numpy_svd_on_random_features():
+    f = np.asarray(jax.random.normal(jax.random.key(5), (64, 16))) @ np.diag(np.logspace(0, -2, 16))
+    s = np.linalg.svd(f, compute_uv=False)
+    p = s / s.sum()
+    assert float(pm.effective_rank(f)) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-3)
+    assert int(pm.srank(f, 0.01)) == int(np.searchsorted(np.cumsum(s) / s.sum(), 0.99) + 1)
+    assert float(pm.effective_rank(f.T)) == pytest.approx(float(pm.effective_rank(f)), rel=1e-3)  # wide matrices too
