@@ -208,10 +208,8 @@ def initial_carries(exp: Experiment, config: SupervisedConfig) -> Carry:
     base = jax.random.PRNGKey(config.seed)
     seed_keys = jax.random.split(base, config.seeds)
     params = jax.vmap(lambda k: exp.net.init(k, exp.data.train_x[:1])["params"])(seed_keys)
-    both = lambda t: jnp.concatenate([t, t])  # noqa: E731
-    params = jax.tree.map(both, params)
-    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(both(seed_keys))
-    run_keys = run_keys.at[config.seeds :].set(jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys))
+    params = jax.tree.map(lambda t: jnp.concatenate([t, t]), params)  # same init for both settings
+    run_keys = jnp.concatenate([jax.vmap(lambda k: jax.random.fold_in(k, setting))(seed_keys) for setting in (1, 2)])
     labels = jnp.tile(jnp.asarray(exp.data.train_y), (2 * config.seeds, 1))
     shuffle = jnp.repeat(jnp.array([False, True]), config.seeds)
     return exp.init_carry(run_keys, params, labels, shuffle)

@@ -167,9 +167,8 @@ def diagnose(
         grama = nm.grama_scores(kernel_grad)
         preact = nm.preactivation_grama_scores(dz[layer.name])
         ratio = nm.stagnation_ratios(kernel, kernel_delta, bias, bias_delta)
-        stagnant_score = ratio / (jnp.mean(ratio) + nm.EPS)
+        stagnant_score = nm.normalize_by_layer_mean(ratio)
         stagnant = ratio <= config.rho if config.rho is not None else stagnant_score <= config.kappa
-        ever_active = jnp.any((h > 0).reshape(-1, h.shape[-1]), axis=0)
         layers[layer.name] = LayerDiagnostics(
             dormant_score=dormant,
             grama_score=grama,
@@ -180,7 +179,7 @@ def diagnose(
             grama_dormant=grama <= config.grama_tau,
             preact_grama_dormant=preact <= config.grama_tau,
             stagnant=stagnant,
-            active=ever_active,
+            active=nm.ever_active(h),
             weight_norm=_norm(kernel, bias),
             grad_norm=_norm(kernel_grad, bias_grad),
         )

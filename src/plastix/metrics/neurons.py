@@ -15,8 +15,8 @@ from jax import Array
 EPS = 1e-9
 
 
-def _normalize_by_layer_mean(values: Array) -> Array:
-    """``values / (mean(values) + EPS)`` for a ``(N,)`` vector of non-negative values."""
+def normalize_by_layer_mean(values: Array) -> Array:
+    """``values / (mean(values) + 1e-9)`` for a ``(N,)`` vector of non-negative values."""
     return values / (jnp.mean(values) + EPS)
 
 
@@ -39,7 +39,7 @@ def dormant_scores(h: Array) -> Array:
     Returns:
       ``(N,)`` scores with layer mean 1 (0 for a layer whose activations are all zero).
     """
-    return _normalize_by_layer_mean(_mean_abs_over_leading(h))
+    return normalize_by_layer_mean(_mean_abs_over_leading(h))
 
 
 def grama_scores(kernel_grad: Array) -> Array:
@@ -54,7 +54,7 @@ def grama_scores(kernel_grad: Array) -> Array:
     Returns:
       ``(N,)`` scores with layer mean 1.
     """
-    return _normalize_by_layer_mean(_mean_abs_over_leading(kernel_grad))
+    return normalize_by_layer_mean(_mean_abs_over_leading(kernel_grad))
 
 
 def preactivation_grama_scores(dz: Array) -> Array:
@@ -123,7 +123,7 @@ def stagnant_scores(
     Returns:
       ``(N,)`` scores with layer mean 1.
     """
-    return _normalize_by_layer_mean(stagnation_ratios(kernel, delta_kernel, bias, delta_bias))
+    return normalize_by_layer_mean(stagnation_ratios(kernel, delta_kernel, bias, delta_bias))
 
 
 def overlap_coefficient(mask_a: Array, mask_b: Array) -> Array:
@@ -151,6 +151,16 @@ def overlap_coefficient(mask_a: Array, mask_b: Array) -> Array:
     return jnp.where(both_empty, 1.0, jnp.where(smaller == 0, 0.0, ratio)).astype(jnp.float32)
 
 
+def ever_active(h: Array) -> Array:
+    """Boolean ``(N,)``: neuron i is positive for at least one input (and position / time step).
+
+    Args:
+      h: activations ``(..., N)``.
+    """
+    h = jnp.asarray(h)
+    return jnp.any((h > 0).reshape(-1, h.shape[-1]), axis=0)
+
+
 def active_fraction(h: Array) -> Array:
     """Fraction of neurons that are positive for at least one input: ``mean_i [E_x 1(h_i > 0) > 0]``.
 
@@ -160,6 +170,4 @@ def active_fraction(h: Array) -> Array:
     Returns:
       scalar in ``[0, 1]``.
     """
-    h = jnp.asarray(h)
-    ever_active = jnp.any((h > 0).reshape(-1, h.shape[-1]), axis=0)
-    return jnp.mean(ever_active.astype(jnp.float32))
+    return jnp.mean(ever_active(h).astype(jnp.float32))

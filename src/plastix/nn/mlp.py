@@ -14,10 +14,9 @@ from plastix.nn.topology import Topology
 def _check_widths(widths: Sequence[int], width_multiplier: float, field: str) -> list[int]:
     if width_multiplier <= 0:
         raise ValueError(f"{field}.width_multiplier must be > 0, got {width_multiplier}")
-    out = [max(1, int(round(w * width_multiplier))) for w in widths]
     if any(w <= 0 for w in widths):
-        raise ValueError(f"{field}.hidden must be positive integers, got {list(widths)}")
-    return out
+        raise ValueError(f"{field}: layer widths must be positive integers, got {list(widths)}")
+    return [max(1, int(round(w * width_multiplier))) for w in widths]
 
 
 class MLP(nn.Module):
