@@ -248,3 +248,25 @@ def test_weight_decay_modes_by_hand():
 def test_invalid_settings_name_field_and_allowed_values(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_gated_redo_inside_scan_under_vmap_matches_python_loop():
+    """The loop shape of the training runners: scan over periods, diagnose, gated intervention."""
+    iv = make_intervention(ReDoConfig(tau=0.3, period=2), TOPO, init_params)
+
+    def period(state, key):
+        grads = jax.grad(lambda p: loss_fn(apply(p, X)))(state.params)
+        state = state.apply_gradients(grads)
+        return iv.apply(key, state, scores_of(state)), state.step
+
+    def run(seed):
+        state = TrainState.create(init_params(jax.random.PRNGKey(seed)), optax.adam(1e-2))
+        return jax.lax.scan(period, state, jax.random.split(jax.random.PRNGKey(seed + 10), 4))[0].params
+
+    batched = jax.jit(jax.vmap(run))(jnp.arange(2))
+    state = TrainState.create(init_params(jax.random.PRNGKey(1)), optax.adam(1e-2))
+    step = jax.jit(period)
+    for key in jax.random.split(jax.random.PRNGKey(11), 4):
+        state, _ = step(state, key)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(batched)):
+        np.testing.assert_allclose(a, b[1], rtol=1e-4, atol=1e-5)
