@@ -32,12 +32,12 @@ def _print_summary(rows: list[dict], console) -> None:
     table = Table(title="final epoch: mean and 95% CI over seeds")
     for col in ("network", "dormant %", "overlap", "train acc. %", "test acc. %"):
         table.add_column(col, no_wrap=True, justify="right" if "%" in col or col == "overlap" else "left")
-    names = {"train": "trained, {} labels", "fit": "new targets\n← {}"}
+    names = {"train": "trained, {}", "fit": "new targets\n← {}"}
     for r in rows:
         fmt = lambda s, k=100, d=1: f"{s[0] * k:.{d}f}\n[dim]{s[1] * k:.{d}f}–{s[2] * k:.{d}f}[/dim]"  # noqa: E731
         table.add_row(
             names[r["phase"]].format(r["setting"]), fmt(r["dormant_fraction"]),
-            fmt(r["overlap"], 1, 3) if "overlap" in r else "–", fmt(r["train_accuracy"]),
+            fmt(r["overlap"], 1, 2) if "overlap" in r else "–", fmt(r["train_accuracy"]),
             fmt(r["test_accuracy"]) if "test_accuracy" in r else "–",
         )
     console.print(table)
