@@ -44,3 +44,60 @@ __all__ = [
     "select_neurons", "ResetConfig", "reset", "ShrinkPerturbConfig", "shrink_perturb",
     "OptimizerConfig", "make_optimizer", "make_intervention",
 ]
+
+
+import dataclasses as _dc
+
+METHODS = ("none", "redo", "reset", "shrink_perturb")
+
+
+@_dc.dataclass(frozen=True)
+class PlasticityConfig:
+    """The plasticity treatment of a learner: one intervention plus optional weight decay.
+
+    The same field set is used by every agent (DQN, DrQ(ε), SAC, ...).
+
+    Attributes:
+      method: ``none``, ``redo`` (recycle dormant neurons), ``reset`` (last layers) or
+        ``shrink_perturb``.
+      redo: ReDo settings (used with ``method="redo"``).
+      reset: Reset settings (used with ``method="reset"``).
+      shrink_perturb: Shrink & Perturb settings (used with ``method="shrink_perturb"``).
+      weight_decay: L2 weight decay added to the optimizer (paper's best for DQN: 1e-5); 0 = off.
+        Combines with any method.
+    """
+
+    method: str = "none"
+    redo: ReDoConfig = ReDoConfig()
+    reset: ResetConfig = ResetConfig()
+    shrink_perturb: ShrinkPerturbConfig = ShrinkPerturbConfig()
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        from plastix.interventions.base import check_choice
+
+        check_choice("PlasticityConfig.method", self.method, METHODS)
+        if self.weight_decay < 0:
+            raise ValueError(f"PlasticityConfig.weight_decay must be >= 0, got {self.weight_decay}")
+
+    @property
+    def intervention(self) -> InterventionConfig:
+        """The config :func:`make_intervention` takes (``None`` for ``method="none"``)."""
+        return None if self.method == "none" else getattr(self, self.method)
+
+    @property
+    def period(self) -> int | None:
+        return None if self.method == "none" else self.intervention.period
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.method == "redo"
+
+    def optimizer(self, base: OptimizerConfig) -> OptimizerConfig:
+        """``base`` with this config's weight decay (if any) switched on."""
+        if self.weight_decay == 0:
+            return base
+        return _dc.replace(base, weight_decay=self.weight_decay)
+
+
+__all__ += ["PlasticityConfig", "METHODS"]

@@ -2,6 +2,7 @@
 
 from plastix.nn.conv import ConvNet, nature_cnn, small_cnn
 from plastix.nn.mlp import MLP
+from plastix.nn.resnet import ImpalaResNet, impala_resnet
 from plastix.nn.topology import (
     Consumer,
     NeuronLayer,
@@ -15,6 +16,6 @@ from plastix.nn.topology import (
 )
 
 __all__ = [
-    "MLP", "ConvNet", "nature_cnn", "small_cnn", "Consumer", "NeuronLayer", "Topology",
+    "MLP", "ConvNet", "ImpalaResNet", "impala_resnet", "nature_cnn", "small_cnn", "Consumer", "NeuronLayer", "Topology",
     "capture", "get_path", "set_path", "layer_sizes", "preactivation_shapes", "validate",
 ]

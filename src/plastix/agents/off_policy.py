@@ -1,0 +1,395 @@
+"""The one off-policy training loop shared by DQN, DrQ(ε) and SAC.
+
+A run, per seed, is::
+
+    warm-up: ``warmup_steps`` env steps with uniform random actions into the replay buffer
+    repeat n_periods times:                                  (lax.scan, inside one jit)
+        repeat F / u times:                                  (one *iteration*)
+            k vector env steps (num_envs envs each) -> replay buffer
+            u updates, each on a fresh batch sampled from the buffer
+        diagnostics on a scoring batch (256 from the buffer)
+        the agent's intervention (unconditional, gated by a mask inside)
+    greedy evaluation episodes after every chunk of ``eval_every`` periods
+
+``u / (k · num_envs)`` is the replay ratio exactly (0.25: one update every 4 env steps; 2: two
+updates per env step), so after N learning env steps exactly ``N · replay_ratio`` updates have
+been made. Seeds are ``vmap``-ed over the whole chunk function; the host calls it once per chunk
+(to show progress and save a checkpoint) and only stores the stacked metrics it returns.
+
+Replay is a flashbax trajectory buffer holding, per parallel environment, the time series of
+``(obs, action, reward, done)``; sampled sequences of length ``n + 1`` give n-step transitions
+(:func:`n_step_return`). Episode ends (termination or time limit) cut the n-step sum and the
+bootstrap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from plastix.envs.base import Env, EnvSpec
+from plastix.metrics import Diagnostics, summarize
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Settings of the off-policy loop (per seed).
+
+    Attributes:
+      env_steps: environment steps of the learning phase (after warm-up), per seed.
+      num_envs: parallel environments per seed (one vector step = ``num_envs`` env steps).
+      replay_ratio: gradient updates per environment step; fractional (0.25) or above 1 (2).
+      warmup_steps: env steps of uniform random actions that fill the buffer before learning.
+      buffer_size: replay capacity in transitions (split evenly over the parallel envs).
+      batch_size: transitions per update.
+      n_step: n of the n-step return (1 = one-step TD).
+      gamma: discount factor.
+      period: ``F``, updates between two diagnostics + intervention points.
+      eval_every: periods per chunk; greedy evaluation and checkpoints happen after each chunk.
+      eval_envs: parallel evaluation episodes.
+      eval_steps: steps per evaluation episode (0: the env's time limit); an episode not done by
+        then counts its partial return.
+      scoring_batch: transitions sampled from the buffer to score neurons.
+      diagnostics: compute and log neuron diagnostics after every period.
+    """
+
+    env_steps: int = 100_000
+    num_envs: int = 1
+    replay_ratio: float = 1.0
+    warmup_steps: int = 1_000
+    buffer_size: int = 100_000
+    batch_size: int = 32
+    n_step: int = 1
+    gamma: float = 0.99
+    period: int = 1_000
+    eval_every: int = 10
+    eval_envs: int = 8
+    eval_steps: int = 0
+    scoring_batch: int = 256
+    diagnostics: bool = True
+
+    def __post_init__(self):
+        positive = ("env_steps", "num_envs", "warmup_steps", "buffer_size", "batch_size", "n_step", "period",
+                    "eval_every", "eval_envs", "scoring_batch")
+        for field in positive:
+            if getattr(self, field) < 1:
+                raise ValueError(f"LoopConfig.{field} must be >= 1, got {getattr(self, field)}")
+        if self.replay_ratio <= 0:
+            raise ValueError(f"LoopConfig.replay_ratio must be > 0, got {self.replay_ratio}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"LoopConfig.gamma must be in [0, 1], got {self.gamma}")
+        if self.eval_steps < 0:
+            raise ValueError(f"LoopConfig.eval_steps must be >= 0, got {self.eval_steps}")
+
+
+class Transition(NamedTuple):
+    """A batch of n-step transitions, what an agent's ``update`` receives.
+
+    Attributes:
+      obs: ``(B, *obs_shape)`` observations.
+      action: ``(B,)`` int32 or ``(B, action_dim)`` float32.
+      reward: ``(B,)`` n-step discounted reward sum.
+      discount: ``(B,)`` ``gamma**n`` if no episode ended within the n steps, else 0.
+      next_obs: ``(B, *obs_shape)`` observation n steps later (bootstrap state).
+    """
+
+    obs: Array
+    action: Array
+    reward: Array
+    discount: Array
+    next_obs: Array
+
+
+class Agent(NamedTuple):
+    """What the loop needs from an agent (every function pure; ``agent_state`` a pytree).
+
+    Attributes:
+      init: ``init(key, obs) -> agent_state`` with ``obs`` one example ``(1, *obs_shape)``.
+      act: ``act(key, agent_state, obs, explore_step, greedy) -> actions`` for ``obs`` of shape
+        ``(E, *obs_shape)``; ``explore_step`` counts learning env steps (for ε schedules);
+        ``greedy`` (a Python bool) selects the evaluation policy.
+      update: ``update(key, agent_state, batch) -> (agent_state, {name: scalar})``.
+      diagnose: ``diagnose(agent_state, batch) -> {network name: Diagnostics}``.
+      intervene: ``intervene(key, agent_state, {network name: Diagnostics}) -> agent_state``.
+      needs_scores: whether ``intervene`` reads the diagnostics (then they are computed even
+        with ``diagnostics=False``).
+    """
+
+    init: Callable[[Array, Array], Any]
+    act: Callable[..., Array]
+    update: Callable[[Array, Any, Transition], tuple[Any, dict]]
+    diagnose: Callable[[Any, Transition], dict[str, Diagnostics]]
+    intervene: Callable[[Array, Any, dict[str, Diagnostics]], Any]
+    needs_scores: bool = False
+
+
+class Step(NamedTuple):
+    """One stored env step (per parallel env): observation, action, reward, episode ended."""
+
+    obs: Array
+    action: Array
+    reward: Array
+    done: Array
+
+
+class Carry(NamedTuple):
+    """Per-seed state carried from period to period."""
+
+    agent: Any
+    buffer: Any
+    env_state: Any
+    obs: Array  # (num_envs, *obs_shape)
+    episode_return: Array  # (num_envs,) running return of the current episodes
+    key: Array
+    env_steps: Array  # int32, learning env steps so far (warm-up excluded)
+    updates: Array  # int32, gradient updates so far
+
+
+def replay_schedule(replay_ratio: float, num_envs: int) -> tuple[int, int]:
+    """``(vector_steps, updates)`` per iteration with ``updates / (vector_steps · num_envs) = replay_ratio``.
+
+    Examples: RR 0.25 with 1 env → (4, 1); RR 2 with 1 env → (1, 2); RR 1 with 8 envs → (1, 8).
+    """
+    ratio = Fraction(str(replay_ratio)).limit_denominator(10_000) * num_envs
+    return ratio.denominator, ratio.numerator
+
+
+def n_step_return(rewards: Array, dones: Array, gamma: float) -> tuple[Array, Array]:
+    """n-step discounted reward sums and bootstrap discounts.
+
+    Args:
+      rewards: ``(B, n)`` rewards r_t … r_{t+n-1}.
+      dones: ``(B, n)`` episode-ended flags after each of those steps.
+      gamma: discount.
+
+    Returns:
+      ``(returns, discounts)``, each ``(B,)``: ``Σ_k γ^k r_{t+k}`` over the steps up to and including
+      the first episode end, and ``γ^n`` when no episode ended within the n steps, else 0.
+    """
+    n = rewards.shape[-1]
+    not_done = 1.0 - dones.astype(jnp.float32)
+    alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(not_done[..., :1]), not_done[..., :-1]], -1), -1)
+    powers = gamma ** jnp.arange(n, dtype=jnp.float32)
+    returns = jnp.sum(powers * alive * rewards, -1)
+    discounts = gamma**n * jnp.prod(not_done, -1)
+    return returns, discounts
+
+
+def random_actions(key: Array, spec: EnvSpec, n: int) -> Array:
+    """``n`` uniform random actions: ``(n,)`` int32 or ``(n, action_dim)`` float32."""
+    if spec.discrete:
+        return jax.random.randint(key, (n,), 0, spec.num_actions)
+    return jax.random.uniform(key, (n, spec.action_dim), minval=spec.action_low, maxval=spec.action_high)
+
+
+class Layout(NamedTuple):
+    """How a run splits into iterations, periods and chunks (all static)."""
+
+    vector_steps: int  # per iteration
+    updates: int  # per iteration
+    iterations: int  # per period
+    periods: int  # per chunk
+    chunks: int
+    warmup_vector_steps: int
+
+    @property
+    def env_steps_per_period(self) -> int:
+        return self.iterations * self.vector_steps
+
+    @property
+    def total_periods(self) -> int:
+        return self.periods * self.chunks
+
+
+def layout(config: LoopConfig) -> Layout:
+    """Check that the config splits evenly and return the split.
+
+    Raises:
+      ValueError: naming the fields to change when it does not.
+    """
+    k, u = replay_schedule(config.replay_ratio, config.num_envs)
+    if config.period % u:
+        raise ValueError(
+            f"LoopConfig.period ({config.period}) must be a multiple of the {u} updates per iteration that "
+            f"replay_ratio={config.replay_ratio} with num_envs={config.num_envs} needs"
+        )
+    iterations = config.period // u
+    steps_per_period = iterations * k * config.num_envs
+    if config.env_steps % steps_per_period:
+        raise ValueError(
+            f"LoopConfig.env_steps ({config.env_steps}) must be a multiple of the {steps_per_period} env steps "
+            f"of one period (period={config.period} updates at replay_ratio={config.replay_ratio})"
+        )
+    total = config.env_steps // steps_per_period
+    chunk = max(d for d in range(1, min(total, config.eval_every) + 1) if total % d == 0)
+    warmup = math.ceil(config.warmup_steps / config.num_envs)
+    capacity = config.buffer_size // config.num_envs
+    if warmup < config.n_step + 1:
+        raise ValueError(f"LoopConfig.warmup_steps must give at least n_step + 1 = {config.n_step + 1} steps per env")
+    if capacity < max(warmup, k, config.n_step + 1):
+        raise ValueError(
+            f"LoopConfig.buffer_size ({config.buffer_size}) must hold the warm-up: at least "
+            f"{max(warmup, k, config.n_step + 1) * config.num_envs} transitions"
+        )
+    return Layout(k, u, iterations, chunk, total // chunk, warmup)
+
+
+class Train(NamedTuple):
+    """The compiled pieces of a run (see :func:`make_train`).
+
+    Attributes:
+      init: ``init(keys (S, 2)) -> Carry`` for S seeds: networks, buffer, env, warm-up done.
+      run_chunk: ``run_chunk(carry) -> (carry, period_metrics, eval_metrics)``; period metrics
+        are ``{name: (S, periods)}``, eval metrics ``{name: (S,)}``.
+      layout: the static split of the run.
+      init_single / run_chunk_single: the same functions for one seed, neither jitted nor vmapped.
+    """
+
+    init: Callable[[Array], Carry]
+    run_chunk: Callable[[Carry], tuple[Carry, dict, dict]]
+    layout: Layout
+    init_single: Callable[[Array], Carry]
+    run_chunk_single: Callable[[Carry], tuple[Carry, dict, dict]]
+
+
+def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
+    """Build the jitted, seed-vmapped functions of a run of ``agent`` on ``env``."""
+    import flashbax
+
+    lay = layout(config)
+    spec = env.spec
+    n = config.n_step
+    E = config.num_envs
+    capacity = config.buffer_size // E
+    buffer = flashbax.make_trajectory_buffer(
+        add_batch_size=E, sample_batch_size=config.batch_size, sample_sequence_length=n + 1, period=1,
+        min_length_time_axis=n + 1, max_length_time_axis=capacity,
+    )
+    scoring_buffer = flashbax.make_trajectory_buffer(
+        add_batch_size=E, sample_batch_size=config.scoring_batch, sample_sequence_length=n + 1, period=1,
+        min_length_time_axis=n + 1, max_length_time_axis=capacity,
+    )
+    eval_steps = config.eval_steps or spec.max_episode_steps
+    vreset = jax.vmap(env.reset)
+    vstep = jax.vmap(env.step)
+
+    def to_transition(seq: Step) -> Transition:
+        rewards, discounts = n_step_return(seq.reward[:, :n], seq.done[:, :n], config.gamma)
+        return Transition(seq.obs[:, 0], seq.action[:, 0], rewards, discounts, seq.obs[:, n])
+
+    def sample(buf, buffer_state, key) -> Transition:
+        return to_transition(buf.sample(buffer_state, key).experience)
+
+    def env_step(carry: Carry, key: Array, explore: bool):
+        """One vector step; returns the stored steps and (completed return sum, completed count)."""
+        k_act, k_env = jax.random.split(key)
+        if explore:
+            actions = agent.act(k_act, carry.agent, carry.obs, carry.env_steps, False)
+        else:
+            actions = random_actions(k_act, spec, E)
+        obs, env_state, reward, done = vstep(jax.random.split(k_env, E), carry.env_state, actions)
+        ret = carry.episode_return + reward
+        finished = (jnp.sum(jnp.where(done, ret, 0.0)), jnp.sum(done))
+        step = Step(carry.obs, actions, reward, done)
+        carry = carry._replace(env_state=env_state, obs=obs, episode_return=jnp.where(done, 0.0, ret),
+                               env_steps=carry.env_steps + (E if explore else 0))
+        return carry, (step, finished)
+
+    def collect(carry: Carry, key: Array, length: int, explore: bool):
+        """``length`` vector steps added to the buffer; returns (carry, (return sum, episodes))."""
+        carry, (steps, finished) = jax.lax.scan(
+            lambda c, k: env_step(c, k, explore), carry, jax.random.split(key, length)
+        )
+        steps = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # (E, length, ...)
+        carry = carry._replace(buffer=buffer.add(carry.buffer, steps))
+        return carry, jax.tree.map(jnp.sum, finished)
+
+    def init_single(key: Array) -> Carry:
+        k_agent, k_env, k_warm, k_next = jax.random.split(key, 4)
+        obs, env_state = vreset(jax.random.split(k_env, E))
+        example = Step(obs[0], random_actions(k_warm, spec, 1)[0], jnp.zeros((), jnp.float32), jnp.zeros((), bool))
+        carry = Carry(
+            agent=agent.init(k_agent, obs[:1]),
+            buffer=buffer.init(example),
+            env_state=env_state,
+            obs=obs,
+            episode_return=jnp.zeros(E, jnp.float32),
+            key=k_next,
+            env_steps=jnp.zeros((), jnp.int32),
+            updates=jnp.zeros((), jnp.int32),
+        )
+        carry, _ = collect(carry, k_warm, lay.warmup_vector_steps, explore=False)
+        return carry
+
+    def iteration(carry: Carry, key: Array):
+        k_env, k_upd = jax.random.split(key)
+        carry, finished = collect(carry, k_env, lay.vector_steps, explore=True)
+
+        def one_update(agent_state, k):
+            k_sample, k_agent = jax.random.split(k)
+            return agent.update(k_agent, agent_state, sample(buffer, carry.buffer, k_sample))
+
+        agent_state, stats = jax.lax.scan(one_update, carry.agent, jax.random.split(k_upd, lay.updates))
+        carry = carry._replace(agent=agent_state, updates=carry.updates + lay.updates)
+        return carry, (finished, jax.tree.map(jnp.mean, stats))
+
+    def period(carry: Carry, _):
+        key, k_iter, k_score, k_int = jax.random.split(carry.key, 4)
+        carry = carry._replace(key=key)
+        carry, (finished, stats) = jax.lax.scan(iteration, carry, jax.random.split(k_iter, lay.iterations))
+        returns, episodes = jax.tree.map(jnp.sum, finished)
+        metrics = {k: jnp.mean(v) for k, v in stats.items()}
+        metrics.update(
+            env_steps=carry.env_steps,
+            updates=carry.updates,
+            episodes=episodes,
+            train_return=jnp.where(episodes > 0, returns / jnp.maximum(episodes, 1), jnp.nan),
+        )
+        if config.diagnostics or agent.needs_scores:
+            diags = agent.diagnose(carry.agent, sample(scoring_buffer, carry.buffer, k_score))
+            if config.diagnostics:
+                for net, diag in diags.items():
+                    metrics.update({f"{net}/{k}": v for k, v in summarize(diag).items()})
+        else:
+            diags = None
+        carry = carry._replace(agent=agent.intervene(k_int, carry.agent, diags))
+        return carry, metrics
+
+    def evaluate(agent_state, key: Array) -> dict:
+        """Greedy episodes on ``eval_envs`` fresh environments: return of each first episode."""
+        k_reset, k_run = jax.random.split(key)
+        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, config.eval_envs))
+        zeros = jnp.zeros(config.eval_envs, jnp.float32)
+
+        def step(c, k):
+            obs, env_state, ret, running = c
+            k_act, k_env = jax.random.split(k)
+            actions = agent.act(k_act, agent_state, obs, jnp.zeros((), jnp.int32), True)
+            obs, env_state, reward, done = vstep(jax.random.split(k_env, config.eval_envs), env_state, actions)
+            ret = ret + jnp.where(running, reward, 0.0)
+            return (obs, env_state, ret, running & ~done), None
+
+        (_, _, ret, running), _ = jax.lax.scan(
+            step, (obs, env_state, zeros, jnp.ones(config.eval_envs, bool)), jax.random.split(k_run, eval_steps)
+        )
+        return {"eval_return": jnp.mean(ret), "eval_episodes_finished": jnp.mean(~running)}
+
+    def run_chunk_single(carry: Carry):
+        carry, metrics = jax.lax.scan(period, carry, None, length=lay.periods)
+        key, k_eval = jax.random.split(carry.key)
+        return carry._replace(key=key), metrics, evaluate(carry.agent, k_eval)
+
+    return Train(
+        init=jax.jit(jax.vmap(init_single)),
+        run_chunk=jax.jit(jax.vmap(run_chunk_single)),
+        layout=lay,
+        init_single=init_single,
+        run_chunk_single=run_chunk_single,
+    )

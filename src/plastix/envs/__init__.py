@@ -1,0 +1,36 @@
+"""Environments as pure functions (:class:`Env`): gymnax (classic control, MinAtar), brax.
+
+``make_env(name)`` picks the adapter from the name: gymnax names as gymnax spells them
+(``"CartPole-v1"``, ``"Breakout-MinAtar"``), brax tasks as ``"brax/<task>"`` (``"brax/hopper"``).
+"""
+
+from __future__ import annotations
+
+from plastix.envs.base import Env, EnvSpec
+from plastix.envs.gymnax_envs import MINATAR, make_gymnax
+from plastix.envs.gymnax_envs import NAMES as GYMNAX_NAMES
+
+
+def available_envs() -> tuple[str, ...]:
+    """Every name :func:`make_env` accepts."""
+    from plastix.envs.brax_envs import NAMES as BRAX_NAMES
+
+    return GYMNAX_NAMES + tuple(f"brax/{n}" for n in BRAX_NAMES)
+
+
+def make_env(name: str, **kwargs) -> Env:
+    """The environment called ``name`` (see :func:`available_envs`).
+
+    Raises:
+      ValueError: for an unknown name, listing the available ones.
+    """
+    if name in GYMNAX_NAMES:
+        return make_gymnax(name, **kwargs)
+    if name.startswith("brax/"):
+        from plastix.envs.brax_envs import make_brax
+
+        return make_brax(name[len("brax/"):], **kwargs)
+    raise ValueError(f"env: got {name!r}, available: {available_envs()}")
+
+
+__all__ = ["Env", "EnvSpec", "make_env", "available_envs", "MINATAR"]
