@@ -3,7 +3,7 @@
 A run directory holds::
 
     config.json          the full config (a re-run with a different config is refused)
-    checkpoint/          the latest chunk's state (atomic: written aside, then renamed)
+    checkpoint/          the latest chunk's state (orbax; written aside, then renamed)
     metrics.parquet      one row per epoch / seed / setting, written when the run finishes
     DONE                 present once everything, figures and report included, is written
 
@@ -63,54 +63,77 @@ class RunDir:
         with open(path, "w") as f:
             json.dump(wanted, f, indent=2, sort_keys=True)
 
-    def save_checkpoint(self, state: Any, rows: list[dict], meta: dict) -> None:
-        """Atomically save a pytree of arrays, the metric rows so far, and a small ``meta`` dict."""
-        tmp = self.file("checkpoint.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
-        np.savez(os.path.join(tmp, "state.npz"), *leaves)
-        pd.DataFrame(rows).to_parquet(os.path.join(tmp, "rows.parquet"))
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f)
-        final = self.file("checkpoint")
-        old = self.file("checkpoint.old")
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+    def _checkpoints(self):
+        import orbax.checkpoint as ocp
+
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+        return ocp.CheckpointManager(os.path.abspath(self.file("checkpoint")), options=options)
+
+    def save_checkpoint(self, state: Any, rows: list[dict] | pd.DataFrame, meta: dict) -> None:
+        """Save a pytree of arrays, the metric rows so far and a small ``meta`` dict (orbax).
+
+        Orbax writes each checkpoint aside and renames it when complete, so a kill mid-save
+        leaves the previous checkpoint intact; only the newest is kept.
+        """
+        import orbax.checkpoint as ocp
+
+        table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        tmp = self.file("rows.parquet.tmp")
+        table.to_parquet(tmp)
+        os.replace(tmp, self.file("rows.parquet"))  # may run ahead of the checkpoint: cut on load
+        manager = self._checkpoints()
+        step = (manager.latest_step() or 0) + 1
+        state = jax.tree.map(np.asarray, state)
+        extra = {"rows": len(table), "meta": meta}
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
+        manager.wait_until_finished()
+        manager.close()
+
+    def _restore(self, template: Any | None):
+        import orbax.checkpoint as ocp
+
+        if not os.path.isdir(self.file("checkpoint")):
+            return None
+        manager = self._checkpoints()
+        step = manager.latest_step()
+        if step is None:
+            return None
+        items = {"extra": ocp.args.JsonRestore()}
+        if template is not None:
+            items["state"] = ocp.args.StandardRestore(jax.tree.map(np.asarray, template))
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        manager.close()
+        return restored
 
     def checkpoint_meta(self) -> dict | None:
         """The ``meta`` dict of the last checkpoint, or ``None`` when there is none."""
-        for name in ("checkpoint", "checkpoint.old"):  # .old: killed between the two renames
-            path = os.path.join(self.file(name), "meta.json")
-            if os.path.exists(path):
-                if name == "checkpoint.old":
-                    os.replace(self.file(name), self.file("checkpoint"))
-                with open(self.file("checkpoint/meta.json")) as f:
-                    return json.load(f)
-        return None
+        restored = self._restore(None)
+        return None if restored is None else restored["extra"]["meta"]
 
     def load_checkpoint(self, template: Any) -> tuple[Any, list[dict], dict] | None:
-        """The last checkpoint as ``(state, rows, meta)`` shaped like ``template``, or ``None``."""
-        if self.checkpoint_meta() is None:
+        """The last checkpoint as ``(state, rows, meta)`` shaped like ``template``, or ``None``.
+
+        Raises:
+          ValueError: when the checkpoint does not match ``template`` (another config's state).
+        """
+        try:
+            restored = self._restore(template)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{self.file('checkpoint')}: checkpoint does not match this config's state ({e}); "
+                             "delete it to restart") from e
+        if restored is None:
             return None
-        final = self.file("checkpoint")
-        with np.load(os.path.join(final, "state.npz")) as npz:
-            leaves = [npz[f"arr_{i}"] for i in range(len(npz.files))]
-        treedef = jax.tree.structure(template)
-        if treedef.num_leaves != len(leaves):
-            raise ValueError(f"{final}: checkpoint does not match this config's state; delete it to restart")
-        state = jax.tree.unflatten(treedef, leaves)
-        rows = pd.read_parquet(os.path.join(final, "rows.parquet")).to_dict("records")
-        with open(os.path.join(final, "meta.json")) as f:
-            meta = json.load(f)
-        return state, rows, meta
+        state = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored["state"]))
+        n_rows = restored["extra"]["rows"]
+        rows = pd.read_parquet(self.file("rows.parquet")).iloc[:n_rows].to_dict("records") if n_rows else []
+        return state, rows, restored["extra"]["meta"]
 
     def finish(self, metrics: pd.DataFrame) -> None:
         """Write ``metrics.parquet``, drop the checkpoint and mark the run done."""
         metrics.to_parquet(self.file("metrics.parquet"))
         shutil.rmtree(self.file("checkpoint"), ignore_errors=True)
+        if os.path.exists(self.file("rows.parquet")):
+            os.remove(self.file("rows.parquet"))
         with open(self.file("DONE"), "w") as f:
             f.write("ok\n")
 

@@ -1,0 +1,163 @@
+"""Runs of single-agent RL: one *cell* = one agent config on one env, all seeds at once.
+
+:func:`run_cell` builds the jitted loop (:func:`plastix.agents.off_policy.make_train`), runs it
+chunk by chunk with a progress callback, checkpoints the whole carry (networks, optimizer,
+replay buffer, env states, keys) with orbax every ``checkpoint_every`` chunks, and resumes from
+the last checkpoint after a kill: the resumed run computes exactly what the uninterrupted run
+would have (same keys, same buffer), so the final metrics are identical.
+
+Experiments (:mod:`plastix.experiments.dormant`) are lists of cells, each in its own run
+directory, merged into one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from plastix.agents import DQNConfig, LoopConfig, SACConfig, make_dqn, make_sac, make_train
+from plastix.agents.off_policy import Train
+from plastix.envs import make_env
+from plastix.experiments.rundir import RunDir
+
+AGENTS = ("dqn", "drq", "sac")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """One agent on one environment, ``seeds`` seeds in parallel.
+
+    Attributes:
+      env: environment name (see ``plastix.envs.available_envs()``).
+      agent: ``dqn``, ``drq`` (DQN settings + random shifts; see ``drq_epsilon_config``) or ``sac``.
+      loop: the off-policy loop (replay ratio, steps, period F, evaluation).
+      dqn: DQN / DrQ(ε) settings (used by ``dqn`` and ``drq``).
+      sac: SAC settings (used by ``sac``).
+      seeds: independent seeds run together with ``vmap``.
+      seed: base seed; seed i uses ``fold_in(PRNGKey(seed), i)``.
+      checkpoint_every: chunks between orbax checkpoints (0: never).
+      vmap_seeds: run seeds with ``vmap`` (True) or one after another (False).
+    """
+
+    env: str = "Breakout-MinAtar"
+    agent: Literal["dqn", "drq", "sac"] = "dqn"
+    loop: LoopConfig = LoopConfig()
+    dqn: DQNConfig = DQNConfig()
+    sac: SACConfig = SACConfig()
+    seeds: int = 3
+    seed: int = 0
+    checkpoint_every: int = 1
+    vmap_seeds: bool = True
+
+    def __post_init__(self):
+        if self.agent not in AGENTS:
+            raise ValueError(f"RLConfig.agent: got {self.agent!r}, allowed values are {AGENTS}")
+        if self.seeds < 1:
+            raise ValueError(f"RLConfig.seeds must be >= 1, got {self.seeds}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"RLConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+def build_agent(config: RLConfig):
+    """``(env, agent, topologies)`` for a cell."""
+    env = make_env(config.env)
+    if config.agent == "sac":
+        agent, _, topologies = make_sac(env.spec, config.sac, config.loop.period)
+    else:
+        agent, _, topology = make_dqn(env.spec, config.dqn, config.loop.period)
+        topologies = {"q": topology}
+    return env, agent, topologies
+
+
+@functools.lru_cache(maxsize=8)
+def build_train(config: RLConfig) -> Train:
+    """The compiled loop of a cell (memoized: cells differing only in seeds share it)."""
+    env, agent, _ = build_agent(config)
+    return make_train(config.loop, env, agent)
+
+
+def _compute_key(config: RLConfig) -> RLConfig:
+    return dataclasses.replace(config, seeds=1, seed=0, checkpoint_every=0)
+
+
+def seed_keys(config: RLConfig) -> jax.Array:
+    base = jax.random.PRNGKey(config.seed)
+    return jnp.stack([jax.random.fold_in(base, i) for i in range(config.seeds)])
+
+
+def chunk_rows(period_metrics: dict, eval_metrics: dict, first_period: int) -> pd.DataFrame:
+    """Stacked ``{name: (seeds, periods)}`` and ``{name: (seeds,)}`` as one row per seed and period.
+
+    Evaluation columns are set on the chunk's last period and NaN elsewhere.
+    """
+    host = {k: np.asarray(v) for k, v in period_metrics.items()}
+    seeds, periods = host["env_steps"].shape
+    table = {k: v.reshape(seeds * periods).astype(np.float64 if v.dtype.kind == "f" else v.dtype)
+             for k, v in host.items()}
+    table["seed"] = np.repeat(np.arange(seeds), periods)
+    table["period"] = np.tile(np.arange(first_period + 1, first_period + periods + 1), seeds)
+    last = np.tile(np.arange(periods) == periods - 1, seeds)
+    for k, v in eval_metrics.items():
+        table[k] = np.where(last, np.repeat(np.asarray(v, np.float64), periods), np.nan)
+    return pd.DataFrame(table)
+
+
+def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] | None = None,
+             stop_after_chunks: int | None = None) -> pd.DataFrame:
+    """Run (or resume, or read back if finished) one cell in run directory ``path``.
+
+    Args:
+      config: the cell.
+      path: its run directory.
+      progress: ``progress(chunks_done, chunks_total)`` after every chunk.
+      stop_after_chunks: stop (as if killed) after this many chunks of this call (for tests).
+
+    Returns:
+      one row per (seed, period): ``env_steps``, ``updates``, ``train_return``, losses,
+      ``<network>/dormant_fraction`` and every other diagnostic, ``eval_return`` at chunk ends.
+    """
+    rundir = RunDir(path)
+    rundir.prepare(config)
+    if rundir.finished:
+        return rundir.metrics()
+    train = build_train(_compute_key(config))
+    keys = seed_keys(config)
+    if config.vmap_seeds:
+        init, run_chunk = train.init, train.run_chunk
+    else:  # one seed at a time through the same jitted single-seed functions
+        single_init, single_chunk = jax.jit(train.init_single), jax.jit(train.run_chunk_single)
+        stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+        unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(config.seeds)]  # noqa: E731
+        init = lambda k: stack([single_init(x) for x in k])  # noqa: E731
+        run_chunk = lambda c: stack([single_chunk(x) for x in unstack(c)])  # noqa: E731
+    carry = init(keys)
+    frames: list[pd.DataFrame] = []
+    done = 0
+    if rundir.checkpoint_meta() is not None:
+        carry, rows, meta = rundir.load_checkpoint(carry)
+        carry = jax.tree.map(jnp.asarray, carry)
+        frames, done = [pd.DataFrame(rows)], meta["chunks_done"]
+    total = train.layout.chunks
+    if progress:
+        progress(done, total)
+    ran = 0
+    while done < total:
+        if stop_after_chunks is not None and ran >= stop_after_chunks:
+            return pd.concat(frames, ignore_index=True)
+        carry, metrics, evals = run_chunk(carry)
+        frames.append(chunk_rows(metrics, evals, done * train.layout.periods))
+        done, ran = done + 1, ran + 1
+        if config.checkpoint_every and (done % config.checkpoint_every == 0) and done < total:
+            rundir.save_checkpoint(carry, pd.concat(frames, ignore_index=True), {"chunks_done": done})
+        if progress:
+            progress(done, total)
+    df = pd.concat(frames, ignore_index=True)
+    rundir.finish(df)
+    return df

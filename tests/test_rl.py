@@ -1,0 +1,257 @@
+"""The off-policy loop, DQN / DrQ(ε) / SAC, and RL runs: references, invariants, learning checks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from plastix.agents import DQNConfig, LoopConfig, SACConfig, Transition, make_dqn, make_sac, make_train
+from plastix.agents.dqn import random_shift, td_targets
+from plastix.agents.off_policy import layout, n_step_return, replay_schedule
+from plastix.agents.sac import soft_target, squashed_gaussian, temperature_loss
+from plastix.envs import make_env
+from plastix.experiments.rl import RLConfig, run_cell
+from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
+
+CARTPOLE_DQN = DQNConfig(network="mlp", mlp_hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3),
+                         target_update_period=100, epsilon_decay_steps=5_000)
+
+
+# ---------------------------------------------------------------------------- n-step, replay ratio
+
+def test_n_step_return_against_hand_computation():
+    rewards = jnp.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [5.0, 0.0, 0.0]])
+    dones = jnp.array([[0, 0, 0], [0, 1, 0], [1, 0, 0]], bool)
+    returns, discounts = n_step_return(rewards, dones, 0.5)
+    # row 0: 1 + .5*2 + .25*3; row 1: episode ends after the 2nd step; row 2: after the 1st
+    np.testing.assert_allclose(returns, [2.75, 2.0, 5.0])
+    np.testing.assert_allclose(discounts, [0.125, 0.0, 0.0])
+
+
+def test_one_step_return_is_reward_and_gamma():
+    returns, discounts = n_step_return(jnp.array([[2.0]]), jnp.array([[False]]), 0.99)
+    np.testing.assert_allclose(returns, [2.0])
+    np.testing.assert_allclose(discounts, [0.99])
+
+
+@pytest.mark.parametrize("rr, envs, expected", [(0.25, 1, (4, 1)), (0.5, 1, (2, 1)), (2, 1, (1, 2)),
+                                                (1, 8, (1, 8)), (0.25, 8, (1, 2))])
+def test_replay_schedule(rr, envs, expected):
+    assert replay_schedule(rr, envs) == expected
+
+
+def test_layout_errors_name_the_field():
+    with pytest.raises(ValueError, match="LoopConfig.env_steps"):
+        layout(LoopConfig(env_steps=1001, replay_ratio=1, period=100))
+    with pytest.raises(ValueError, match="LoopConfig.period"):
+        layout(LoopConfig(env_steps=1000, replay_ratio=2, period=101))
+
+
+def _cartpole_train(rr, steps, plasticity=PlasticityConfig(), period=50, eval_every=2):
+    env = make_env("CartPole-v1")
+    loop = LoopConfig(env_steps=steps, replay_ratio=rr, warmup_steps=100, buffer_size=5_000, batch_size=16,
+                      period=period, eval_every=eval_every, eval_envs=2, eval_steps=50)
+    agent, _, _ = make_dqn(env.spec, dataclasses.replace(CARTPOLE_DQN, mlp_hidden=(32,), plasticity=plasticity),
+                           loop.period)
+    return make_train(loop, env, agent)
+
+
+@pytest.mark.parametrize("rr, steps", [(0.25, 800), (2, 200)])
+def test_replay_ratio_bookkeeping(rr, steps):
+    train = _cartpole_train(rr, steps)
+    carry = train.init(jax.random.split(jax.random.PRNGKey(0), 1))
+    updates = []
+    for _ in range(train.layout.chunks):
+        carry, metrics, _ = train.run_chunk(carry)
+        updates.append(np.asarray(metrics["updates"])[0])
+    assert int(carry.env_steps[0]) == steps
+    assert int(carry.updates[0]) == steps * rr  # exactly N · RR updates over N env steps
+    assert int(carry.agent.online.step[0]) == steps * rr
+    per_period = np.diff(np.concatenate([[0], np.concatenate(updates)]))
+    assert (per_period == 50).all()
+
+
+# ---------------------------------------------------------------------------- DQN
+
+def _batch(key, obs_dim=4, n=8, actions=2):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return Transition(jax.random.normal(k1, (n, obs_dim)), jax.random.randint(k2, (n,), 0, actions),
+                      jax.random.normal(k3, (n,)), jnp.full((n,), 0.99), jax.random.normal(k1, (n, obs_dim)) + 1)
+
+
+def test_target_network_copied_every_period_updates():
+    env = make_env("CartPole-v1")
+    agent, _, _ = make_dqn(env.spec, dataclasses.replace(CARTPOLE_DQN, target_update_period=3))
+    state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+    update = jax.jit(agent.update)
+    init_target = state.target
+    for i in range(1, 7):
+        state, _ = update(jax.random.PRNGKey(i), state, _batch(jax.random.PRNGKey(10 + i)))
+        same_as_online = jax.tree.all(jax.tree.map(jnp.array_equal, state.target, state.online.params))
+        assert same_as_online == (i % 3 == 0), i
+        if i < 3:
+            assert jax.tree.all(jax.tree.map(jnp.array_equal, state.target, init_target))
+
+
+@pytest.mark.parametrize("rr, env_steps_between_syncs", [(0.25, 8000), (0.5, 4000), (1, 2000), (2, 1000)])
+def test_target_update_period_scales_with_replay_ratio(rr, env_steps_between_syncs):
+    # paper Table 2: the period is fixed in updates (2,000), so in env steps it scales with 1 / RR
+    k, u = replay_schedule(rr, 1)
+    assert DQNConfig().target_update_period * k / u == env_steps_between_syncs
+
+
+def test_td_targets_dqn_and_double():
+    q_target = jnp.array([[1.0, 3.0], [2.0, 0.0]])
+    q_online = jnp.array([[5.0, 0.0], [0.0, 1.0]])
+    r, d = jnp.array([1.0, 0.0]), jnp.array([0.5, 0.0])
+    np.testing.assert_allclose(td_targets(q_target, None, r, d), [2.5, 0.0])
+    np.testing.assert_allclose(td_targets(q_target, q_online, r, d), [1.5, 0.0])
+
+
+def test_random_shift_crops_of_padded_image():
+    obs = jnp.arange(2 * 6 * 5 * 1, dtype=jnp.float32).reshape(2, 6, 5, 1)
+    assert jnp.array_equal(random_shift(jax.random.PRNGKey(0), obs, 0), obs)
+    shifted = random_shift(jax.random.PRNGKey(1), obs, 2)
+    assert shifted.shape == obs.shape
+    padded = jnp.pad(obs, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    for b in range(2):
+        hits = [(i, j) for i in range(5) for j in range(5)
+                if jnp.array_equal(padded[b, i:i + 6, j:j + 5], shifted[b])]
+        assert hits, "every augmented image is a window of the padded image"
+
+
+def test_dqn_rejects_continuous_env_and_bad_intervention_period():
+    with pytest.raises(ValueError, match="discrete actions"):
+        make_dqn(make_env("Pendulum-v1").spec, DQNConfig())
+    bad = PlasticityConfig("redo", redo=ReDoConfig(period=150))
+    with pytest.raises(ValueError, match="multiple of the loop's period"):
+        make_dqn(make_env("CartPole-v1").spec, dataclasses.replace(CARTPOLE_DQN, plasticity=bad), period=100)
+
+
+def test_make_env_error_lists_available():
+    with pytest.raises(ValueError, match="Breakout-MinAtar"):
+        make_env("Breakout")
+
+
+def test_dqn_learns_cartpole():
+    """Budget: 20,000 env steps at RR 0.25 (5,000 updates); random play scores about 20."""
+    env = make_env("CartPole-v1")
+    loop = LoopConfig(env_steps=20_000, replay_ratio=0.25, warmup_steps=1_000, buffer_size=20_000,
+                      batch_size=64, n_step=3, period=250, eval_every=10, eval_envs=8, eval_steps=500)
+    agent, _, _ = make_dqn(env.spec, CARTPOLE_DQN, loop.period)
+    train = make_train(loop, env, agent)
+    carry = train.init(jax.random.split(jax.random.PRNGKey(0), 2))
+    evals = []
+    for _ in range(train.layout.chunks):
+        carry, _, ev = train.run_chunk(carry)
+        evals.append(np.asarray(ev["eval_return"]))
+    assert np.mean(evals[-1]) > 150, evals
+
+
+def test_drq_learns_catch():
+    """DrQ(ε) (random shifts) on bsuite Catch: 5,000 env steps; random play scores about -0.6."""
+    from plastix.agents import drq_epsilon_config
+
+    env = make_env("Catch-bsuite")
+    loop = LoopConfig(env_steps=5_000, replay_ratio=1, warmup_steps=500, buffer_size=10_000, batch_size=32,
+                      n_step=3, period=250, eval_every=20, eval_envs=16, eval_steps=10)
+    cfg = drq_epsilon_config(augment_shift=1, optimizer=OptimizerConfig("adam", 1e-3), epsilon_decay_steps=2_000,
+                             target_update_period=50)
+    agent, _, _ = make_dqn(env.spec, cfg, loop.period)
+    train = make_train(loop, env, agent)
+    carry = train.init(jax.random.split(jax.random.PRNGKey(0), 1))
+    carry, _, ev = train.run_chunk(carry)
+    assert float(ev["eval_return"][0]) > 0.8
+
+
+# ---------------------------------------------------------------------------- interventions in the loop
+
+@pytest.mark.parametrize("plasticity", [
+    PlasticityConfig("redo", redo=ReDoConfig(tau=0.1, period=50)),
+    PlasticityConfig("reset", reset=ResetConfig(last_k=1, period=100)),
+], ids=["redo", "reset"])
+def test_intervention_in_loop_vmap_equals_separate_runs(plasticity):
+    train = _cartpole_train(1, 400, plasticity, eval_every=4)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    together, metrics, _ = train.run_chunk(train.init(keys))
+    init, chunk = jax.jit(train.init_single), jax.jit(train.run_chunk_single)
+    for s in range(2):
+        alone, m, _ = chunk(init(keys[s]))
+        for a, b in zip(jax.tree.leaves(alone.agent.online.params), jax.tree.leaves(together.agent.online.params)):
+            np.testing.assert_allclose(a, b[s], rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(m["q/dormant_fraction"], metrics["q/dormant_fraction"][s], atol=1e-6)
+
+
+def test_redo_in_loop_recycles_dormant_neurons():
+    train = _cartpole_train(1, 400, PlasticityConfig("redo", redo=ReDoConfig(tau=0.5, period=50)), eval_every=4)
+    carry, metrics, _ = train.run_chunk(train.init(jax.random.split(jax.random.PRNGKey(0), 1)))
+    # with a high τ many neurons are recycled at every period: their outgoing weights start at 0
+    out = carry.agent.online.params["output"]["kernel"][0]
+    assert np.any(np.all(np.asarray(out) == 0, axis=1))
+
+
+# ---------------------------------------------------------------------------- SAC
+
+def test_sac_soft_target_and_temperature_loss_by_hand():
+    q_next = jnp.array([[1.0, 2.0], [3.0, -1.0]])
+    logp = jnp.array([-1.0, 0.5])
+    y = soft_target(q_next, logp, jnp.asarray(0.2), jnp.array([1.0, 1.0]), jnp.array([0.9, 0.0]))
+    np.testing.assert_allclose(y, [1 + 0.9 * (1.0 + 0.2), 1.0], rtol=1e-6)
+    # d/d log_alpha of mean(-log_alpha (logp + H)) = -mean(logp + H); H = -1
+    grad = jax.grad(temperature_loss)(jnp.asarray(0.3), logp, -1.0)
+    np.testing.assert_allclose(grad, -np.mean(np.array([-1.0, 0.5]) - 1.0), rtol=1e-6)
+
+
+def test_squashed_gaussian_log_prob_matches_change_of_variables():
+    out = jnp.array([[0.3, -0.2]])  # mean 0.3, raw log-std -0.2, one action dim in [-2, 2]
+    action, logp = squashed_gaussian(jax.random.PRNGKey(0), out, -2.0, 2.0)
+    log_std = -5.0 + 0.5 * 7.0 * (np.tanh(-0.2) + 1)
+    u = np.arctanh(float(action[0, 0]) / 2.0)
+    gauss = -0.5 * ((u - 0.3) / np.exp(log_std)) ** 2 - log_std - 0.5 * np.log(2 * np.pi)
+    jac = 2.0 * (1 - np.tanh(u) ** 2)
+    np.testing.assert_allclose(logp[0], gauss - np.log(jac), rtol=1e-3)
+    assert -2 <= float(action[0, 0]) <= 2
+
+
+def test_sac_twin_critic_target_uses_min_and_entropy():
+    env = make_env("Pendulum-v1")
+    agent, nets, topologies = make_sac(env.spec, SACConfig(hidden=(16, 16)))
+    assert set(topologies) == {"actor", "critic"}
+    assert len(topologies["critic"].layers) == 4  # two hidden layers in each of the twin critics
+    state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+    batch = Transition(jnp.ones((4, 3)), jnp.zeros((4, 1)), jnp.ones(4), jnp.full((4,), 0.99), jnp.ones((4, 3)))
+    new_state, metrics = jax.jit(agent.update)(jax.random.PRNGKey(1), state, batch)
+    assert np.isfinite(metrics["loss"]) and float(metrics["alpha"]) == pytest.approx(1.0)
+    diags = agent.diagnose(new_state, batch)
+    assert set(diags) == {"actor", "critic"}
+
+
+def test_sac_learns_pendulum():
+    """Budget: 6,000 env steps at RR 1; random play scores about -1,200."""
+    env = make_env("Pendulum-v1")
+    loop = LoopConfig(env_steps=6_000, replay_ratio=1, warmup_steps=1_000, buffer_size=10_000, batch_size=128,
+                      period=500, eval_every=12, eval_envs=4)
+    agent, _, _ = make_sac(env.spec, SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3)), loop.period)
+    train = make_train(loop, env, agent)
+    carry, _, ev = train.run_chunk(train.init(jax.random.split(jax.random.PRNGKey(0), 1)))
+    assert float(ev["eval_return"][0]) > -600
+
+
+# ---------------------------------------------------------------------------- runs: resume
+
+def test_resume_after_kill_gives_identical_metrics(tmp_path):
+    loop = LoopConfig(env_steps=600, replay_ratio=1, warmup_steps=100, buffer_size=2_000, batch_size=16,
+                      period=50, eval_every=4, eval_envs=2, eval_steps=30)
+    cell = RLConfig(env="CartPole-v1", loop=loop, dqn=dataclasses.replace(
+        CARTPOLE_DQN, mlp_hidden=(32,), plasticity=PlasticityConfig("redo", redo=ReDoConfig(period=50))), seeds=2)
+    straight = run_cell(cell, str(tmp_path / "straight"))
+    partial = run_cell(cell, str(tmp_path / "killed"), stop_after_chunks=1)
+    assert len(partial) < len(straight)
+    resumed = run_cell(cell, str(tmp_path / "killed"))
+    assert (tmp_path / "killed" / "DONE").exists()
+    assert list(resumed.columns) == list(straight.columns)
+    np.testing.assert_array_equal(resumed.to_numpy(), straight.to_numpy())
+    again = run_cell(cell, str(tmp_path / "killed"))  # finished: read back, no rerun
+    np.testing.assert_array_equal(again.to_numpy(), straight.to_numpy())
