@@ -9,6 +9,11 @@ import sys
 
 EXPERIMENTS = {
     "supervised": "Sokar et al. 2023 §3.1: dormant neurons under fixed vs shuffled labels, then fitting new targets",
+    "dqn-dormant-growth": "dormant % over training for DQN and DrQ(ε) on MinAtar, per layer (Figs. 1/2)",
+    "dqn-replay-ratio": "RR 0.25…2 × {none, ReDo, Reset, WD} on MinAtar: IQM return and dormant % (Fig. 10)",
+    "redo-ablations": "ReDo selection (dormant/random/inverse/scheduled), τ and width ablations",
+    "dormant-pruning": "prune the dormant neurons of a trained DQN: evaluation return unchanged",
+    "sac-dormant": "SAC with and without ReDo (τ = 0): dormant % of actor vs critic",
 }
 
 USAGE = """usage: plastix <command> [args]
@@ -80,6 +85,59 @@ def run_supervised(args: list[str]) -> int:
     return 0
 
 
+def _print_rl_summary(experiment: str, df, console) -> None:
+    from rich.table import Table
+
+    from plastix.experiments import dormant
+
+    rows = dormant.summary(experiment, df)
+    table = Table(title="final: IQM return and mean dormant %, 95% CIs over seeds")
+    extra = [k for k in rows[0] if k.endswith("dormant") or k.startswith("return") or k.startswith("pruned")]
+    for col in ["setting", "IQM return"] + extra:
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    fmt = lambda s, k=1: f"{s[0] * k:.1f} [dim]{s[1] * k:.1f}–{s[2] * k:.1f}[/dim]"  # noqa: E731
+    for r in rows:
+        table.add_row(r["setting"], fmt(r["iqm_return"]), *[fmt(r[k], 100 if "dormant" in k else 1) for k in extra])
+    console.print(table)
+
+
+def run_rl(experiment: str, args: list[str]) -> int:
+    import os
+
+    import tyro
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from plastix.experiments import dormant
+    from plastix.experiments.rundir import RunDir
+
+    config = tyro.cli(dormant.DormantExperimentConfig, args=args, prog=f"plastix run {experiment}",
+                      description=f"{EXPERIMENTS[experiment]}. " + dormant.__doc__.split("\n\n")[2])
+    path = os.path.join(config.runs_dir, config.name or experiment)
+    console = _console()
+    console.print(f"[bold]plastix[/bold] {experiment} ({config.scale}) → {path}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(cid, index, n_cells, done, total):
+            if cid not in tasks:
+                tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid:28s}", total=total)
+            bar.update(tasks[cid], completed=done)
+
+        df = dormant.run(experiment, config, progress)
+    rundir = RunDir(path)
+    if not rundir.finished:
+        with open(rundir.file("EXPERIMENT"), "w") as f:
+            f.write(experiment + "\n")
+        files = dormant.write_report(experiment, config, df, path)
+        rundir.finish(df)
+        console.print("wrote " + ", ".join([f"{path}/metrics.parquet"] + files))
+    else:
+        console.print(f"{path} is finished; showing its results (delete the directory to run again)")
+    _print_rl_summary(experiment, df, console)
+    return 0
+
+
 def report(args: list[str]) -> int:
     import json
 
@@ -90,6 +148,21 @@ def report(args: list[str]) -> int:
         print("usage: plastix report <run_dir>", file=sys.stderr)
         return 2
     rundir = RunDir(args[0].rstrip("/"))
+    import os
+
+    if os.path.exists(rundir.file("EXPERIMENT")):
+        from plastix.experiments import dormant
+
+        with open(rundir.file("EXPERIMENT")) as f:
+            experiment = f.read().strip()
+        with open(rundir.file("config.json")) as f:
+            config = dormant.DormantExperimentConfig(**json.load(f))
+        df = rundir.metrics()
+        files = dormant.write_report(experiment, config, df, rundir.path)
+        console = _console()
+        console.print("wrote " + ", ".join(files))
+        _print_rl_summary(experiment, df, console)
+        return 0
     try:
         with open(rundir.file("config.json")) as f:
             config = supervised.SupervisedConfig(**json.load(f))
@@ -112,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "list":
         for name, text in EXPERIMENTS.items():
-            print(f"{name:12s} {text}")
+            print(f"{name:20s} {text}")
         return 0
     if command == "report":
         return report(rest)
@@ -122,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plastix run: got {got!r}, allowed experiments are {tuple(EXPERIMENTS)}", file=sys.stderr)
             return 2
         try:
-            return run_supervised(rest[1:])
+            if rest[0] == "supervised":
+                return run_supervised(rest[1:])
+            return run_rl(rest[0], rest[1:])
         except (ValueError, FileNotFoundError) as e:
             print(f"plastix: error: {e}", file=sys.stderr)
             return 2

@@ -250,6 +250,8 @@ class Train(NamedTuple):
         are ``{name: (S, periods)}``, eval metrics ``{name: (S,)}``.
       layout: the static split of the run.
       init_single / run_chunk_single: the same functions for one seed, neither jitted nor vmapped.
+      evaluate: ``evaluate(agent_state, key) -> {eval_return, ...}`` for one seed (greedy episodes).
+      scoring_batch: ``scoring_batch(buffer_state, key) -> Transition`` of ``scoring_batch`` samples.
     """
 
     init: Callable[[Array], Carry]
@@ -257,6 +259,8 @@ class Train(NamedTuple):
     layout: Layout
     init_single: Callable[[Array], Carry]
     run_chunk_single: Callable[[Carry], tuple[Carry, dict, dict]]
+    evaluate: Callable[[Any, Array], dict]
+    scoring_batch: Callable[[Any, Array], Transition]
 
 
 def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
@@ -392,4 +396,6 @@ def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
         layout=lay,
         init_single=init_single,
         run_chunk_single=run_chunk_single,
+        evaluate=evaluate,
+        scoring_batch=lambda buffer_state, key: sample(scoring_buffer, buffer_state, key),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -110,7 +111,7 @@ def chunk_rows(period_metrics: dict, eval_metrics: dict, first_period: int) -> p
 
 
 def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] | None = None,
-             stop_after_chunks: int | None = None) -> pd.DataFrame:
+             stop_after_chunks: int | None = None, keep_final: bool = False) -> pd.DataFrame:
     """Run (or resume, or read back if finished) one cell in run directory ``path``.
 
     Args:
@@ -118,6 +119,7 @@ def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] |
       path: its run directory.
       progress: ``progress(chunks_done, chunks_total)`` after every chunk.
       stop_after_chunks: stop (as if killed) after this many chunks of this call (for tests).
+      keep_final: also keep the final carry (``<path>/final``, orbax) for analyses after training.
 
     Returns:
       one row per (seed, period): ``env_steps``, ``updates``, ``train_return``, losses,
@@ -159,5 +161,15 @@ def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] |
         if progress:
             progress(done, total)
     df = pd.concat(frames, ignore_index=True)
+    if keep_final:
+        RunDir(os.path.join(path, "final")).save_checkpoint(carry, [], {"chunks_done": done})
     rundir.finish(df)
     return df
+
+
+def load_final(config: RLConfig, path: str):
+    """The final carry kept by ``run_cell(..., keep_final=True)`` (seeds stacked)."""
+    train = build_train(_compute_key(config))
+    template = train.init(seed_keys(config))
+    state, _, _ = RunDir(os.path.join(path, "final")).load_checkpoint(template)
+    return jax.tree.map(jnp.asarray, state), train

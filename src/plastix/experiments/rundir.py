@@ -77,6 +77,7 @@ class RunDir:
         """
         import orbax.checkpoint as ocp
 
+        os.makedirs(self.path, exist_ok=True)
         table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         tmp = self.file("rows.parquet.tmp")
         table.to_parquet(tmp)

@@ -1,6 +1,7 @@
 """Statistics, figures and markdown reports of runs."""
 
+from plastix.report.aggregate import final_values, iqm_ci
 from plastix.report.figures import curve_grid, plot_curves, save_figure
 from plastix.report.stats import curve_ci, mean_ci
 
-__all__ = ["mean_ci", "curve_ci", "plot_curves", "curve_grid", "save_figure"]
+__all__ = ["iqm_ci", "final_values", "mean_ci", "curve_ci", "plot_curves", "curve_grid", "save_figure"]

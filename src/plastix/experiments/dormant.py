@@ -1,0 +1,357 @@
+"""The dormant-neuron RL experiments of Sokar et al. (2023), on MinAtar by default.
+
+Each experiment is a list of *cells* (one :class:`~plastix.experiments.rl.RLConfig` each, all seeds
+vmapped), run one after another in ``<runs_dir>/<name>/<cell>``, merged into ``metrics.parquet``,
+and summarized in figures and a markdown report with IQM and 95% stratified bootstrap CIs
+(rliable) of the final evaluation return across seeds.
+
+``--scale small`` (default) fits a 2-core CPU in minutes and shows the trends only roughly;
+``--scale paper`` is the paper's protocol transposed to MinAtar (see each experiment's docstring
+and ``benchmarks/RESULTS.md`` for measured GPU times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import numpy as np
+import pandas as pd
+
+from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
+from plastix.experiments.rl import RLConfig, run_cell
+from plastix.experiments.rundir import RunDir
+from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
+
+Scale = Literal["small", "paper"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DormantExperimentConfig:
+    """Settings shared by the dormant-neuron RL experiments.
+
+    Attributes:
+      name: run name (default: the experiment's name); written to ``<runs_dir>/<name>``.
+      runs_dir: parent directory of run directories.
+      scale: ``small`` (CPU, minutes) or ``paper`` (GPU; the paper's protocol on MinAtar).
+      env: environment (``Breakout-MinAtar``, ``Asterix-MinAtar``, ``Freeway-MinAtar``,
+        ``SpaceInvaders-MinAtar``, or a brax task for ``sac-dormant``); empty = the experiment's default.
+      seeds: seeds per cell (0 = the scale's default: 2 small, 5 paper).
+      env_steps: learning env steps per seed (0 = the scale's default).
+      vmap_seeds: run the seeds of a cell together with ``vmap``.
+      tau: τ of the dormant threshold reported (and used by ReDo).
+    """
+
+    name: str = ""
+    runs_dir: str = "runs"
+    scale: Scale = "small"
+    env: str = ""
+    seeds: int = 0
+    env_steps: int = 0
+    vmap_seeds: bool = True
+    tau: float = 0.1
+
+    def __post_init__(self):
+        if self.scale not in ("small", "paper"):
+            raise ValueError(f"scale: got {self.scale!r}, allowed values are ('small', 'paper')")
+        if self.seeds < 0 or self.env_steps < 0:
+            raise ValueError("seeds and env_steps must be >= 0 (0 = the scale's default)")
+
+
+def _paper(config: DormantExperimentConfig) -> bool:
+    return config.scale == "paper"
+
+
+def dqn_loop(config: DormantExperimentConfig, replay_ratio: float = 0.25, n_step: int = 1) -> LoopConfig:
+    """The loop of a MinAtar DQN cell at this scale.
+
+    paper: 1M env steps (the paper's 10M frames are 2.5M agent steps), 20k warm-up, 1M buffer,
+    batch 32, F = 1,000 updates, 10 evaluations of 8 episodes per 100k env steps.
+    small: 5k env steps, 1k warm-up, batch 32, F = 250 updates.
+    """
+    if _paper(config):
+        steps = config.env_steps or 1_000_000
+        return LoopConfig(env_steps=steps, replay_ratio=replay_ratio, warmup_steps=20_000, buffer_size=1_000_000,
+                          batch_size=32, n_step=n_step, period=1_000, eval_every=max(1, int(100 * replay_ratio)),
+                          eval_envs=8, eval_steps=1_000)
+    steps = config.env_steps or 5_000
+    return LoopConfig(env_steps=steps, replay_ratio=replay_ratio, warmup_steps=1_000, buffer_size=10_000,
+                      batch_size=32, n_step=n_step, period=250, eval_every=max(1, int(8 * replay_ratio)),
+                      eval_envs=4, eval_steps=500)
+
+
+def dqn_agent(config: DormantExperimentConfig, **changes) -> DQNConfig:
+    """DQN at this scale (paper: Dopamine's Adam 6.25e-5, target every 2,000 updates, ε over 250k steps)."""
+    if _paper(config):
+        base = DQNConfig(tau=config.tau)
+    else:
+        base = DQNConfig(optimizer=OptimizerConfig("adam", 1e-4, eps=1.5e-4), target_update_period=500,
+                         epsilon_decay_steps=2_500, tau=config.tau)
+    return dataclasses.replace(base, **changes)
+
+
+def plasticity(config: DormantExperimentConfig, method: str, **redo) -> PlasticityConfig:
+    """The paper's baselines at this scale: ReDo (τ, every F... paper: 1,000 updates), Reset of the
+    last layer (paper: every 100k updates), weight decay 1e-5."""
+    period = 1_000 if _paper(config) else 250
+    if method == "none":
+        return PlasticityConfig()
+    if method == "redo":
+        return PlasticityConfig("redo", redo=ReDoConfig(**{"tau": config.tau, "period": period, **redo}))
+    if method == "reset":
+        return PlasticityConfig("reset", reset=ResetConfig(1, 100_000 if _paper(config) else 2_500))
+    if method == "wd":
+        return PlasticityConfig(weight_decay=1e-5)
+    raise ValueError(f"method: got {method!r}, allowed values are ('none', 'redo', 'reset', 'wd')")
+
+
+def _cell(config: DormantExperimentConfig, **kw) -> RLConfig:
+    seeds = config.seeds or (5 if _paper(config) else 2)
+    return RLConfig(env=config.env or "Breakout-MinAtar", seeds=seeds, vmap_seeds=config.vmap_seeds, **kw)
+
+
+# ------------------------------------------------------------------------------------------ cells
+
+def replay_ratio_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
+    """``dqn-replay-ratio``: RR ∈ {0.25, 0.5, 1, 2} × {none, ReDo, Reset, weight decay} (Figure 10)."""
+    cells = []
+    for rr in (0.25, 0.5, 1, 2):
+        for method in ("none", "redo", "reset", "wd"):
+            cells.append(({"rr": rr, "method": method},
+                          _cell(config, loop=dqn_loop(config, rr), dqn=dqn_agent(config, plasticity=plasticity(config, method)))))
+    return cells
+
+
+def growth_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
+    """``dqn-dormant-growth``: DQN (RR 0.25) and DrQ(ε) (RR 1, n = 10, random shifts) without intervention."""
+    drq = drq_epsilon_config(augment_shift=1, tau=config.tau)
+    drq_loop = dataclasses.replace(dqn_loop(config, 1.0, n_step=10), warmup_steps=1_600 if _paper(config) else 1_000)
+    return [
+        ({"agent": "dqn"}, _cell(config, loop=dqn_loop(config, 0.25), dqn=dqn_agent(config))),
+        ({"agent": "drq"}, _cell(config, agent="drq", loop=drq_loop, dqn=drq)),
+    ]
+
+
+def ablation_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
+    """``redo-ablations`` at RR 1: selection (dormant / random / inverse / scheduled), τ ∈ {0, 0.025, 0.1},
+    and width ×1 / ×2 / ×4 with and without ReDo."""
+    loop = dqn_loop(config, 1.0)
+    total_updates = loop.env_steps
+    cells = []
+    for selection in ("dormant", "random", "inverse", "scheduled"):
+        p = plasticity(config, "redo", selection=selection, schedule_steps=total_updates)
+        cells.append(({"group": "selection", "variant": selection}, _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p))))
+    for tau in (0.0, 0.025):
+        p = plasticity(config, "redo", tau=tau)
+        cells.append(({"group": "tau", "variant": f"tau={tau}"}, _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p))))
+    for width in (1, 2, 4):
+        for method in ("none", "redo"):
+            if width == 1 and method == "redo":
+                continue  # the same cell as selection=dormant
+            cells.append(({"group": "width", "variant": f"x{width} {method}"},
+                          _cell(config, loop=loop, dqn=dqn_agent(config, width_multiplier=float(width),
+                                                                  plasticity=plasticity(config, method)))))
+    return cells
+
+
+def pruning_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
+    """``dormant-pruning``: one DQN cell at RR 1 (many dormant neurons), pruned after training."""
+    return [({"agent": "dqn"}, _cell(config, loop=dqn_loop(config, 1.0), dqn=dqn_agent(config)))]
+
+
+def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
+    """``sac-dormant``: SAC with and without ReDo (τ = 0; paper: every 200k updates), actor vs critic.
+
+    paper: brax/hopper (pass ``--env brax/halfcheetah`` etc.), 1M env steps, RR 1, 10k warm-up,
+    batch 256, F = 10,000 updates. small: Pendulum-v1 (gymnax), 10k env steps, hidden 2×64,
+    F = 500, ReDo every 2,500 updates.
+    """
+    paper = _paper(config)
+    env = config.env or ("brax/hopper" if paper else "Pendulum-v1")
+    if paper:
+        loop = LoopConfig(env_steps=config.env_steps or 1_000_000, replay_ratio=1, warmup_steps=10_000,
+                          buffer_size=1_000_000, batch_size=256, period=10_000, eval_every=10, eval_envs=8)
+        sac, redo_period = SACConfig(tau=0.0), 200_000
+    else:
+        loop = LoopConfig(env_steps=config.env_steps or 10_000, replay_ratio=1, warmup_steps=1_000,
+                          buffer_size=20_000, batch_size=128, period=500, eval_every=4, eval_envs=4)
+        sac, redo_period = SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3), tau=0.0), 2_500
+    # XLA:CPU (jax 0.10) deadlocks on the vmapped SAC + ReDo program: seeds run one by one there
+    vmap = config.vmap_seeds and jax.default_backend() != "cpu"
+    cells = []
+    for method in ("none", "redo"):
+        p = PlasticityConfig() if method == "none" else PlasticityConfig("redo", redo=ReDoConfig(tau=0.0, period=redo_period))
+        cell = RLConfig(env=env, agent="sac", loop=loop, sac=dataclasses.replace(sac, plasticity=p),
+                        seeds=config.seeds or (5 if paper else 2), vmap_seeds=vmap)
+        cells.append(({"method": method}, cell))
+    return cells
+
+
+EXPERIMENTS: dict[str, tuple[Callable, str]] = {
+    "dqn-dormant-growth": (growth_cells, "dormant % over training for DQN and DrQ(ε), per layer (Figs. 1/2)"),
+    "dqn-replay-ratio": (replay_ratio_cells, "RR 0.25…2 × {none, ReDo, Reset, WD}: return and dormant % (Fig. 10)"),
+    "redo-ablations": (ablation_cells, "ReDo selection, τ and width ablations"),
+    "dormant-pruning": (pruning_cells, "prune the dormant neurons of a trained DQN: return unchanged"),
+    "sac-dormant": (sac_cells, "SAC with and without ReDo: dormant % of actor vs critic"),
+}
+
+
+def cell_id(labels: dict) -> str:
+    return "_".join(f"{k}-{v}" for k, v in labels.items()).replace(" ", "").replace("=", "")
+
+
+def run(experiment: str, config: DormantExperimentConfig,
+        progress: Callable[[str, int, int, int, int], None] | None = None) -> pd.DataFrame:
+    """Run every cell of ``experiment`` (resuming killed cells); returns the merged metrics.
+
+    Args:
+      progress: ``progress(cell_id, cell_index, n_cells, chunks_done, chunks_total)``.
+    """
+    build, _ = EXPERIMENTS[experiment]
+    root = os.path.join(config.runs_dir, config.name or experiment)
+    RunDir(root).prepare(config)
+    cells = build(config)
+    frames = []
+    for i, (labels, cell) in enumerate(cells):
+        cid = cell_id(labels)
+        cb = (lambda done, total, cid=cid, i=i: progress(cid, i, len(cells), done, total)) if progress else None
+        df = run_cell(cell, os.path.join(root, cid), cb, keep_final=experiment == "dormant-pruning")
+        if experiment == "dormant-pruning":
+            df = _with_pruning(cell, os.path.join(root, cid), df)
+        for k, v in labels.items():
+            df[k] = v
+        df["env"] = cell.env
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _with_pruning(cell: RLConfig, path: str, df: pd.DataFrame) -> pd.DataFrame:
+    from plastix.experiments.pruning import pruning_evaluation
+
+    target = os.path.join(path, "pruning.parquet")
+    if not os.path.exists(target):
+        pruning_evaluation(cell, path).to_parquet(target)
+    table = pd.read_parquet(target)
+    return df.merge(table, on="seed", how="left")
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def _labels(experiment: str) -> list[str]:
+    return {"dqn-replay-ratio": ["rr", "method"], "dqn-dormant-growth": ["agent"], "redo-ablations": ["group", "variant"],
+            "dormant-pruning": ["agent"], "sac-dormant": ["method"]}[experiment]
+
+
+def _networks(df: pd.DataFrame) -> list[str]:
+    return [c[: -len("/dormant_fraction")] for c in df.columns if c.endswith("/dormant_fraction") and "/layer/" not in c]
+
+
+def summary(experiment: str, df: pd.DataFrame) -> list[dict]:
+    """Per setting: IQM final evaluation return [95% CI] and mean final dormant fraction per network [CI]."""
+    from plastix.report import final_values, iqm_ci, mean_ci
+
+    by = _labels(experiment)
+    df = df.copy()
+    df["setting"] = df[by].astype(str).agg(" ".join, axis=1)
+    finals = final_values(df, "eval_return", ["setting"])
+    iqm = iqm_ci({s: g["eval_return"].to_numpy()[:, None] for s, g in finals.groupby("setting", sort=False)})
+    rows = []
+    for setting, part in df.groupby("setting", sort=False):
+        row = {"setting": setting, **{k: part[k].iloc[0] for k in by}, "iqm_return": iqm[setting]}
+        last = part[part.period == part.period.max()]
+        for net in _networks(df):
+            row[f"{net} dormant"] = mean_ci(last[f"{net}/dormant_fraction"].to_numpy())
+        if "return_pruned" in part:
+            seeds = part.drop_duplicates("seed")
+            row["return unpruned"] = mean_ci(seeds["return_unpruned"].to_numpy())
+            row["return pruned"] = mean_ci(seeds["return_pruned"].to_numpy())
+            row["pruned − unpruned"] = mean_ci((seeds["return_pruned"] - seeds["return_unpruned"]).to_numpy())
+        rows.append(row)
+    return rows
+
+
+def _fmt_stat(stat, percent=False) -> str:
+    k, unit = (100, "%") if percent else (1, "")
+    return f"{stat[0] * k:.1f}{unit} [{stat[1] * k:.1f}, {stat[2] * k:.1f}]"
+
+
+def write_report(experiment: str, config: DormantExperimentConfig, df: pd.DataFrame, path: str) -> list[str]:
+    """Figures (PNG, curves with 95% CIs over seeds) and ``report.md`` with the IQM table."""
+    import matplotlib.pyplot as plt
+
+    from plastix.report import plot_curves, save_figure
+
+    by = _labels(experiment)
+    df = df.copy()
+    df["setting"] = df[by].astype(str).agg(" ".join, axis=1)
+    nets = _networks(df)
+    files = []
+    panel_key = by[0] if len(by) > 1 else None
+    panels = list(dict.fromkeys(df[panel_key])) if panel_key else [None]
+    hue = by[-1]
+    for metric, label, scale in [(f"{n}/dormant_fraction", f"{n}: τ={config.tau}-dormant (%)", 100) for n in nets] + \
+                                [("eval_return", "evaluation return", 1)]:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            part = df if panel is None else df[df[panel_key] == panel]
+            part = part.dropna(subset=[metric])
+            plot_curves(ax, part.assign(**{hue: part[hue].astype(str)}), metric, hue=hue, x="env_steps", scale=scale)
+            ax.set_title(f"{panel_key} = {panel}" if panel is not None else experiment, fontsize=10)
+            ax.set_ylabel(label)
+        axes[0][0].legend(frameon=False, fontsize=8, title=hue)
+        name = metric.replace("/", "_")
+        files.append(save_figure(fig, os.path.join(path, f"{name}.png")))
+    layer_cols = [c for c in df.columns if "/layer/" in c and c.endswith("/dormant_fraction")]
+    if layer_cols:
+        settings = list(dict.fromkeys(df["setting"]))[:4]
+        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
+        for ax, setting in zip(axes[0], settings):
+            part = df[df.setting == setting]
+            long = part.melt(id_vars=["seed", "env_steps"], value_vars=layer_cols, var_name="layer", value_name="dormant")
+            long["layer"] = long["layer"].str.replace("/dormant_fraction", "").str.replace("/layer/", ": ")
+            plot_curves(ax, long, "dormant", hue="layer", x="env_steps", scale=100)
+            ax.set_title(setting, fontsize=10)
+            ax.set_ylabel("dormant (%) per layer")
+        axes[0][0].legend(frameon=False, fontsize=7)
+        files.append(save_figure(fig, os.path.join(path, "dormant_per_layer.png")))
+    rows = summary(experiment, df)
+    if experiment == "dqn-replay-ratio":
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method]
+            rr = [r["rr"] for r in mine]
+            for ax, key, k in ((axes[0], "iqm_return", 1), (axes[1], f"{nets[0]} dormant", 100)):
+                mid = [r[key][0] * k for r in mine]
+                err = [[(r[key][0] - r[key][1]) * k for r in mine], [(r[key][2] - r[key][0]) * k for r in mine]]
+                ax.errorbar(rr, mid, yerr=err, marker="o", capsize=3, label=method)
+        for ax, title in zip(axes, ("IQM final return (95% CI)", "final dormant % (95% CI)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("replay ratio")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0].legend(frameon=False, fontsize=8)
+        files.append(save_figure(fig, os.path.join(path, "replay_ratio.png")))
+    extra = [k for k in rows[0] if k not in ("setting", "iqm_return", *by)]
+    lines = [
+        f"# {experiment} ({config.scale} scale, env {df['env'].iloc[0]}, {df.seed.nunique()} seeds per setting)",
+        "",
+        EXPERIMENTS[experiment][1] + ".",
+        "",
+        "Final evaluation return: IQM with 95% stratified bootstrap CI across seeds (rliable). Dormant: final "
+        f"τ = {config.tau} dormant fraction, mean [95% bootstrap CI] across seeds.",
+        "",
+        "| " + " | ".join(by + ["IQM return"] + extra) + " |",
+        "|" + "---|" * (len(by) + 1 + len(extra)),
+    ]
+    for r in rows:
+        cells = [str(r[k]) for k in by] + [_fmt_stat(r["iqm_return"])]
+        cells += [_fmt_stat(r[k], percent="dormant" in k) for k in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
+    report = os.path.join(path, "report.md")
+    with open(report, "w") as f:
+        f.write("\n".join(lines))
+    return files + [report]
