@@ -24,6 +24,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/diagnostics_overhead.py
+	$(BIN)/python benchmarks/dqn_minatar_throughput.py --seeds 1 8 --chunk-periods 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

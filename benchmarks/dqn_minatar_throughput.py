@@ -1,0 +1,93 @@
+"""DQN on MinAtar Breakout: env-steps/s and updates/s for 1, 8, 64 vmapped seeds, and the overhead of
+diagnostics + ReDo, measured side by side in one process.
+
+Setting: RR 1, batch 32, F = 1,000 updates, buffer 100k per seed, one greedy evaluation (8 episodes,
+≤ 1,000 steps) per chunk of ``--chunk-periods`` periods.
+
+1. Scaling: for each seed count, the median wall time of one chunk (compiled once, then timed
+   ``--repeats`` times); totals are summed over seeds.
+2. Overhead: the same chunk (at ``--overhead-seeds`` seeds) with diagnostics every period and
+   ReDo (τ 0.1, every 1,000 updates) vs neither, timed alternately (A, B, A, B, ...).
+
+Usage: python benchmarks/dqn_minatar_throughput.py [--seeds 1 8 64] [--repeats 3] [--chunk-periods 10]
+Prints timings and ratios; record what you measured in benchmarks/RESULTS.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import time
+
+import jax
+import numpy as np
+
+from plastix.agents import DQNConfig, LoopConfig, make_dqn, make_train
+from plastix.envs import make_env
+from plastix.interventions import PlasticityConfig, ReDoConfig
+
+
+def build(seeds: int, chunk_periods: int, diagnostics: bool, redo: bool):
+    env = make_env("Breakout-MinAtar")
+    loop = LoopConfig(env_steps=1_000 * chunk_periods * 100, replay_ratio=1, warmup_steps=1_000, buffer_size=100_000,
+                      batch_size=32, period=1_000, eval_every=chunk_periods, eval_envs=8, eval_steps=1_000,
+                      diagnostics=diagnostics)
+    plasticity = PlasticityConfig("redo", redo=ReDoConfig(0.1, 1_000)) if redo else PlasticityConfig()
+    agent, _, _ = make_dqn(env.spec, DQNConfig(plasticity=plasticity), loop.period)
+    train = make_train(loop, env, agent)
+    carry = train.init(jax.random.split(jax.random.PRNGKey(0), seeds))
+    return train, carry
+
+
+def time_chunks(trains_carries, repeats: int) -> list[float]:
+    """Median chunk time of each (train, carry), alternating between them; each carries on its own run."""
+    state = []
+    for train, carry in trains_carries:
+        t0 = time.perf_counter()
+        carry, m, _ = train.run_chunk(carry)
+        jax.block_until_ready(m)
+        print(f"  first chunk (compile + run): {time.perf_counter() - t0:.1f} s", flush=True)
+        state.append([train, carry])
+    times = [[] for _ in state]
+    for _ in range(repeats):
+        for i, s in enumerate(state):
+            t0 = time.perf_counter()
+            s[1], m, _ = s[0].run_chunk(s[1])
+            jax.block_until_ready(m)
+            times[i].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-periods", type=int, default=10)
+    parser.add_argument("--overhead-seeds", type=int, default=8)
+    parser.add_argument("--skip-overhead", action="store_true")
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    print(f"jax {jax.__version__} on {device.device_kind} ({platform.processor() or platform.machine()})")
+    steps = 1_000 * args.chunk_periods
+    totals = {}
+    print(f"\n1. scaling: chunk = {steps} env steps and {steps} updates per seed, diagnostics every 1,000 updates")
+    for seeds in args.seeds:
+        print(f"seeds={seeds}", flush=True)
+        (t,) = time_chunks([build(seeds, args.chunk_periods, True, False)], args.repeats)
+        totals[seeds] = seeds * steps / t
+        print(f"  chunk {t:.2f} s: {totals[seeds]:,.0f} env-steps/s and updates/s in total, "
+              f"{steps / t:,.0f} per seed; 1M env steps per seed would take {1e6 / (steps / t) / 60:.1f} min")
+    if 8 in totals and 64 in totals:
+        print(f"  scaling 64 vs 8 seeds: {totals[64] / totals[8]:.2f}× the total throughput (linear: 8×; "
+              f"target >= 6.4×)")
+    if not args.skip_overhead:
+        s = args.overhead_seeds
+        print(f"\n2. overhead at {s} seeds: diagnostics every period + ReDo vs neither (alternating)")
+        plain, full = time_chunks([build(s, args.chunk_periods, False, False), build(s, args.chunk_periods, True, True)],
+                                  args.repeats)
+        print(f"  without {plain:.3f} s, with {full:.3f} s per chunk: ratio {full / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()
