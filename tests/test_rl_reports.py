@@ -1,0 +1,85 @@
+"""RL experiment plumbing that needs no training: cells, pruning surgery, IQM reports."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from plastix.experiments import dormant
+from plastix.experiments.pruning import prune_neurons
+from plastix.nn import MLP
+from plastix.report import iqm_ci
+
+
+def test_replay_ratio_cells_cover_the_grid_and_scale_target_updates():
+    config = dormant.DormantExperimentConfig()
+    cells = dormant.replay_ratio_cells(config)
+    assert {(l["rr"], l["method"]) for l, _ in cells} == {
+        (rr, m) for rr in (0.25, 0.5, 1, 2) for m in ("none", "redo", "reset", "wd")}
+    for labels, cell in cells:
+        assert cell.loop.replay_ratio == labels["rr"]
+        assert cell.dqn.plasticity.method == {"none": "none", "wd": "none"}.get(labels["method"], labels["method"])
+        assert (cell.dqn.plasticity.weight_decay > 0) == (labels["method"] == "wd")
+    paper = dormant.replay_ratio_cells(dataclasses.replace(config, scale="paper"))
+    assert all(c.loop.env_steps == 1_000_000 and c.dqn.target_update_period == 2_000 for _, c in paper)
+
+
+def test_experiment_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="scale"):
+        dormant.DormantExperimentConfig(scale="huge")
+    with pytest.raises(ValueError, match="method"):
+        dormant.plasticity(dormant.DormantExperimentConfig(), "magic")
+
+
+def test_pruning_removes_exactly_the_masked_neurons_contribution():
+    net = MLP((8, 8), 3)
+    params = net.init(jax.random.PRNGKey(0), jnp.ones((1, 4)))["params"]
+    topology = net.topology()
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+    none = {name: jnp.zeros(8, bool) for name in topology.names}
+    assert jnp.array_equal(net.apply({"params": prune_neurons(params, topology, none)}, x), net.apply({"params": params}, x))
+    mask = jnp.arange(8) < 3
+    pruned = prune_neurons(params, topology, {"hidden_0": mask, "hidden_1": jnp.zeros(8, bool)})
+    assert jnp.all(pruned["hidden_1"]["kernel"][:3] == 0)
+    assert jnp.array_equal(pruned["hidden_1"]["kernel"][3:], params["hidden_1"]["kernel"][3:])
+    # same as a network whose first three hidden_0 neurons output 0
+    silenced = jax.tree.map(lambda a: a, params)
+    silenced["hidden_0"] = {"kernel": params["hidden_0"]["kernel"].at[:, :3].set(0),
+                            "bias": params["hidden_0"]["bias"].at[:3].set(0)}
+    np.testing.assert_allclose(net.apply({"params": pruned}, x), net.apply({"params": silenced}, x), rtol=1e-6)
+
+
+def test_iqm_matches_hand_computation():
+    scores = {"a": np.array([[1.0], [2.0], [3.0], [4.0], [100.0], [-50.0], [5.0], [6.0]])}
+    point, low, high = iqm_ci(scores, reps=200)["a"]
+    assert point == pytest.approx(np.mean([2, 3, 4, 5]))  # middle 50% of 8 runs
+    assert low <= point <= high
+
+
+def _fake_table():
+    rows = []
+    for rr in (0.25, 1):
+        for method in ("none", "redo"):
+            for seed in range(3):
+                for period in (1, 2):
+                    rows.append({"rr": rr, "method": method, "seed": seed, "period": period, "env_steps": 1000 * period,
+                                 "eval_return": float(seed + period) if period == 2 else np.nan,
+                                 "q/dormant_fraction": 0.1 * rr * (method == "none"),
+                                 "q/layer/conv_0/dormant_fraction": 0.2, "env": "Breakout-MinAtar"})
+    return pd.DataFrame(rows)
+
+
+def test_report_writes_figures_and_iqm_table(tmp_path):
+    df = _fake_table()
+    files = dormant.write_report("dqn-replay-ratio", dormant.DormantExperimentConfig(), df, str(tmp_path))
+    names = {f.rsplit("/", 1)[-1] for f in files}
+    assert {"report.md", "replay_ratio.png", "q_dormant_fraction.png", "eval_return.png", "dormant_per_layer.png"} <= names
+    text = (tmp_path / "report.md").read_text()
+    assert "| rr | method | IQM return | q dormant |" in text
+    rows = dormant.summary("dqn-replay-ratio", df)
+    none_1 = next(r for r in rows if r["rr"] == 1 and r["method"] == "none")
+    assert none_1["q dormant"][0] == pytest.approx(0.1)
+    assert none_1["iqm_return"][0] == pytest.approx(3.0)  # final evals 2, 3, 4
