@@ -5,9 +5,9 @@ vmapped), run one after another in ``<runs_dir>/<name>/<cell>``, merged into ``m
 and summarized in figures and a markdown report with IQM and 95% stratified bootstrap CIs
 (rliable) of the final evaluation return across seeds.
 
-``--scale small`` (default) fits a 2-core CPU in minutes and shows the trends only roughly;
-``--scale paper`` is the paper's protocol transposed to MinAtar (see each experiment's docstring
-and ``benchmarks/RESULTS.md`` for measured GPU times).
+``--scale small`` (default) fits a 2-core CPU in about 10 minutes; at 5k env steps it shows ReDo's
+effect but not yet the growth of dormant neurons. ``--scale paper`` is the paper's protocol moved to
+MinAtar (5 seeds × 1M env steps per cell): a GPU job, whose time is not measured yet.
 """
 
 from __future__ import annotations
