@@ -255,3 +255,15 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path):
     np.testing.assert_array_equal(resumed.to_numpy(), straight.to_numpy())
     again = run_cell(cell, str(tmp_path / "killed"))  # finished: read back, no rerun
     np.testing.assert_array_equal(again.to_numpy(), straight.to_numpy())
+
+
+@pytest.mark.slow
+def test_brax_adapter_steps_and_resets():
+    pytest.importorskip("brax")
+    env = make_env("brax/inverted_pendulum")
+    assert env.spec.action_dim == 1 and not env.spec.discrete
+    obs, state = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)
+    for _ in range(3):
+        obs, state, reward, done = step(jax.random.PRNGKey(1), state, jnp.ones(1))
+    assert obs.shape == env.spec.obs_shape and reward.dtype == jnp.float32 and done.dtype == jnp.bool_
