@@ -165,6 +165,8 @@ def pruning_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]
 def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     """``sac-dormant``: SAC with and without ReDo (τ = 0; paper: every 200k updates), actor vs critic.
 
+    Dormant fractions are reported at ``config.tau`` (0.1); ReDo recycles only τ = 0 neurons.
+
     paper: brax/hopper (pass ``--env brax/halfcheetah`` etc.), 1M env steps, RR 1, 10k warm-up,
     batch 256, F = 10,000 updates. small: Pendulum-v1 (gymnax), 10k env steps, hidden 2×64,
     F = 500, ReDo every 2,500 updates.
@@ -174,11 +176,11 @@ def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     if paper:
         loop = LoopConfig(env_steps=config.env_steps or 1_000_000, replay_ratio=1, warmup_steps=10_000,
                           buffer_size=1_000_000, batch_size=256, period=10_000, eval_every=10, eval_envs=8)
-        sac, redo_period = SACConfig(tau=0.0), 200_000
+        sac, redo_period = SACConfig(tau=config.tau), 200_000
     else:
         loop = LoopConfig(env_steps=config.env_steps or 10_000, replay_ratio=1, warmup_steps=1_000,
                           buffer_size=20_000, batch_size=128, period=500, eval_every=4, eval_envs=4)
-        sac, redo_period = SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3), tau=0.0), 2_500
+        sac, redo_period = SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3), tau=config.tau), 2_500
     # XLA:CPU (jax 0.10) deadlocks on the vmapped SAC + ReDo program: seeds run one by one there
     vmap = config.vmap_seeds and jax.default_backend() != "cpu"
     cells = []
