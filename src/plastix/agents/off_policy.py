@@ -369,7 +369,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
     def evaluate(agent_state, key: Array) -> dict:
         """Greedy episodes on ``eval_envs`` fresh environments: return of each first episode."""
         k_reset, k_run = jax.random.split(key)
-        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, config.eval_envs))
+        obs, env_state = vreset(jax.random.split(k_reset, config.eval_envs))
         zeros = jnp.zeros(config.eval_envs, jnp.float32)
 
         def step(c, k):

@@ -13,6 +13,7 @@ Losses, with ``a' ~ π(·|s')`` and ``α = exp(log_α)``:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -143,7 +144,7 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
     alpha_tx = make_optimizer(config.optimizer)
     target_entropy = -float(A)
     diag_config = DiagnosticsConfig(tau=config.tau)
-    obs_dim = int(jnp.prod(jnp.array(spec.obs_shape)))
+    obs_dim = math.prod(spec.obs_shape)
 
     def flat(obs):
         return obs.reshape(obs.shape[0], -1).astype(jnp.float32) * spec.obs_scale
@@ -182,8 +183,8 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
             return deterministic_action(out, low, high)
         return squashed_gaussian(key, out, low, high)[0]
 
-    def critic_loss_fn(q, batch_action_q_target):
-        target = batch_action_q_target
+    def critic_loss_fn(q, target):
+        """Sum over the twin critics of the mean squared error to the soft target; ``q`` is ``(B, 2)``."""
         return jnp.sum(jnp.mean((q - target[:, None]) ** 2, 0))
 
     def critic_targets(key, state: SACState, batch: Transition):
