@@ -252,6 +252,8 @@ class Train(NamedTuple):
       init_single / run_chunk_single: the same functions for one seed, neither jitted nor vmapped.
       evaluate: ``evaluate(agent_state, key) -> {eval_return, ...}`` for one seed (greedy episodes).
       scoring_batch: ``scoring_batch(buffer_state, key) -> Transition`` of ``scoring_batch`` samples.
+      host_env: the environment keeps its state on the host (Atari): seeds must be vmapped, and a
+        restored carry needs fresh ``env_state`` / ``obs`` (see :mod:`plastix.envs.atari`).
     """
 
     init: Callable[[Array], Carry]
@@ -261,11 +263,28 @@ class Train(NamedTuple):
     run_chunk_single: Callable[[Carry], tuple[Carry, dict, dict]]
     evaluate: Callable[[Any, Array], dict]
     scoring_batch: Callable[[Any, Array], Transition]
+    host_env: bool = False
 
 
-def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
-    """Build the jitted, seed-vmapped functions of a run of ``agent`` on ``env``."""
+def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None = None) -> Train:
+    """Build the jitted, seed-vmapped functions of a run of ``agent`` on ``env``.
+
+    Args:
+      config: the loop.
+      env: the training environment.
+      agent: the learner.
+      eval_env: environment of the greedy evaluation episodes (default ``env``); required, as a
+        separate object, for environments with host state (Atari).
+    """
     import flashbax
+
+    if eval_env is None:
+        if env.host_state:
+            raise ValueError(f"{env.spec.name} keeps its state on the host: pass make_train(..., eval_env=...) "
+                             "a separate Env object for evaluation (make_env(name, evaluation=True))")
+        eval_env = env
+    elif eval_env.spec.obs_shape != env.spec.obs_shape or eval_env.spec.num_actions != env.spec.num_actions:
+        raise ValueError(f"eval_env {eval_env.spec.name} does not match env {env.spec.name} (observations / actions)")
 
     lay = layout(config)
     spec = env.spec
@@ -281,8 +300,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
         min_length_time_axis=n + 1, max_length_time_axis=capacity,
     )
     eval_steps = config.eval_steps or spec.max_episode_steps
-    vreset = jax.vmap(env.reset)
-    vstep = jax.vmap(env.step)
+    vreset, vstep = jax.vmap(env.reset), jax.vmap(env.step)
+    eval_reset, eval_step = jax.vmap(eval_env.reset), jax.vmap(eval_env.step)
 
     def to_transition(seq: Step) -> Transition:
         rewards, discounts = n_step_return(seq.reward[:, :n], seq.done[:, :n], config.gamma)
@@ -369,14 +388,14 @@ def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
     def evaluate(agent_state, key: Array) -> dict:
         """Greedy episodes on ``eval_envs`` fresh environments: return of each first episode."""
         k_reset, k_run = jax.random.split(key)
-        obs, env_state = vreset(jax.random.split(k_reset, config.eval_envs))
+        obs, env_state = eval_reset(jax.random.split(k_reset, config.eval_envs))
         zeros = jnp.zeros(config.eval_envs, jnp.float32)
 
         def step(c, k):
             obs, env_state, ret, running = c
             k_act, k_env = jax.random.split(k)
             actions = agent.act(k_act, agent_state, obs, jnp.zeros((), jnp.int32), True)
-            obs, env_state, reward, done = vstep(jax.random.split(k_env, config.eval_envs), env_state, actions)
+            obs, env_state, reward, done = eval_step(jax.random.split(k_env, config.eval_envs), env_state, actions)
             ret = ret + jnp.where(running, reward, 0.0)
             return (obs, env_state, ret, running & ~done), None
 
@@ -398,4 +417,5 @@ def make_train(config: LoopConfig, env: Env, agent: Agent) -> Train:
         run_chunk_single=run_chunk_single,
         evaluate=evaluate,
         scoring_batch=lambda buffer_state, key: sample(scoring_buffer, buffer_state, key),
+        host_env=env.host_state,
     )

@@ -1,7 +1,8 @@
-"""Environments as pure functions (:class:`Env`): gymnax (classic control, MinAtar), brax.
+"""Environments as pure functions (:class:`Env`): gymnax (classic control, MinAtar), brax, Atari.
 
 ``make_env(name)`` picks the adapter from the name: gymnax names as gymnax spells them
-(``"CartPole-v1"``, ``"Breakout-MinAtar"``), brax tasks as ``"brax/<task>"`` (``"brax/hopper"``).
+(``"CartPole-v1"``, ``"Breakout-MinAtar"``), brax tasks as ``"brax/<task>"`` (``"brax/hopper"``),
+Atari 2600 games as ``"atari/<rom id>"`` (``"atari/breakout"``; needs ale-py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from plastix.envs.gymnax_envs import NAMES as GYMNAX_NAMES
 
 def available_envs() -> tuple[str, ...]:
     """Every name :func:`make_env` accepts."""
+    from plastix.envs.atari import available_games
     from plastix.envs.brax_envs import NAMES as BRAX_NAMES
 
-    return GYMNAX_NAMES + tuple(f"brax/{n}" for n in BRAX_NAMES)
+    return GYMNAX_NAMES + tuple(f"brax/{n}" for n in BRAX_NAMES) + tuple(f"atari/{g}" for g in available_games())
 
 
-def make_env(name: str, **kwargs) -> Env:
+def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
     """The environment called ``name`` (see :func:`available_envs`).
+
+    Args:
+      name: environment name.
+      evaluation: the variant for evaluation episodes (Atari: raw, unclipped game scores; the same
+        env otherwise).
+      kwargs: adapter options (see ``make_gymnax``, ``make_brax``, ``make_atari``).
 
     Raises:
       ValueError: for an unknown name, listing the available ones.
@@ -30,6 +38,10 @@ def make_env(name: str, **kwargs) -> Env:
         from plastix.envs.brax_envs import make_brax
 
         return make_brax(name[len("brax/"):], **kwargs)
+    if name.startswith("atari/"):
+        from plastix.envs.atari import make_atari
+
+        return make_atari(name[len("atari/"):], evaluation=evaluation, **kwargs)
     raise ValueError(f"env: got {name!r}, available: {available_envs()}")
 
 

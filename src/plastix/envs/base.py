@@ -1,6 +1,6 @@
 """The environment interface the training loops use: three pure functions of one environment.
 
-Adapters (gymnax, brax, envpool) turn their library's environments into an :class:`Env`; the
+Adapters (gymnax, brax, Atari through ale-py) turn their library's environments into an :class:`Env`; the
 loops ``vmap`` ``reset`` and ``step`` over parallel environments and seeds. Episodes reset
 themselves: after a step with ``done`` the returned observation is the first of a new episode.
 """
@@ -48,8 +48,13 @@ class Env(NamedTuple):
     One environment, unbatched: ``obs`` has ``spec.obs_shape``, ``reward`` and ``done`` are
     scalars (float32, bool). ``done`` marks the last step of an episode (termination or time
     limit); the returned ``obs`` is then already the first observation of the next episode.
+
+    ``host_state`` marks environments whose real state lives on the host (Atari emulators,
+    reached through callbacks): their ``state`` is only a handle, checkpoints cannot hold it, and
+    evaluation needs its own Env object (see :mod:`plastix.envs.atari`).
     """
 
     spec: EnvSpec
     reset: Callable[[Array], tuple[Array, Any]]
     step: Callable[[Array, Any, Array], tuple[Array, Any, Array, Array]]
+    host_state: bool = False

@@ -4,7 +4,9 @@
 chunk by chunk with a progress callback, checkpoints the whole carry (networks, optimizer,
 replay buffer, env states, keys) with orbax every ``checkpoint_every`` chunks, and resumes from
 the last checkpoint after a kill: the resumed run computes exactly what the uninterrupted run
-would have (same keys, same buffer), so the final metrics are identical.
+would have (same keys, same buffer), so the final metrics are identical. The exception is Atari,
+whose emulator states live on the host and are not checkpointed: a resumed Atari run keeps its
+networks, optimizer, buffer and keys but starts fresh episodes.
 
 Experiments (:mod:`plastix.experiments.dormant`) are lists of cells, each in its own run
 directory, merged into one table.
@@ -67,7 +69,7 @@ class RLConfig:
 
 
 def build_agent(config: RLConfig):
-    """``(env, agent, topologies)`` for a cell."""
+    """``(env, agent, topologies)`` for a cell (``env`` the training environment)."""
     env = make_env(config.env)
     if config.agent == "sac":
         agent, _, topologies = make_sac(env.spec, config.sac, config.loop.period)
@@ -81,7 +83,8 @@ def build_agent(config: RLConfig):
 def build_train(config: RLConfig) -> Train:
     """The compiled loop of a cell (memoized: cells differing only in seeds share it)."""
     env, agent, _ = build_agent(config)
-    return make_train(config.loop, env, agent)
+    eval_env = make_env(config.env, evaluation=True) if env.host_state else env
+    return make_train(config.loop, env, agent, eval_env)
 
 
 def _compute_key(config: RLConfig) -> RLConfig:
@@ -131,6 +134,9 @@ def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] |
         return rundir.metrics()
     train = build_train(_compute_key(config))
     keys = seed_keys(config)
+    if train.host_env and not config.vmap_seeds:
+        raise ValueError(f"RLConfig.vmap_seeds must be True for {config.env}: its emulators live on the host, "
+                         "one group per run, stepped for all seeds at once")
     if config.vmap_seeds:
         init, run_chunk = train.init, train.run_chunk
     else:  # one seed at a time through the same jitted single-seed functions
@@ -143,8 +149,11 @@ def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] |
     frames: list[pd.DataFrame] = []
     done = 0
     if rundir.checkpoint_meta() is not None:
+        fresh = carry
         carry, rows, meta = rundir.load_checkpoint(carry)
         carry = jax.tree.map(jnp.asarray, carry)
+        if train.host_env:  # emulator states are not in the checkpoint: continue with fresh episodes
+            carry = carry._replace(env_state=fresh.env_state, obs=fresh.obs, episode_return=fresh.episode_return)
         frames, done = [pd.DataFrame(rows)], meta["chunks_done"]
     total = train.layout.chunks
     if progress:
