@@ -38,7 +38,8 @@ class DormantExperimentConfig:
       runs_dir: parent directory of run directories.
       scale: ``small`` (CPU, minutes) or ``paper`` (GPU; the paper's protocol on MinAtar).
       env: environment (``Breakout-MinAtar``, ``Asterix-MinAtar``, ``Freeway-MinAtar``,
-        ``SpaceInvaders-MinAtar``, or a brax task for ``sac-dormant``); empty = the experiment's default.
+        ``SpaceInvaders-MinAtar``, an Atari game ``atari/<rom>`` such as ``atari/pong`` (needs
+        ale-py), or a brax task for ``sac-dormant``); empty = the experiment's default.
       seeds: seeds per cell (0 = the scale's default: 2 small, 5 paper).
       env_steps: learning env steps per seed (0 = the scale's default).
       vmap_seeds: run the seeds of a cell together with ``vmap``.
@@ -65,18 +66,25 @@ def _paper(config: DormantExperimentConfig) -> bool:
     return config.scale == "paper"
 
 
+def _atari(config: DormantExperimentConfig) -> bool:
+    return config.env.startswith("atari/")
+
+
 def dqn_loop(config: DormantExperimentConfig, replay_ratio: float = 0.25, n_step: int = 1) -> LoopConfig:
-    """The loop of a MinAtar DQN cell at this scale.
+    """The loop of a DQN cell at this scale.
 
     paper: 1M env steps (the paper's 10M frames are 2.5M agent steps), 20k warm-up, 1M buffer,
-    batch 32, F = 1,000 updates, 10 evaluations of 8 episodes per 100k env steps.
+    batch 32, F = 1,000 updates, 10 evaluations of 8 episodes per 100k env steps. On Atari
+    (``--env atari/<game>``) the buffer holds 200k transitions: it stores whole 84×84×4 stacks
+    (28 kB each), so 1M per seed would not fit next to 5 seeds on one GPU.
     small: 5k env steps, 1k warm-up, batch 32, F = 250 updates.
     """
     if _paper(config):
         steps = config.env_steps or 1_000_000
-        return LoopConfig(env_steps=steps, replay_ratio=replay_ratio, warmup_steps=20_000, buffer_size=1_000_000,
+        return LoopConfig(env_steps=steps, replay_ratio=replay_ratio, warmup_steps=20_000,
+                          buffer_size=200_000 if _atari(config) else 1_000_000,
                           batch_size=32, n_step=n_step, period=1_000, eval_every=max(1, int(100 * replay_ratio)),
-                          eval_envs=8, eval_steps=1_000)
+                          eval_envs=8, eval_steps=5_000 if _atari(config) else 1_000)
     steps = config.env_steps or 5_000
     return LoopConfig(env_steps=steps, replay_ratio=replay_ratio, warmup_steps=1_000, buffer_size=10_000,
                       batch_size=32, n_step=n_step, period=250, eval_every=max(1, int(8 * replay_ratio)),
@@ -127,7 +135,7 @@ def replay_ratio_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLCo
 
 def growth_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     """``dqn-dormant-growth``: DQN (RR 0.25) and DrQ(ε) (RR 1, n = 10, random shifts) without intervention."""
-    drq = drq_epsilon_config(augment_shift=1, tau=config.tau)
+    drq = drq_epsilon_config(augment_shift=4 if _atari(config) else 1, tau=config.tau)  # 4 px of 84; 1 of 10
     drq_loop = dataclasses.replace(dqn_loop(config, 1.0, n_step=10), warmup_steps=1_600 if _paper(config) else 1_000)
     return [
         ({"agent": "dqn"}, _cell(config, loop=dqn_loop(config, 0.25), dqn=dqn_agent(config))),
