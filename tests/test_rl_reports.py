@@ -25,6 +25,17 @@ def test_replay_ratio_cells_cover_the_grid_and_scale_target_updates():
         assert (cell.dqn.plasticity.weight_decay > 0) == (labels["method"] == "wd")
     paper = dormant.replay_ratio_cells(dataclasses.replace(config, scale="paper"))
     assert all(c.loop.env_steps == 1_000_000 and c.dqn.target_update_period == 2_000 for _, c in paper)
+    subset = dormant.replay_ratio_cells(dormant.DormantExperimentConfig(replay_ratios=(1.0,), methods=("none", "redo")))
+    assert [(l["rr"], l["method"]) for l, _ in subset] == [(1.0, "none"), (1.0, "redo")]
+
+
+def test_atari_cells_use_a_smaller_buffer_and_wider_shifts():
+    config = dormant.DormantExperimentConfig(env="atari/pong", scale="paper")
+    (_, dqn), (_, drq) = dormant.growth_cells(config)
+    assert dqn.env == "atari/pong" and dqn.loop.buffer_size == 200_000
+    assert drq.dqn.augment_shift == 4
+    minatar = dormant.growth_cells(dormant.DormantExperimentConfig(scale="paper"))
+    assert minatar[0][1].loop.buffer_size == 1_000_000 and minatar[1][1].dqn.augment_shift == 1
 
 
 def test_experiment_config_errors_name_the_field():
@@ -32,6 +43,10 @@ def test_experiment_config_errors_name_the_field():
         dormant.DormantExperimentConfig(scale="huge")
     with pytest.raises(ValueError, match="method"):
         dormant.plasticity(dormant.DormantExperimentConfig(), "magic")
+    with pytest.raises(ValueError, match="methods.*allowed values"):
+        dormant.DormantExperimentConfig(methods=("none", "magic"))
+    with pytest.raises(ValueError, match="replay_ratios"):
+        dormant.DormantExperimentConfig(replay_ratios=(0.0,))
 
 
 def test_pruning_removes_exactly_the_masked_neurons_contribution():

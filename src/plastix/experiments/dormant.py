@@ -5,9 +5,16 @@ vmapped), run one after another in ``<runs_dir>/<name>/<cell>``, merged into ``m
 and summarized in figures and a markdown report with IQM and 95% stratified bootstrap CIs
 (rliable) of the final evaluation return across seeds.
 
+The default game is SpaceInvaders-MinAtar. Breakout-MinAtar is a poor probe of dormancy: its
+frames barely change under a random policy, so about 30% of the dense units are τ-dormant before
+any update (input-determined, not learned); Asterix and SpaceInvaders start near 0–10%.
+
 ``--scale small`` (default) fits a 2-core CPU in about 10 minutes; at 5k env steps it shows ReDo's
-effect but not yet the growth of dormant neurons. ``--scale paper`` is the paper's protocol moved to
-MinAtar (5 seeds × 1M env steps per cell): a GPU job, whose time is not measured yet.
+effect but not yet the growth of dormant neurons, which on SpaceInvaders appears from about 15k
+env steps at RR ≥ 1 (``--env-steps 30000``; an hour per seed on 2 cores for RR {0.25, 1, 2} × {none,
+ReDo}). ``--scale paper`` is the paper's protocol moved to MinAtar (5 seeds × 1M env steps per
+cell): a GPU job. Any Atari game runs with ``--env atari/<rom>`` (ale-py; a GPU job beyond smoke
+tests: Nature-CNN updates take tens of ms each on a CPU).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from plastix.experiments.rundir import RunDir
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 
 Scale = Literal["small", "paper"]
+METHODS = ("none", "redo", "reset", "wd")
+DEFAULT_ENV = "SpaceInvaders-MinAtar"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,8 @@ class DormantExperimentConfig:
       env_steps: learning env steps per seed (0 = the scale's default).
       vmap_seeds: run the seeds of a cell together with ``vmap``.
       tau: τ of the dormant threshold reported (and used by ReDo).
+      replay_ratios: replay ratios of ``dqn-replay-ratio`` (a subset runs fewer cells).
+      methods: interventions of ``dqn-replay-ratio``, from ``none``, ``redo``, ``reset``, ``wd``.
     """
 
     name: str = ""
@@ -54,12 +65,19 @@ class DormantExperimentConfig:
     env_steps: int = 0
     vmap_seeds: bool = True
     tau: float = 0.1
+    replay_ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    methods: tuple[str, ...] = METHODS
 
     def __post_init__(self):
         if self.scale not in ("small", "paper"):
             raise ValueError(f"scale: got {self.scale!r}, allowed values are ('small', 'paper')")
         if self.seeds < 0 or self.env_steps < 0:
             raise ValueError("seeds and env_steps must be >= 0 (0 = the scale's default)")
+        if not self.replay_ratios or any(r <= 0 for r in self.replay_ratios):
+            raise ValueError(f"replay_ratios must be positive numbers, got {self.replay_ratios}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods: got {self.methods}, allowed values are {METHODS}")
 
 
 def _paper(config: DormantExperimentConfig) -> bool:
@@ -113,12 +131,12 @@ def plasticity(config: DormantExperimentConfig, method: str, **redo) -> Plastici
         return PlasticityConfig("reset", reset=ResetConfig(1, 100_000 if _paper(config) else 2_500))
     if method == "wd":
         return PlasticityConfig(weight_decay=1e-5)
-    raise ValueError(f"method: got {method!r}, allowed values are ('none', 'redo', 'reset', 'wd')")
+    raise ValueError(f"method: got {method!r}, allowed values are {METHODS}")
 
 
 def _cell(config: DormantExperimentConfig, **kw) -> RLConfig:
     seeds = config.seeds or (5 if _paper(config) else 2)
-    return RLConfig(env=config.env or "Breakout-MinAtar", seeds=seeds, vmap_seeds=config.vmap_seeds, **kw)
+    return RLConfig(env=config.env or DEFAULT_ENV, seeds=seeds, vmap_seeds=config.vmap_seeds, **kw)
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -126,8 +144,8 @@ def _cell(config: DormantExperimentConfig, **kw) -> RLConfig:
 def replay_ratio_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     """``dqn-replay-ratio``: RR ∈ {0.25, 0.5, 1, 2} × {none, ReDo, Reset, weight decay} (Figure 10)."""
     cells = []
-    for rr in (0.25, 0.5, 1, 2):
-        for method in ("none", "redo", "reset", "wd"):
+    for rr in config.replay_ratios:
+        for method in config.methods:
             cells.append(({"rr": rr, "method": method},
                           _cell(config, loop=dqn_loop(config, rr), dqn=dqn_agent(config, plasticity=plasticity(config, method)))))
     return cells
