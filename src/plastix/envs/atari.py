@@ -116,8 +116,8 @@ class _Emulators:
 
     @staticmethod
     def _frames(obs: np.ndarray, batch) -> np.ndarray:
-        """``(n, stack, H, W)`` → ``(*batch, H, W, stack)``."""
-        return np.ascontiguousarray(np.moveaxis(obs, 1, -1)).reshape(*batch, *obs.shape[2:], obs.shape[1])
+        """``(n, stack, H, W)`` → ``(*batch, stack, H, W)`` (moved to channels-last on the device)."""
+        return obs.reshape(*batch, *obs.shape[1:])
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,7 +145,8 @@ def make_atari(game: str, evaluation: bool = False, sticky_actions: float = 0.25
     if game not in games:
         raise ValueError(f"env: got 'atari/{game}', available: {tuple('atari/' + g for g in games)}")
     emulators = _Emulators(game, evaluation, sticky_actions, frame_skip, stack, size)
-    obs_spec = jax.ShapeDtypeStruct((size, size, stack), jnp.uint8)
+    obs_spec = jax.ShapeDtypeStruct((stack, size, size), jnp.uint8)  # as ale-py returns it
+    channels_last = lambda obs: jnp.moveaxis(obs, 0, -1)  # noqa: E731
     scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
     spec = EnvSpec(f"atari/{game}", (size, size, stack), jnp.uint8, num_actions=_num_actions(game),
                    max_episode_steps=FRAMES_PER_EPISODE // frame_skip, obs_scale=1 / 255)
@@ -156,7 +157,7 @@ def make_atari(game: str, evaluation: bool = False, sticky_actions: float = 0.25
             jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key,
             vmap_method="broadcast_all",
         )
-        return obs, AtariState(group, index, t)
+        return channels_last(obs), AtariState(group, index, t)
 
     def step(key, state: AtariState, action):
         del key  # the emulators draw sticky actions from their own seeded generators
@@ -164,6 +165,6 @@ def make_atari(game: str, evaluation: bool = False, sticky_actions: float = 0.25
             emulators.step, (obs_spec, scalar(jnp.float32), scalar(jnp.bool_), scalar(jnp.int32)),
             state.group, state.index, state.t, action.astype(jnp.int32), vmap_method="broadcast_all",
         )
-        return obs, state._replace(t=t), reward, done
+        return channels_last(obs), state._replace(t=t), reward, done
 
     return Env(spec, reset, step, host_state=True)
