@@ -11,8 +11,8 @@ any update (input-determined, not learned); Asterix and SpaceInvaders start near
 
 ``--scale small`` (default) fits a 2-core CPU in about 10 minutes; at 5k env steps it shows ReDo's
 effect but not yet the growth of dormant neurons, which on SpaceInvaders appears from about 15k
-env steps at RR ≥ 1 (``--env-steps 30000``; an hour per seed on 2 cores for RR {0.25, 1, 2} × {none,
-ReDo}). ``--scale paper`` is the paper's protocol moved to MinAtar (5 seeds × 1M env steps per
+env steps at RR ≥ 1 (``--env-steps 30000``; about 21 minutes per seed on 2 cores for RR {0.25, 1, 2}
+× {none, ReDo}). ``--scale paper`` is the paper's protocol moved to MinAtar (5 seeds × 1M env steps per
 cell): a GPU job. Any Atari game runs with ``--env atari/<rom>`` (ale-py; a GPU job beyond smoke
 tests: Nature-CNN updates take tens of ms each on a CPU).
 """
