@@ -9,7 +9,7 @@ The default game is SpaceInvaders-MinAtar. Breakout-MinAtar is a poor probe of d
 frames barely change under a random policy, so about 30% of the dense units are τ-dormant before
 any update (input-determined, not learned); Asterix and SpaceInvaders start near 0–10%.
 
-``--scale small`` (default) fits a 2-core CPU in about 10 minutes; at 5k env steps it shows ReDo's
+``--scale small`` (default) fits a 2-core CPU in about 15 minutes (dqn-replay-ratio); at 5k env steps it shows ReDo's
 effect but not yet the growth of dormant neurons, which on SpaceInvaders appears from about 15k
 env steps at RR ≥ 1 (``--env-steps 30000``; about 21 minutes per seed on 2 cores for RR {0.25, 1, 2}
 × {none, ReDo}). ``--scale paper`` is the paper's protocol moved to MinAtar (5 seeds × 1M env steps per
