@@ -74,12 +74,12 @@ def chunk_overhead(repeats: int, updates: int = 1000, batch: int = 64, scoring: 
     def chunk_and_diagnostics(state, key):
         state = train_chunk(state, key)
         sx, sy = x[:scoring], y[:scoring]
-        diag = diagnose(topo, apply, state.params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean())
+        diag = diagnose(topo, net.apply, state.params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean())
         return state.params, summarize(diag)
 
     def diagnostics_only(params):
         sx, sy = x[:scoring], y[:scoring]
-        return summarize(diagnose(topo, apply, params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean()))
+        return summarize(diagnose(topo, net.apply, params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean()))
 
     key = jax.random.key(1)
     base, with_diag = interleaved_times([jax.jit(chunk_only), jax.jit(chunk_and_diagnostics)], [(state, key)] * 2, repeats)

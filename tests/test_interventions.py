@@ -54,7 +54,7 @@ def trained_state(tx=None, steps=3, kill=(("conv_1", 3), ("dense_0", 5))):
 
 
 def scores_of(state):
-    return diagnose(TOPO, apply, state.params, X, loss_fn)
+    return diagnose(TOPO, NET.apply, state.params, X, loss_fn)
 
 
 def test_redo_tau_zero_leaves_outputs_bit_identical():
@@ -166,6 +166,41 @@ def test_selection_variants():
     np.testing.assert_array_equal(select_neurons(key, sch, score, 0), [1, 1, 0, 0, 1, 0])  # 3 lowest
     assert int(select_neurons(key, sch, score, 50).sum()) == 1  # 0.5 * 0.5 * 6 = 1.5 -> 1
     assert int(select_neurons(key, sch, score, 100).sum()) == 0
+
+
+@pytest.mark.parametrize(
+    "fraction, steps, step, n, expected",
+    [(0.1, 100, 50, 20, 1), (0.1, 100, 0, 20, 2), (0.1, 100, 100, 20, 0), (0.2, 10, 5, 10, 1),
+     (0.3, 1000, 500, 100, 15), (1.0, 4, 2, 6, 3), (0.5, 3, 0, 7, 3)],
+)
+def test_scheduled_selection_at_exact_boundaries(fraction, steps, step, n, expected):
+    """Counts whose exact value is an integer: float32 cosine must not floor them one lower."""
+    cfg = ReDoConfig(selection="scheduled", scheduled_fraction=fraction, schedule_steps=steps)
+    score = jnp.arange(n, dtype=jnp.float32)
+    assert int(select_neurons(jax.random.key(0), cfg, score, jnp.int32(step)).sum()) == expected
+    assert int(jax.jit(lambda s: select_neurons(jax.random.key(0), cfg, score, s).sum())(jnp.int32(step))) == expected
+
+
+def test_optimizer_momentum_is_used_or_rejected():
+    grads = [{"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 0.5])}, {"w": jnp.array([-1.0, 3.0])}]
+
+    def run(tx):
+        params, state, out = {"w": jnp.zeros(2)}, tx.init({"w": jnp.zeros(2)}), []
+        for g in grads:
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+            out.append(params["w"])
+        return np.stack(out)
+
+    cfg = OptimizerConfig("rmsprop", 0.1, eps=1e-6, momentum=0.9, rms_decay=0.99)
+    np.testing.assert_allclose(run(make_optimizer(cfg)), run(optax.rmsprop(0.1, 0.99, 1e-6, momentum=0.9)), rtol=1e-6)
+    assert not np.allclose(run(make_optimizer(cfg)), run(make_optimizer(OptimizerConfig("rmsprop", 0.1, eps=1e-6, rms_decay=0.99))))
+    sgd = OptimizerConfig("sgd", 0.1, momentum=0.5)
+    np.testing.assert_allclose(run(make_optimizer(sgd)), run(optax.sgd(0.1, momentum=0.5)), rtol=1e-6)
+    with pytest.raises(ValueError, match="momentum.*adam"):
+        OptimizerConfig("adam", momentum=0.9)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        OptimizerConfig("sgd", momentum=1.5)
 
 
 def test_redo_jit_and_vmap_over_seeds_match_plain_calls():

@@ -26,7 +26,7 @@ def setup():
 
 def test_diagnose_matches_hand_computation(setup):
     net, x, params, target, apply, loss_of = setup
-    diag = diagnose(net.topology(), apply, params, x, lambda o: jnp.mean((o - target) ** 2))
+    diag = diagnose(net.topology(), net.apply, params, x, lambda o: jnp.mean((o - target) ** 2))
     k0, b0 = params["hidden_0"]["kernel"], params["hidden_0"]["bias"]
     z0 = x @ k0 + b0
     h0 = jax.nn.relu(z0)
@@ -59,13 +59,13 @@ def test_stagnation_from_updates_and_absolute_mode(setup):
     net, x, params, target, apply, _ = setup
     updates = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
     cfg = DiagnosticsConfig(stagnation_source="update", rho=1.0)
-    diag = diagnose(net.topology(), apply, params, x, lambda o: jnp.mean(o**2), cfg, updates=updates)
+    diag = diagnose(net.topology(), net.apply, params, x, lambda o: jnp.mean(o**2), cfg, updates=updates)
     k, b = params["hidden_1"]["kernel"], params["hidden_1"]["bias"]
     expected = nm.stagnation_ratios(k, jnp.full_like(k, 1e-3), b, jnp.full_like(b, 1e-3))
     np.testing.assert_allclose(diag.layers["hidden_1"].stagnation_ratio, expected, rtol=1e-5)
     assert bool(diag.layers["hidden_1"].stagnant.all())  # every ratio is far below ρ = 1
     with pytest.raises(ValueError, match="updates"):
-        diagnose(net.topology(), apply, params, x, lambda o: o.sum(), cfg)
+        diagnose(net.topology(), net.apply, params, x, lambda o: o.sum(), cfg)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_diagnose_jit_vmap_equivalence_and_determinism(setup):
     keys = jax.random.split(jax.random.key(3), 2)
     params = jax.vmap(lambda k: net.init(k, x)["params"])(keys)
     loss = lambda o: optax.l2_loss(o).mean()  # noqa: E731
-    run = lambda p: summarize(diagnose(net.topology(), apply, p, x, loss))  # noqa: E731
+    run = lambda p: summarize(diagnose(net.topology(), net.apply, p, x, loss))  # noqa: E731
     batched = jax.jit(jax.vmap(run))(params)
     for i in range(2):
         single = run(jax.tree.map(lambda a: a[i], params))

@@ -18,7 +18,7 @@ def test_impala_inner_convs_are_recycled_function_preserving_at_tau_zero():
     assert topology.names[:2] == ("s0_b0_conv_a", "s0_b1_conv_a") and topology.names[-1] == "dense_0"
     assert len(topology.layers) == 3 * 2 + 1
     apply = lambda p, inp: net.apply({"params": p}, inp)  # noqa: E731
-    diag = diagnose(topology, apply, params, x, lambda out: jnp.mean(out**2), DiagnosticsConfig(tau=0.0))
+    diag = diagnose(topology, net.apply, params, x, lambda out: jnp.mean(out**2), DiagnosticsConfig(tau=0.0))
     assert diag.layers["s1_b0_conv_a"].dormant_score.shape == (16,)
     # recycle half the channels of one inner conv: its outgoing weights (conv_b input channels) become 0 ...
     state = TrainState.create(params, make_optimizer(OptimizerConfig()))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from plastix.experiments import dormant
-from plastix.experiments.pruning import prune_neurons
+from plastix.interventions.redo import zero_outgoing as prune_neurons
 from plastix.nn import MLP
 from plastix.report import iqm_ci
 

@@ -175,8 +175,11 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
     def preprocess(obs):
         return obs.astype(jnp.float32) * spec.obs_scale
 
+    def apply_variables(variables, obs, **kwargs):  # flax's apply signature, for diagnostics
+        return net.apply(variables, preprocess(obs), **kwargs)
+
     def apply(params, obs):
-        return net.apply({"params": params}, preprocess(obs))
+        return apply_variables({"params": params}, obs)
 
     def init_params(key):
         return net.init(key, jnp.zeros((1, *spec.obs_shape), jnp.float32))["params"]
@@ -225,7 +228,7 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
     def diagnose_fn(state: DQNState, batch: Transition):
         target = targets(state, batch)
         loss_fn = lambda q: loss_on(q, batch.action, target)[0]
-        return {"q": diagnose(topology, apply, state.online.params, batch.obs, loss_fn, diag_config)}
+        return {"q": diagnose(topology, apply_variables, state.online.params, batch.obs, loss_fn, diag_config)}
 
     def intervene(key, state: DQNState, diags):
         scores = None if diags is None else diags["q"]

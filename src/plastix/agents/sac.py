@@ -74,8 +74,9 @@ class TwinCritic(nn.Module):
         return jnp.stack(q, -1)
 
     def topology(self) -> Topology:
-        parts = [MLP(tuple(self.hidden), 1, self.width_multiplier, parent=None).topology().prefixed(f"q{i}") for i in range(2)]
-        return Topology(parts[0].layers + parts[1].layers, parts[0].output + parts[1].output)
+        """Two networks, groups ``q0`` and ``q1``, each with its own output head."""
+        single = MLP(tuple(self.hidden), 1, self.width_multiplier, parent=None).topology()
+        return Topology.merge(*(single.prefixed(f"q{i}", group=f"q{i}") for i in range(2)))
 
 
 def squashed_gaussian(key: Array, out: Array, low: float, high: float) -> tuple[Array, Array]:
@@ -155,6 +156,7 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
     def apply_critic(params, x):
         return critic.apply({"params": params}, x)
 
+
     def init_actor(key):
         return actor.init(key, jnp.zeros((1, obs_dim)))["params"]
 
@@ -224,9 +226,9 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
         y = critic_targets(key, state, batch)
         alpha = jnp.exp(state.log_alpha.params)
         return {
-            "actor": diagnose(topologies["actor"], apply_actor, state.actor.params, s,
+            "actor": diagnose(topologies["actor"], actor.apply, state.actor.params, s,
                               lambda out: actor_loss_fn(out, s, state.critic.params, alpha, key)[0], diag_config),
-            "critic": diagnose(topologies["critic"], apply_critic, state.critic.params, sa,
+            "critic": diagnose(topologies["critic"], critic.apply, state.critic.params, sa,
                                lambda q: critic_loss_fn(q, y), diag_config),
         }
 

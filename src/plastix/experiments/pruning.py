@@ -13,17 +13,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.experiments.rl import RLConfig, build_agent, load_final
-from plastix.nn.topology import Params, Topology, get_path, set_path
-
-
-def prune_neurons(params: Params, topology: Topology, masks: dict) -> Params:
-    """Zero the outgoing weights (in every consumer) of the neurons in ``masks`` ``{layer: bool (N,)}``."""
-    for layer in topology.layers:
-        for consumer in layer.consumers:
-            kernel = get_path(params, consumer.kernel)
-            hit = consumer.input_mask(masks[layer.name], kernel.shape)
-            params = set_path(params, consumer.kernel, jnp.where(hit, jnp.zeros_like(kernel), kernel))
-    return params
+from plastix.interventions.redo import zero_outgoing
 
 
 def pruning_evaluation(cell: RLConfig, path: str, repeats: int = 4) -> pd.DataFrame:
@@ -36,7 +26,7 @@ def pruning_evaluation(cell: RLConfig, path: str, repeats: int = 4) -> pd.DataFr
         k_score, k_eval = jax.random.split(key)
         diag = agent.diagnose(c.agent, train.scoring_batch(c.buffer, k_score))["q"]
         masks = {name: diag.layers[name].dormant for name in topology.names}
-        pruned = c.agent._replace(online=c.agent.online.replace(params=prune_neurons(c.agent.online.params, topology, masks)))
+        pruned = c.agent._replace(online=c.agent.online.replace(params=zero_outgoing(c.agent.online.params, topology, masks)))
         keys = jax.random.split(k_eval, repeats)
         full = jnp.mean(jax.vmap(lambda k: train.evaluate(c.agent, k)["eval_return"])(keys))
         cut = jnp.mean(jax.vmap(lambda k: train.evaluate(pruned, k)["eval_return"])(keys))

@@ -152,7 +152,7 @@ def build(config: SupervisedConfig, data: ImageData | None = None) -> Experiment
         return net.apply({"params": params}, x)
 
     def dormant_mask(params, labels):
-        diag = diagnose(topology, apply, params, score_x, lambda o: _cross_entropy(o, labels[:n_score]), diag_config)
+        diag = diagnose(topology, net.apply, params, score_x, lambda o: _cross_entropy(o, labels[:n_score]), diag_config)
         return diag, jnp.concatenate([diag.layers[name].dormant for name in topology.names])
 
     def init_carry(key: Array, params: dict, labels: Array, shuffle: Array) -> Carry:

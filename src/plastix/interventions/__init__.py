@@ -17,7 +17,7 @@ from plastix.interventions.base import (
     reset_optimizer_elements,
     tree_select,
 )
-from plastix.interventions.redo import ReDoConfig, recycle_neurons, redo, select_neurons
+from plastix.interventions.redo import ReDoConfig, recycle_neurons, redo, select_neurons, zero_outgoing
 from plastix.interventions.reset import ResetConfig, reset
 from plastix.interventions.shrink_perturb import ShrinkPerturbConfig, shrink_perturb
 from plastix.interventions.weight_decay import OptimizerConfig, make_optimizer
@@ -41,7 +41,7 @@ def make_intervention(config: InterventionConfig, topology: Topology, init_param
 __all__ = [
     "InitParams", "Intervention", "InterventionConfig", "TrainState", "every", "no_intervention",
     "tree_select", "reset_optimizer_elements", "ReDoConfig", "redo", "recycle_neurons",
-    "select_neurons", "ResetConfig", "reset", "ShrinkPerturbConfig", "shrink_perturb",
+    "select_neurons", "zero_outgoing", "ResetConfig", "reset", "ShrinkPerturbConfig", "shrink_perturb",
     "OptimizerConfig", "make_optimizer", "make_intervention",
 ]
 

@@ -1,9 +1,11 @@
 """ReDo: recycle dormant neurons (Sokar et al. 2023, Algorithm 1), and its selection variants.
 
-For each selected neuron i of a layer: its incoming weights are re-drawn from the layer's
-original initializer, its bias set to 0, its outgoing weights (rows / input channels of every
-consumer kernel, through conv→flatten→dense when needed) set to 0, and the optimizer moments of
-exactly those elements zeroed. Incoming weights of all layers are re-drawn first and outgoing
+For each selected neuron i of a layer: its incoming weights (every incoming :class:`Slice` of the
+topology: kernel columns, each gate kernel of a GRU, the hypernetwork columns that generate a
+mixer unit's weights) are re-drawn from the original initializer, its bias entries set to 0, its
+outgoing weights (every consumer slice: rows / input channels of consumer kernels, through
+conv→flatten→dense, a GRU's recurrent rows) set to 0, and the optimizer moments of exactly those
+elements zeroed. Incoming weights of all layers are re-drawn first and outgoing
 weights zeroed after, so a recycled neuron's outgoing weights are always 0: with τ = 0 the
 network's outputs on the scoring batch are bit-for-bit unchanged.
 
@@ -107,7 +109,25 @@ def select_neurons(key: Array, config: ReDoConfig, score: Array, step: Array) ->
         return _lowest(jax.random.uniform(key, (n,)), count)
     progress = jnp.clip(step / config.schedule_steps, 0.0, 1.0)
     fraction = config.scheduled_fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return _lowest(score, jnp.floor(fraction * n).astype(jnp.int32))
+    # float32 rounding puts exact boundaries just below the integer (0.1·20·½ = 0.99999994): a
+    # tolerance far below 1/n keeps them on it
+    return _lowest(score, jnp.floor(fraction * n + 1e-4).astype(jnp.int32))
+
+
+def zero_outgoing(params: Params, topology: Topology, masks: dict[str, Array]) -> Params:
+    """Zero the outgoing weights (every consumer slice) of the neurons in ``masks`` ``{layer: bool (N,)}``.
+
+    This prunes the neurons: the network then computes what it computes with those neurons
+    removed. ReDo's output after recycling equals the output of this pruned network.
+    """
+    for layer in topology.layers:
+        if layer.name not in masks:
+            continue
+        for consumer in layer.consumers:
+            value = get_path(params, consumer.path)
+            hit = consumer.mask(masks[layer.name], value.shape)
+            params = set_path(params, consumer.path, jnp.where(hit, jnp.zeros_like(value), value))
+    return params
 
 
 def recycle_neurons(
@@ -131,26 +151,23 @@ def recycle_neurons(
     """
     params = state.params
     touched = zeros_like_bool(params)
-    for layer in topology.layers:  # 1. incoming weights: fresh draw; bias: 0
+    for layer in topology.layers:  # 1. incoming slices: fresh draw for weights, 0 for biases
         if layer.name not in masks:
             continue
-        mask = masks[layer.name]
-        kernel = get_path(params, layer.kernel)
-        kernel_mask = jnp.broadcast_to(mask, kernel.shape)
-        params = set_path(params, layer.kernel, jnp.where(kernel_mask, get_path(fresh_params, layer.kernel), kernel))
-        touched = mark(touched, layer.kernel, kernel_mask)
-        if layer.bias is not None:
-            bias = get_path(params, layer.bias)
-            params = set_path(params, layer.bias, jnp.where(mask, jnp.zeros_like(bias), bias))
-            touched = mark(touched, layer.bias, mask)
-    for layer in topology.layers:  # 2. outgoing weights: 0 in every consumer
+        for piece in layer.incoming:
+            value = get_path(params, piece.path)
+            hit = piece.mask(masks[layer.name], value.shape)
+            new = jnp.zeros_like(value) if piece.bias else get_path(fresh_params, piece.path)
+            params = set_path(params, piece.path, jnp.where(hit, new, value))
+            touched = mark(touched, piece.path, hit)
+    for layer in topology.layers:  # 2. outgoing slices: 0 in every consumer
         if layer.name not in masks:
             continue
         for consumer in layer.consumers:
-            kernel = get_path(params, consumer.kernel)
-            out_mask = consumer.input_mask(masks[layer.name], kernel.shape)
-            params = set_path(params, consumer.kernel, jnp.where(out_mask, jnp.zeros_like(kernel), kernel))
-            touched = mark(touched, consumer.kernel, out_mask)
+            value = get_path(params, consumer.path)
+            hit = consumer.mask(masks[layer.name], value.shape)
+            params = set_path(params, consumer.path, jnp.where(hit, jnp.zeros_like(value), value))
+            touched = mark(touched, consumer.path, hit)
     opt_state = state.opt_state
     if reset_optimizer:
         opt_state = reset_optimizer_elements(state.tx, opt_state, touched)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 
@@ -23,8 +24,9 @@ class ResetConfig:
     """Reset settings.
 
     Attributes:
-      last_k: number of parameterized layers to reset, counted from the output (1 = output layer
-        only, the paper's Atari baseline).
+      last_k: number of parameterized layers to reset, counted from every output head of each
+        network along the layer graph (1 = the output layers only, the paper's Atari baseline);
+        see :func:`last_layers`.
       period: reset every ``period`` updates (paper: 100,000 gradient steps on Atari).
       reset_optimizer: zero the optimizer moments of reset parameters.
     """
@@ -40,17 +42,40 @@ class ResetConfig:
             raise ValueError(f"ResetConfig.period must be >= 1 update, got {self.period}")
 
 
-def layer_parameter_paths(topology: Topology, params: Params) -> list[list[Path]]:
-    """Parameter paths per layer in forward order: hidden neuron layers, then output layer(s)."""
-    groups = [[layer.kernel] + ([layer.bias] if layer.bias is not None else []) for layer in topology.layers]
-    for kernel in topology.output:
-        bias = kernel[:-1] + ("bias",)
-        try:
-            get_path(params, bias)
-            groups.append([kernel, bias])
-        except KeyError:
-            groups.append([kernel])
-    return groups
+def leaf_paths(params: Params, prefix: Path) -> list[Path]:
+    """Paths of every array under ``prefix`` (a module path or a parameter path)."""
+    node = get_path(params, prefix)
+    if not isinstance(node, Mapping):
+        return [tuple(prefix)]
+    return [p for key in node for p in leaf_paths(params, tuple(prefix) + (key,))]
+
+
+def last_layers(topology: Topology, last_k: int) -> list[str]:
+    """Names of the layers within ``last_k`` of an output head of their network.
+
+    Depth is counted along the real layer graph from every output head of each group
+    (:meth:`Topology.depths`): both heads of a twin critic have depth 1; in a ResNet the conv
+    that writes last into the residual stream is nearer the output than the convs before it; an
+    agent network and a mixer are counted separately. A group with fewer layers is reset whole.
+
+    Raises:
+      ValueError: when ``last_k`` exceeds the deepest layer's depth.
+    """
+    depths = topology.depths()
+    deepest = max(depths.values())
+    if last_k > deepest:
+        raise ValueError(
+            f"ResetConfig.last_k: got {last_k}, allowed values are 1..{deepest} "
+            f"(the deepest network has {deepest} layers)"
+        )
+    return [name for name, depth in depths.items() if depth <= last_k]
+
+
+def layer_parameter_paths(topology: Topology, params: Params, last_k: int) -> list[Path]:
+    """Every parameter path of the layers :func:`last_layers` selects."""
+    paths = [p for name in last_layers(topology, last_k) for prefix in topology.layer_params(name)
+             for p in leaf_paths(params, prefix)]
+    return list(dict.fromkeys(paths))
 
 
 def reset_layers(state: TrainState, paths: list[Path], fresh_params: Params, reset_optimizer: bool) -> TrainState:
@@ -71,13 +96,7 @@ def reset(config: ResetConfig, topology: Topology, init_params: InitParams) -> I
     """
 
     def groups_of(params):
-        groups = layer_parameter_paths(topology, params)
-        if config.last_k > len(groups):
-            raise ValueError(
-                f"ResetConfig.last_k: got {config.last_k}, allowed values are 1..{len(groups)} "
-                f"(the network has {len(groups)} layers)"
-            )
-        return [p for group in groups[-config.last_k :] for p in group]
+        return layer_parameter_paths(topology, params, config.last_k)
 
     def init(params):
         groups_of(params)

@@ -20,7 +20,9 @@ class OptimizerConfig:
       name: ``adam``, ``sgd`` or ``rmsprop``.
       learning_rate: step size.
       eps: ε of Adam / RMSProp (paper DQN: 1.5e-4 with Adam's lr 6.25e-5).
-      momentum: SGD momentum (0 for plain SGD).
+      momentum: momentum of ``sgd`` (0: plain SGD) and of ``rmsprop`` (a trace of the scaled
+        updates, as PyTorch's ``RMSprop(momentum=...)``); ``adam`` has its own (β₁) and rejects it.
+      rms_decay: ``rmsprop``'s decay of the squared-gradient average (PyTorch's α; PyMARL: 0.99).
       weight_decay: decay rate (paper's best for DQN: 1e-5); 0 disables it.
       decay_mode: ``l2`` adds ``rate·θ`` to the gradient before the optimizer (an L2 penalty);
         ``decoupled`` subtracts ``lr·rate·θ`` after it (AdamW-style).
@@ -31,6 +33,7 @@ class OptimizerConfig:
     learning_rate: float = 1e-3
     eps: float = 1e-8
     momentum: float = 0.0
+    rms_decay: float = 0.9
     weight_decay: float = 0.0
     decay_mode: str = "l2"
     max_grad_norm: float = 0.0
@@ -42,6 +45,17 @@ class OptimizerConfig:
             raise ValueError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0:
             raise ValueError(f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"OptimizerConfig.momentum must be in [0, 1), got {self.momentum}")
+        if self.momentum > 0 and self.name == "adam":
+            raise ValueError(
+                "OptimizerConfig.momentum is not used by 'adam' (its β₁ is fixed at 0.9); "
+                "set momentum=0 or use name='sgd' / 'rmsprop'"
+            )
+        if not 0 <= self.rms_decay < 1:
+            raise ValueError(f"OptimizerConfig.rms_decay must be in [0, 1), got {self.rms_decay}")
+        if self.eps <= 0:
+            raise ValueError(f"OptimizerConfig.eps must be > 0, got {self.eps}")
         if self.max_grad_norm < 0:
             raise ValueError(f"OptimizerConfig.max_grad_norm must be >= 0, got {self.max_grad_norm}")
 
@@ -56,8 +70,8 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     if config.name == "adam":
         steps.append(optax.scale_by_adam(eps=config.eps))
     elif config.name == "rmsprop":
-        steps.append(optax.scale_by_rms(eps=config.eps))
-    elif config.momentum > 0:
+        steps.append(optax.scale_by_rms(decay=config.rms_decay, eps=config.eps))
+    if config.name != "adam" and config.momentum > 0:
         steps.append(optax.trace(decay=config.momentum))
     if config.weight_decay > 0 and config.decay_mode == "decoupled":
         steps.append(optax.add_decayed_weights(config.weight_decay))

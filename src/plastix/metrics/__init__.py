@@ -3,6 +3,7 @@
 from plastix.metrics.network import (
     Diagnostics,
     DiagnosticsConfig,
+    GroupDiagnostics,
     LayerDiagnostics,
     diagnose,
     network_fraction,
@@ -23,6 +24,6 @@ from plastix.metrics.representation import effective_rank, srank
 __all__ = [
     "EPS", "dormant_scores", "grama_scores", "preactivation_grama_scores", "stagnation_ratios",
     "stagnant_scores", "overlap_coefficient", "active_fraction", "effective_rank", "srank",
-    "Diagnostics", "DiagnosticsConfig", "LayerDiagnostics", "diagnose", "network_fraction",
+    "Diagnostics", "DiagnosticsConfig", "GroupDiagnostics", "LayerDiagnostics", "diagnose", "network_fraction",
     "summarize",
 ]

@@ -19,7 +19,7 @@ from jax import Array
 
 from plastix.metrics import neurons as nm
 from plastix.metrics.representation import effective_rank, srank
-from plastix.nn.topology import Params, Topology, capture, get_path, preactivation_shapes
+from plastix.nn.topology import ApplyFn, Params, Topology, capture, get_path, preactivation_shapes
 
 STAGNATION_SOURCES = ("grad", "update")
 
@@ -71,13 +71,29 @@ class LayerDiagnostics(NamedTuple):
     grama_dormant: Array  # bool (N,)
     preact_grama_dormant: Array  # bool (N,)
     stagnant: Array  # bool (N,)
-    active: Array  # bool (N,): positive for at least one scoring input
-    weight_norm: Array  # scalar: ‖(kernel, bias)‖₂
-    grad_norm: Array  # scalar: ‖(∂L/∂kernel, ∂L/∂bias)‖₂
+    active: Array  # bool (N,): positive for at least one valid scoring input
+    weight_norm: Array  # scalar: ‖incoming slices‖₂ (kernel columns and bias, every gate of a GRU, ...)
+    grad_norm: Array  # scalar: ‖∂L/∂(incoming slices)‖₂
+
+
+class GroupDiagnostics(NamedTuple):
+    """Fractions of one group of layers (a network: agent, mixer, q0, ...) and its feature layer's ranks."""
+
+    dormant_fraction: Array
+    grama_fraction: Array
+    preact_grama_fraction: Array
+    stagnant_fraction: Array
+    active_fraction: Array
+    effective_rank: Array
+    srank: Array
 
 
 class Diagnostics(NamedTuple):
-    """Diagnostics of a whole network: per-layer results plus network-wide fractions."""
+    """Diagnostics of a whole learner: per-layer results, per-group and network-wide fractions.
+
+    ``effective_rank`` / ``srank`` at the top level are those of the first group's feature layer;
+    every group's are in ``groups``.
+    """
 
     layers: dict[str, LayerDiagnostics]
     dormant_fraction: Array
@@ -85,9 +101,10 @@ class Diagnostics(NamedTuple):
     preact_grama_fraction: Array
     stagnant_fraction: Array
     active_fraction: Array
-    effective_rank: Array  # of the last neuron layer's activations, flattened to (batch, -1)
+    effective_rank: Array
     srank: Array
     loss: Array
+    groups: dict[str, GroupDiagnostics] = {}
 
 
 MASK_FIELDS = ("dormant", "grama_dormant", "preact_grama_dormant", "stagnant", "active")
@@ -100,44 +117,59 @@ FRACTION_FIELDS = {
 }
 
 
-def _norm(*arrays: Array | None) -> Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(a)) for a in arrays if a is not None))
-
-
 def network_fraction(layers: Mapping[str, LayerDiagnostics], field: str) -> Array:
     """Share of all neurons whose mask ``field`` is True (neurons counted, not layers averaged)."""
     masks = [getattr(layer, field) for layer in layers.values()]
     return sum(jnp.sum(m) for m in masks) / sum(m.shape[0] for m in masks)
 
 
+def _per_unit(slices, tree: Params, n: int, weights_only: bool = False) -> Array:
+    """The layer's incoming elements in ``tree`` grouped by unit: ``(K, N)``."""
+    parts = [s.per_unit(get_path(tree, s.path), n) for s in slices if not (weights_only and s.bias)]
+    return jnp.concatenate(parts, axis=0)
+
+
+def _valid_for(valid: Array | Mapping[str, Array] | None, name: str) -> Array | None:
+    if isinstance(valid, Mapping):
+        return valid.get(name)
+    return valid
+
+
 def diagnose(
     topology: Topology,
-    apply_fn: Callable[[Params, Any], Any],
+    apply_fn: ApplyFn,
     params: Params,
     inputs: Any,
     loss_fn: Callable[[Any], Array],
     config: DiagnosticsConfig = DiagnosticsConfig(),
     updates: Params | None = None,
+    valid: Array | Mapping[str, Array] | None = None,
 ) -> Diagnostics:
     """Every diagnostic of every neuron layer, from one forward and one backward pass.
 
     Args:
-      topology: the network's neuron layers.
-      apply_fn: ``apply_fn(params, inputs) -> output``, e.g.
-        ``lambda p, x: model.apply({"params": p}, x)``.
+      topology: the network's neuron layers (in one or more groups).
+      apply_fn: ``apply_fn(variables, inputs, mutable=...)`` with the signature of
+        :meth:`flax.linen.Module.apply`, e.g. ``model.apply`` or
+        ``lambda v, x, **kw: model.apply(v, x / 255.0, **kw)``.
       params: the parameters (the nested dict the topology's paths index).
       inputs: the scoring batch, e.g. ``(256, ...)`` observations.
       loss_fn: ``loss_fn(output) -> scalar``, the training loss on this batch (targets closed
-        over); its gradients feed GraMa and the stagnation ratio (``source="grad"``).
+        over); its gradients feed GraMa and the stagnation ratio (``source="grad"``). Padded
+        steps must contribute zero to it.
       config: thresholds.
       updates: the last optimizer update (same tree as ``params``); required when
         ``config.stagnation_source == "update"``.
+      valid: which samples count, for padded episodes: a boolean array matching the leading
+        axes of every layer's ``z`` (or their first axes, e.g. ``(T, B)`` for ``(T, B, N)``), or
+        ``{layer name: mask}``. Invalid samples are left out of every expectation, of active
+        units and of the feature matrix.
 
     Returns:
       :class:`Diagnostics`; jittable and vmappable.
     """
     if config.stagnation_source == "update" and updates is None:
-        raise ValueError("diagnose: stagnation_source='update' needs the last optimizer `updates`")
+        raise ValueError("diagnose: DiagnosticsConfig.stagnation_source='update' needs the last optimizer `updates`")
 
     shapes = preactivation_shapes(apply_fn, topology, params, inputs)
     zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
@@ -152,21 +184,21 @@ def diagnose(
     delta_tree = grads if config.stagnation_source == "grad" else updates
 
     layers: dict[str, LayerDiagnostics] = {}
-    last_h = None
+    activations: dict[str, Array] = {}
     for layer in topology.layers:
         h = layer.activation(z[layer.name])
-        last_h = h
-        kernel = get_path(params, layer.kernel)
-        kernel_grad = get_path(grads, layer.kernel)
-        kernel_delta = get_path(delta_tree, layer.kernel)
-        bias = get_path(params, layer.bias) if layer.bias is not None else None
-        bias_grad = get_path(grads, layer.bias) if layer.bias is not None else None
-        bias_delta = get_path(delta_tree, layer.bias) if layer.bias is not None else None
+        activations[layer.name] = h
+        mask = _valid_for(valid, layer.name)
+        n = h.shape[-1]
+        weights = _per_unit(layer.incoming, params, n)
+        deltas = _per_unit(layer.incoming, delta_tree, n)
+        weight_grads = _per_unit(layer.incoming, grads, n, weights_only=True)
+        all_grads = _per_unit(layer.incoming, grads, n)
 
-        dormant = nm.dormant_scores(h)
-        grama = nm.grama_scores(kernel_grad)
-        preact = nm.preactivation_grama_scores(dz[layer.name])
-        ratio = nm.stagnation_ratios(kernel, kernel_delta, bias, bias_delta)
+        dormant = nm.dormant_scores(h, mask)
+        grama = nm.normalize_by_layer_mean(jnp.mean(jnp.abs(weight_grads), axis=0))
+        preact = nm.preactivation_grama_scores(dz[layer.name], mask)
+        ratio = jnp.linalg.norm(deltas, axis=0) / (jnp.linalg.norm(weights, axis=0) + nm.EPS)
         stagnant_score = nm.normalize_by_layer_mean(ratio)
         stagnant = ratio <= config.rho if config.rho is not None else stagnant_score <= config.kappa
         layers[layer.name] = LayerDiagnostics(
@@ -179,18 +211,39 @@ def diagnose(
             grama_dormant=grama <= config.grama_tau,
             preact_grama_dormant=preact <= config.grama_tau,
             stagnant=stagnant,
-            active=nm.ever_active(h),
-            weight_norm=_norm(kernel, bias),
-            grad_norm=_norm(kernel_grad, bias_grad),
+            active=nm.ever_active(h, mask),
+            weight_norm=jnp.linalg.norm(weights),
+            grad_norm=jnp.linalg.norm(all_grads),
         )
 
-    features = last_h.reshape(last_h.shape[0], -1)
+    def features_of(name: str) -> Array:
+        h = activations[name]
+        w = nm._sample_weights(h, _valid_for(valid, name))
+        if w is not None:  # zero rows leave the non-zero singular values unchanged
+            h = h * w[..., None]
+        if topology[name].kind == "conv":  # one row per input, every position and channel a feature
+            return h.reshape(h.shape[0], -1)
+        return h.reshape(-1, h.shape[-1])  # one row per sample (and time step)
+
+    groups: dict[str, GroupDiagnostics] = {}
+    for group in topology.groups:
+        members = {layer.name: layers[layer.name] for layer in topology.in_group(group)}
+        if not members:
+            continue
+        features = features_of(topology.features[group])
+        groups[group] = GroupDiagnostics(
+            **{frac: network_fraction(members, mask) for mask, frac in FRACTION_FIELDS.items()},
+            effective_rank=effective_rank(features),
+            srank=srank(features, config.srank_delta),
+        )
+    first = next(iter(groups.values()))
     return Diagnostics(
         layers=layers,
         **{frac: network_fraction(layers, mask) for mask, frac in FRACTION_FIELDS.items()},
-        effective_rank=effective_rank(features),
-        srank=srank(features, config.srank_delta),
+        effective_rank=first.effective_rank,
+        srank=first.srank,
         loss=loss,
+        groups=groups,
     )
 
 
@@ -211,4 +264,8 @@ def summarize(diagnostics: Diagnostics) -> dict[str, Array]:
             out[f"layer/{name}/{frac}"] = jnp.mean(getattr(layer, mask), axis=-1)
         out[f"layer/{name}/weight_norm"] = layer.weight_norm
         out[f"layer/{name}/grad_norm"] = layer.grad_norm
+    if len(diagnostics.groups) > 1:
+        for group, g in diagnostics.groups.items():
+            for field, value in g._asdict().items():
+                out[f"group/{group}/{field}"] = value
     return out

@@ -20,26 +20,44 @@ def normalize_by_layer_mean(values: Array) -> Array:
     return values / (jnp.mean(values) + EPS)
 
 
-def _mean_abs_over_leading(x: Array) -> Array:
-    """``E|x|`` over every axis but the last: ``(..., N) -> (N,)``."""
+def _sample_weights(x: Array, valid: Array | None) -> Array | None:
+    """``valid`` broadcast to ``x.shape[:-1]`` as float32, or None."""
+    if valid is None:
+        return None
+    valid = jnp.asarray(valid)
+    lead = x.shape[:-1]
+    if valid.shape != lead[: valid.ndim]:
+        raise ValueError(f"valid mask {valid.shape} does not match the leading axes {lead} of the activations")
+    valid = valid.reshape(valid.shape + (1,) * (len(lead) - valid.ndim))
+    return jnp.broadcast_to(valid, lead).astype(jnp.float32)
+
+
+def _mean_abs_over_leading(x: Array, valid: Array | None = None) -> Array:
+    """``E|x|`` over every axis but the last, over valid samples only: ``(..., N) -> (N,)``."""
     x = jnp.asarray(x)
     if x.ndim == 0:
-        raise ValueError(f"expected an array with a neuron axis (..., N), got a scalar")
-    return jnp.mean(jnp.abs(x).reshape(-1, x.shape[-1]), axis=0)
+        raise ValueError("expected an array with a neuron axis (..., N), got a scalar")
+    w = _sample_weights(x, valid)
+    if w is None:
+        return jnp.mean(jnp.abs(x).reshape(-1, x.shape[-1]), axis=0)
+    total = jnp.sum(jnp.abs(x) * w[..., None], axis=tuple(range(x.ndim - 1)))
+    return total / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def dormant_scores(h: Array) -> Array:
+def dormant_scores(h: Array, valid: Array | None = None) -> Array:
     """τ-dormant scores of one layer (Sokar et al. 2023, Eq. 1).
 
     ``s_i = E_x|h_i| / (mean_k E_x|h_k| + 1e-9)``; neuron i is τ-dormant iff ``s_i <= τ``.
 
     Args:
       h: activations ``(..., N)``; batch, spatial and time axes lead, neurons last.
+      valid: optional boolean mask of the leading axes (or of their first axes, e.g. ``(T, B)``
+        for ``(T, B, N)``, ``(B,)`` for ``(B, H, W, N)``); padded samples do not count.
 
     Returns:
       ``(N,)`` scores with layer mean 1 (0 for a layer whose activations are all zero).
     """
-    return normalize_by_layer_mean(_mean_abs_over_leading(h))
+    return normalize_by_layer_mean(_mean_abs_over_leading(h, valid))
 
 
 def grama_scores(kernel_grad: Array) -> Array:
@@ -57,16 +75,17 @@ def grama_scores(kernel_grad: Array) -> Array:
     return normalize_by_layer_mean(_mean_abs_over_leading(kernel_grad))
 
 
-def preactivation_grama_scores(dz: Array) -> Array:
+def preactivation_grama_scores(dz: Array, valid: Array | None = None) -> Array:
     """GraMa scores from pre-activation gradients: ``E_x|∂L/∂z_i|`` over layer mean (+1e-9).
 
     Args:
       dz: ``∂L/∂z`` of shape ``(..., N)``, one row per sample (and position / time step).
+      valid: optional mask of valid samples (see :func:`dormant_scores`).
 
     Returns:
       ``(N,)`` scores with layer mean 1.
     """
-    return dormant_scores(dz)
+    return dormant_scores(dz, valid)
 
 
 def _per_neuron_sq_norm(kernel: Array, bias: Array | None) -> Array:
@@ -151,14 +170,19 @@ def overlap_coefficient(mask_a: Array, mask_b: Array) -> Array:
     return jnp.where(both_empty, 1.0, jnp.where(smaller == 0, 0.0, ratio)).astype(jnp.float32)
 
 
-def ever_active(h: Array) -> Array:
-    """Boolean ``(N,)``: neuron i is positive for at least one input (and position / time step).
+def ever_active(h: Array, valid: Array | None = None) -> Array:
+    """Boolean ``(N,)``: neuron i is positive for at least one valid input (and position / time step).
 
     Args:
       h: activations ``(..., N)``.
+      valid: optional mask of valid samples (see :func:`dormant_scores`).
     """
     h = jnp.asarray(h)
-    return jnp.any((h > 0).reshape(-1, h.shape[-1]), axis=0)
+    positive = h > 0
+    w = _sample_weights(h, valid)
+    if w is not None:
+        positive = positive & (w[..., None] > 0)
+    return jnp.any(positive.reshape(-1, h.shape[-1]), axis=0)
 
 
 def active_fraction(h: Array) -> Array:

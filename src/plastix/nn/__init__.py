@@ -4,8 +4,13 @@ from plastix.nn.conv import ConvNet, nature_cnn, small_cnn
 from plastix.nn.mlp import MLP
 from plastix.nn.resnet import ImpalaResNet, impala_resnet
 from plastix.nn.topology import (
+    CAPTURE,
+    PERTURB,
     Consumer,
     NeuronLayer,
+    ParamLayer,
+    Probe,
+    Slice,
     Topology,
     capture,
     get_path,
@@ -17,5 +22,6 @@ from plastix.nn.topology import (
 
 __all__ = [
     "MLP", "ConvNet", "ImpalaResNet", "impala_resnet", "nature_cnn", "small_cnn", "Consumer", "NeuronLayer", "Topology",
+    "ParamLayer", "Probe", "Slice", "CAPTURE", "PERTURB",
     "capture", "get_path", "set_path", "layer_sizes", "preactivation_shapes", "validate",
 ]

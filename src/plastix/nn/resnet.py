@@ -3,7 +3,8 @@
 Per stack: conv 3×3 → max-pool 3×3/2 → two residual blocks ``x + conv_b(relu(conv_a(relu(x))))``;
 then relu → flatten → dense 256 → relu → output. The neuron layers are the *inner* convs
 ``conv_a`` of every block (each consumed only by its ``conv_b``) and the dense layer; the stack
-convs and ``conv_b`` write into the residual stream, whose units are not single neurons.
+convs and ``conv_b`` write into the residual stream, whose units are not single neurons: they are
+parameter layers of the topology (reset by Reset, not recycled by ReDo).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.nn.mlp import _check_widths
-from plastix.nn.topology import Consumer, NeuronLayer, Topology
+from plastix.nn.topology import Consumer, NeuronLayer, ParamLayer, Topology
 
 
 class ImpalaResNet(nn.Module):
@@ -52,13 +53,24 @@ class ImpalaResNet(nn.Module):
         return nn.Dense(self.out, name="output")(x)
 
     def topology(self) -> Topology:
+        """Neuron layers ``conv_a`` and ``dense_0``; the stack convs and ``conv_b`` are parameter
+        layers that feed every later reader of the residual stream (depths follow the real graph,
+        so ``last_k=3`` resets ``output``, ``dense_0`` and the last ``conv_b``)."""
+        stacks = range(len(self.channels))
         layers = [
             NeuronLayer(f"s{s}_b{b}_conv_a", f"s{s}_b{b}_conv_a", (Consumer(f"s{s}_b{b}_conv_b/kernel", "conv"),),
                         kind="conv")
-            for s in range(len(self.channels)) for b in range(self.blocks)
+            for s in stacks for b in range(self.blocks)
         ]
         layers.append(NeuronLayer("dense_0", "dense_0", (Consumer("output/kernel", "dense"),)))
-        return Topology(tuple(layers), (("output", "kernel"),))
+        stream = []
+        for s in stacks:
+            after = f"s{s + 1}_conv" if s + 1 < len(self.channels) else "dense_0"
+            writers = [f"s{s}_conv"] + [f"s{s}_b{b}_conv_b" for b in range(self.blocks)]
+            for i, writer in enumerate(writers):  # writer i is read by conv_a of blocks >= i and by `after`
+                readers = tuple(f"s{s}_b{b}_conv_a" for b in range(i, self.blocks)) + (after,)
+                stream.append(ParamLayer(writer, (writer,), readers))
+        return Topology(tuple(layers), (), tuple(stream) + (ParamLayer("output", ("output",)),))
 
 
 def impala_resnet(out: int, width_multiplier: float = 1.0) -> ImpalaResNet:
