@@ -7,6 +7,12 @@ import optax
 import pytest
 
 from plastix.interventions import (
+    METHODS,
+    REGISTRY,
+    Context,
+    Intervention,
+    PlasticityConfig,
+    register_method,
     OptimizerConfig,
     ReDoConfig,
     ResetConfig,
@@ -61,7 +67,7 @@ def test_redo_tau_zero_leaves_outputs_bit_identical():
     state = trained_state()
     scores = scores_of(state)
     assert bool(scores.layers["conv_1"].dormant[3]) and bool(scores.layers["dense_0"].dormant[5])
-    new = redo(ReDoConfig(tau=0.0), TOPO, init_params).apply(jax.random.key(9), state, scores)
+    new = redo(ReDoConfig(tau=0.0), TOPO, init_params).apply(jax.random.key(9), state, scores, Context.at(state.step))
     assert not np.array_equal(new.params["conv_1"]["kernel"], state.params["conv_1"]["kernel"])  # something changed
     np.testing.assert_array_equal(apply(new.params, X), apply(state.params, X))
 
@@ -208,7 +214,7 @@ def test_redo_jit_and_vmap_over_seeds_match_plain_calls():
 
     def one(key):
         state = TrainState.create(init_params(key), optax.adam(1e-3))
-        return iv.apply(key, state, scores_of(state)).params
+        return iv.apply(key, state, scores_of(state), Context.at(0)).params
 
     keys = jax.random.split(jax.random.key(4), 2)
     batched = jax.jit(jax.vmap(one))(keys)
@@ -221,14 +227,63 @@ def test_redo_jit_and_vmap_over_seeds_match_plain_calls():
         np.testing.assert_array_equal(a, b)
 
 
-def test_every_gates_by_step():
+def test_every_gates_by_the_loop_step():
     state = trained_state(steps=2)
     gated = every(redo(ReDoConfig(tau=10.0), TOPO, init_params), period=2)  # τ = 10: everything recycled
     scores = scores_of(state)
-    fired = gated.apply(jax.random.key(0), state, scores)
+    fired = gated.apply(jax.random.key(0), state, scores, Context.at(4))
     assert not np.array_equal(fired.params["output"]["kernel"], state.params["output"]["kernel"])
-    skipped = gated.apply(jax.random.key(0), state.replace(step=state.step + 1), scores)
-    np.testing.assert_array_equal(skipped.params["output"]["kernel"], state.params["output"]["kernel"])
+    for context in (Context.at(3), Context.at(0), Context.at(3, task=1, task_switched=True)):
+        skipped = gated.apply(jax.random.key(0), state, scores, context)
+        np.testing.assert_array_equal(skipped.params["output"]["kernel"], state.params["output"]["kernel"])
+
+
+@pytest.mark.parametrize(
+    "trigger, fires_at",
+    [("period", {(4, False), (4, True)}), ("task_switch", {(3, True), (4, True)}),
+     ("both", {(4, False), (4, True), (3, True)})],
+)
+def test_triggers_every_f_at_task_switch_or_both(trigger, fires_at):
+    state = trained_state(steps=2)
+    scores = scores_of(state)
+    iv = make_intervention(PlasticityConfig("redo", trigger=trigger, redo=ReDoConfig(tau=10.0, period=2)), TOPO, init_params)
+    run = jax.jit(lambda step, switched: iv.apply(jax.random.key(0), state, scores, Context.at(step, 1, switched)))
+    for step in (3, 4):
+        for switched in (False, True):
+            new = run(step, switched)
+            changed = not np.array_equal(new.params["output"]["kernel"], state.params["output"]["kernel"])
+            assert changed == ((step, switched) in fires_at), (trigger, step, switched)
+
+
+def test_registry_is_the_one_vocabulary():
+    assert set(METHODS) >= {"none", "redo", "reset", "shrink_perturb", "weight_decay"}
+    with pytest.raises(ValueError, match=r"PlasticityConfig.method.*allowed values"):
+        PlasticityConfig("wd")
+    with pytest.raises(ValueError, match=r"PlasticityConfig.trigger.*allowed values"):
+        PlasticityConfig("redo", trigger="sometimes")
+    with pytest.raises(ValueError, match="weight_decay must be > 0"):
+        PlasticityConfig("weight_decay")
+    wd = PlasticityConfig("weight_decay", weight_decay=1e-5)
+    assert wd.intervention is None and wd.optimizer(OptimizerConfig()).weight_decay == 1e-5
+    assert PlasticityConfig("redo").needs_scores and not PlasticityConfig("reset").needs_scores
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(REGISTRY["redo"])
+
+
+def test_on_update_hook_and_typed_state_reach_the_learner():
+    """A method with typed state and a per-update hook (the shape CBP needs): counts updates."""
+    from typing import NamedTuple
+
+    class Count(NamedTuple):
+        updates: jax.Array
+
+    iv = Intervention(lambda p: Count(jnp.zeros((), jnp.int32)), lambda k, s, sc, c: s,
+                      lambda s: s.replace(intervention_state=Count(s.intervention_state.updates + 1)))
+    state = TrainState.create(init_params(jax.random.key(0)), optax.sgd(0.1), iv.init(None))
+    step = jax.jit(lambda s: iv.on_update(s.apply_gradients(jax.tree.map(jnp.ones_like, s.params))))
+    for _ in range(3):
+        state = step(state)
+    assert isinstance(state.intervention_state, Count) and int(state.intervention_state.updates) == 3
 
 
 def test_reset_last_k_layers():
@@ -236,7 +291,7 @@ def test_reset_last_k_layers():
     fresh = init_params(jax.random.key(8))
     iv = reset(ResetConfig(last_k=2), TOPO, init_params)
     iv.init(state.params)
-    new = iv.apply(jax.random.key(8), state, None)
+    new = iv.apply(jax.random.key(8), state, None, Context.at(state.step))
     for name in ("output", "dense_0"):
         np.testing.assert_array_equal(new.params[name]["kernel"], fresh[name]["kernel"])
         np.testing.assert_array_equal(new.opt_state[0].mu[name]["kernel"], 0.0)
@@ -248,7 +303,7 @@ def test_shrink_perturb_formula():
     state = trained_state(steps=1)
     fresh = init_params(jax.random.key(3))
     new = shrink_perturb(ShrinkPerturbConfig(shrink=0.5, perturb=0.1), TOPO, init_params).apply(
-        jax.random.key(3), state, None
+        jax.random.key(3), state, None, Context.at(1)
     )
     np.testing.assert_allclose(
         new.params["dense_0"]["kernel"], 0.5 * state.params["dense_0"]["kernel"] + 0.1 * fresh["dense_0"]["kernel"], rtol=1e-6
@@ -292,7 +347,7 @@ def test_gated_redo_inside_scan_under_vmap_matches_python_loop():
     def period(state, key):
         grads = jax.grad(lambda p: loss_fn(apply(p, X)))(state.params)
         state = state.apply_gradients(grads)
-        return iv.apply(key, state, scores_of(state)), state.step
+        return iv.apply(key, state, scores_of(state), Context.at(state.step)), state.step
 
     def run(seed):
         state = TrainState.create(init_params(jax.random.PRNGKey(seed)), optax.adam(1e-2))
@@ -305,3 +360,41 @@ def test_gated_redo_inside_scan_under_vmap_matches_python_loop():
         state, _ = step(state, key)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(batched)):
         np.testing.assert_allclose(a, b[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [OptimizerConfig("adam", 1e-2, weight_decay=1e-2, decay_mode="decoupled", max_grad_norm=1.0),
+     OptimizerConfig("rmsprop", 1e-2, momentum=0.9, weight_decay=1e-3),
+     OptimizerConfig("sgd", 1e-1, momentum=0.9, weight_decay=1e-2, decay_mode="decoupled")],
+    ids=["adamw-clip", "rmsprop-momentum-l2", "sgd-momentum-decoupled"],
+)
+def test_frozen_elements_stay_bit_identical_for_ten_steps(optimizer):
+    params = init_params(jax.random.key(3))
+    keys = iter(jax.random.split(jax.random.key(4), 100))
+    trainable = jax.tree.map(lambda p: jax.random.bernoulli(next(keys), 0.5, p.shape), params)
+    state = TrainState.create(params, make_optimizer(optimizer), trainable=trainable)
+    step = jax.jit(lambda s: s.apply_gradients(jax.grad(lambda p: loss_fn(apply(p, X)))(s.params)))
+    for _ in range(10):
+        state = step(state)
+    for new, old, t in zip(jax.tree.leaves(state.params), jax.tree.leaves(params), jax.tree.leaves(trainable)):
+        t = np.asarray(t)
+        np.testing.assert_array_equal(np.asarray(new)[~t], np.asarray(old)[~t])  # frozen: bit-identical
+        assert np.all(np.asarray(new)[t] != np.asarray(old)[t])  # trainable: every element moved
+    frozen = jax.tree.map(jnp.logical_not, trainable)
+    moments = optax.tree_map_params(state.tx, lambda m, f: jnp.sum(jnp.abs(jnp.where(f, m, 0.0))), state.opt_state, frozen,
+                                    transform_non_params=lambda leaf: jnp.zeros(()))
+    assert float(sum(jax.tree.leaves(moments))) == 0.0  # frozen elements' moments stay zero
+    live = optax.tree_map_params(state.tx, lambda m, f: jnp.sum(jnp.abs(jnp.where(f, 0.0, m))), state.opt_state, frozen,
+                                 transform_non_params=lambda leaf: jnp.zeros(()))
+    assert float(sum(jax.tree.leaves(live))) > 0.0
+
+
+def test_trainable_none_is_the_plain_optimizer_step():
+    params = init_params(jax.random.key(3))
+    tx = optax.adam(1e-2)
+    grads = jax.grad(lambda p: loss_fn(apply(p, X)))(params)
+    a = TrainState.create(params, tx).apply_gradients(grads)
+    b = TrainState.create(params, tx, trainable=jax.tree.map(lambda p: True, params)).apply_gradients(grads)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)

@@ -10,6 +10,7 @@ import pytest
 
 from plastix.agents.sac import TwinCritic
 from plastix.interventions import (
+    Context,
     ReDoConfig,
     ResetConfig,
     ShrinkPerturbConfig,
@@ -191,7 +192,7 @@ def test_redo_tau_zero_on_dead_gru_and_mixing_units_is_bit_identical(params):
     scores = diagnose(TOPO, LEARNER.apply, p, INPUTS, loss_fn, valid=VALID)
     assert bool(scores.layers["agent/gru"].dormant[3]) and bool(scores.layers["mixer/mixing"].dormant[2])
     assert bool(scores.layers["mixer/hyper_w2_0"].dormant[1])
-    new = redo(ReDoConfig(tau=0.0), TOPO, init_params).apply(jax.random.key(5), state, scores)
+    new = redo(ReDoConfig(tau=0.0), TOPO, init_params).apply(jax.random.key(5), state, scores, Context.at(1))
     assert not np.array_equal(new.params["agent"]["gru"]["ir"]["kernel"][:, 3], 0.0)  # re-drawn
     np.testing.assert_array_equal(LEARNER.apply({"params": new.params}, INPUTS), LEARNER.apply({"params": p}, INPUTS))
 
@@ -200,7 +201,7 @@ def _reset_changed(topology, params, last_k):
     state = TrainState.create(params, optax.sgd(1.0))
     iv = reset(ResetConfig(last_k=last_k), topology, lambda k: jax.tree.map(lambda p: p + 1.0, params))
     iv.init(params)
-    new = iv.apply(jax.random.key(0), state, None)
+    new = iv.apply(jax.random.key(0), state, None, Context.at(1))
     changed = jax.tree_util.tree_map_with_path(lambda path, a, b: bool(np.any(a != b)), new.params, state.params)
     return {"/".join(k.key for k in path) for path, hit in jax.tree_util.tree_leaves_with_path(changed) if hit}
 
@@ -237,6 +238,6 @@ def test_reset_resnet_follows_the_residual_stream():
 def test_shrink_perturb_covers_agent_and_mixer(params):
     state = TrainState.create(params, optax.sgd(1.0))
     fresh = init_params(jax.random.key(3))
-    new = shrink_perturb(ShrinkPerturbConfig(0.5, 0.5), TOPO, lambda k: fresh).apply(jax.random.key(0), state, None)
+    new = shrink_perturb(ShrinkPerturbConfig(0.5, 0.5), TOPO, lambda k: fresh).apply(jax.random.key(0), state, None, Context.at(1))
     for a, b, c in zip(jax.tree.leaves(new.params), jax.tree.leaves(params), jax.tree.leaves(fresh)):
         np.testing.assert_allclose(a, 0.5 * b + 0.5 * c, rtol=1e-6)

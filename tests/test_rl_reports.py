@@ -18,11 +18,11 @@ def test_replay_ratio_cells_cover_the_grid_and_scale_target_updates():
     config = dormant.DormantExperimentConfig()
     cells = dormant.replay_ratio_cells(config)
     assert {(l["rr"], l["method"]) for l, _ in cells} == {
-        (rr, m) for rr in (0.25, 0.5, 1, 2) for m in ("none", "redo", "reset", "wd")}
+        (rr, m) for rr in (0.25, 0.5, 1, 2) for m in ("none", "redo", "reset", "weight_decay")}
     for labels, cell in cells:
         assert cell.loop.replay_ratio == labels["rr"]
-        assert cell.dqn.plasticity.method == {"none": "none", "wd": "none"}.get(labels["method"], labels["method"])
-        assert (cell.dqn.plasticity.weight_decay > 0) == (labels["method"] == "wd")
+        assert cell.dqn.plasticity.method == labels["method"]
+        assert (cell.dqn.plasticity.weight_decay > 0) == (labels["method"] == "weight_decay")
     paper = dormant.replay_ratio_cells(dataclasses.replace(config, scale="paper"))
     assert all(c.loop.env_steps == 1_000_000 and c.dqn.target_update_period == 2_000 for _, c in paper)
     subset = dormant.replay_ratio_cells(dormant.DormantExperimentConfig(replay_ratios=(1.0,), methods=("none", "redo")))
@@ -69,7 +69,7 @@ def test_pruning_removes_exactly_the_masked_neurons_contribution():
 
 def test_iqm_matches_hand_computation():
     scores = {"a": np.array([[1.0], [2.0], [3.0], [4.0], [100.0], [-50.0], [5.0], [6.0]])}
-    point, low, high = iqm_ci(scores, reps=200)["a"]
+    point, low, high, n = iqm_ci(scores, reps=200)["a"]
     assert point == pytest.approx(np.mean([2, 3, 4, 5]))  # middle 50% of 8 runs
     assert low <= point <= high
 
@@ -98,3 +98,26 @@ def test_report_writes_figures_and_iqm_table(tmp_path):
     none_1 = next(r for r in rows if r["rr"] == 1 and r["method"] == "none")
     assert none_1["q dormant"][0] == pytest.approx(0.1)
     assert none_1["iqm_return"][0] == pytest.approx(3.0)  # final evals 2, 3, 4
+    assert "‡" in text and "fewer than 5 seeds" in text  # 3 seeds: the CI is flagged, not presented as meaningful
+
+
+def test_estimates_flag_fewer_than_five_seeds():
+    from plastix.report import format_estimate, mean_ci
+
+    assert "‡" in format_estimate(mean_ci([0.1, 0.2, 0.3]), percent=True)
+    assert "no CI" in format_estimate(mean_ci([0.5]))
+    five = format_estimate(mean_ci([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert "‡" not in five and five.startswith("3.0 [")
+    assert format_estimate(mean_ci([np.nan])) == "–"
+
+
+def test_cells_json_records_what_really_runs(tmp_path):
+    """sac-dormant runs seeds one by one on XLA:CPU (vmapped SAC + ReDo deadlocks there): recorded per cell."""
+    import json
+
+    cells = dormant.sac_cells(dormant.DormantExperimentConfig())
+    dormant._record_cells(str(tmp_path), cells)
+    record = json.loads((tmp_path / "cells.json").read_text())
+    assert set(record) == {"method-none", "method-redo"}
+    expected = jax.default_backend() != "cpu"
+    assert all(c["config"]["vmap_seeds"] is expected for c in record.values())

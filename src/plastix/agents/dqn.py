@@ -184,7 +184,7 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
     def init_params(key):
         return net.init(key, jnp.zeros((1, *spec.obs_shape), jnp.float32))["params"]
 
-    intervention = make_intervention(config.plasticity.intervention, topology, init_params)
+    intervention = make_intervention(config.plasticity, topology, init_params)
 
     def init(key, obs):
         params = init_params(key)
@@ -220,7 +220,7 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
         (loss, q_a), grads = jax.value_and_grad(
             lambda p: loss_on(apply(p, batch.obs), batch.action, target), has_aux=True
         )(state.online.params)
-        online = state.online.apply_gradients(grads)
+        online = intervention.on_update(state.online.apply_gradients(grads))
         sync = online.step % config.target_update_period == 0
         target_params = jax.tree.map(lambda o, t: jnp.where(sync, o, t), online.params, state.target)
         return DQNState(online, target_params), {"loss": loss, "q_mean": jnp.mean(q_a)}
@@ -230,9 +230,9 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
         loss_fn = lambda q: loss_on(q, batch.action, target)[0]
         return {"q": diagnose(topology, apply_variables, state.online.params, batch.obs, loss_fn, diag_config)}
 
-    def intervene(key, state: DQNState, diags):
+    def intervene(key, state: DQNState, diags, context):
         scores = None if diags is None else diags["q"]
-        return state._replace(online=intervention.apply(key, state.online, scores))
+        return state._replace(online=intervention.apply(key, state.online, scores, context))
 
     agent = Agent(init, act, update, diagnose_fn, intervene, config.plasticity.needs_scores)
     return agent, net, topology

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.envs.base import Env, EnvSpec
+from plastix.interventions import Context
 from plastix.metrics import Diagnostics, summarize
 
 
@@ -117,7 +118,8 @@ class Agent(NamedTuple):
         ``greedy`` (a Python bool) selects the evaluation policy.
       update: ``update(key, agent_state, batch) -> (agent_state, {name: scalar})``.
       diagnose: ``diagnose(agent_state, batch) -> {network name: Diagnostics}``.
-      intervene: ``intervene(key, agent_state, {network name: Diagnostics}) -> agent_state``.
+      intervene: ``intervene(key, agent_state, {network name: Diagnostics} | None, context) -> agent_state``
+        with the loop's :class:`~plastix.interventions.Context` (update step, task, task switch).
       needs_scores: whether ``intervene`` reads the diagnostics (then they are computed even
         with ``diagnostics=False``).
     """
@@ -126,7 +128,7 @@ class Agent(NamedTuple):
     act: Callable[..., Array]
     update: Callable[[Array, Any, Transition], tuple[Any, dict]]
     diagnose: Callable[[Any, Transition], dict[str, Diagnostics]]
-    intervene: Callable[[Array, Any, dict[str, Diagnostics]], Any]
+    intervene: Callable[[Array, Any, dict[str, Diagnostics] | None, Context], Any]
     needs_scores: bool = False
 
 
@@ -382,7 +384,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
                     metrics.update({f"{net}/{k}": v for k, v in summarize(diag).items()})
         else:
             diags = None
-        carry = carry._replace(agent=agent.intervene(k_int, carry.agent, diags))
+        context = Context.at(carry.updates)  # one task per run: no switches yet
+        carry = carry._replace(agent=agent.intervene(k_int, carry.agent, diags, context))
         return carry, metrics
 
     def evaluate(agent_state, key: Array) -> dict:

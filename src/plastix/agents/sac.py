@@ -164,8 +164,8 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
         return critic.init(key, jnp.zeros((1, obs_dim + A)))["params"]
 
     interventions = {
-        "actor": make_intervention(config.plasticity.intervention, topologies["actor"], init_actor),
-        "critic": make_intervention(config.plasticity.intervention, topologies["critic"], init_critic),
+        "actor": make_intervention(config.plasticity, topologies["actor"], init_actor),
+        "critic": make_intervention(config.plasticity, topologies["critic"], init_critic),
     }
 
     def init(key, obs):
@@ -207,12 +207,12 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
         sa = jnp.concatenate([s, batch.action], -1)
         y = critic_targets(k_target, state, batch)
         c_loss, c_grads = jax.value_and_grad(lambda p: critic_loss_fn(apply_critic(p, sa), y))(state.critic.params)
-        critic_state = state.critic.apply_gradients(c_grads)
+        critic_state = interventions["critic"].on_update(state.critic.apply_gradients(c_grads))
         alpha = jnp.exp(state.log_alpha.params)
         (a_loss, logp), a_grads = jax.value_and_grad(
             lambda p: actor_loss_fn(apply_actor(p, s), s, critic_state.params, alpha, k_actor), has_aux=True
         )(state.actor.params)
-        actor_state = state.actor.apply_gradients(a_grads)
+        actor_state = interventions["actor"].on_update(state.actor.apply_gradients(a_grads))
         t_loss, t_grad = jax.value_and_grad(temperature_loss)(state.log_alpha.params, logp, target_entropy)
         alpha_state = state.log_alpha.apply_gradients(t_grad)
         target = optax.incremental_update(critic_state.params, state.target_critic, config.polyak)
@@ -232,12 +232,12 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
                                lambda q: critic_loss_fn(q, y), diag_config),
         }
 
-    def intervene(key, state: SACState, diags):
+    def intervene(key, state: SACState, diags, context):
         k_actor, k_critic = jax.random.split(key)
         pick = (lambda name: None) if diags is None else (lambda name: diags[name])
         return state._replace(
-            actor=interventions["actor"].apply(k_actor, state.actor, pick("actor")),
-            critic=interventions["critic"].apply(k_critic, state.critic, pick("critic")),
+            actor=interventions["actor"].apply(k_actor, state.actor, pick("actor"), context),
+            critic=interventions["critic"].apply(k_critic, state.critic, pick("critic"), context),
         )
 
     agent = Agent(init, act, update, diagnose_fn, intervene, config.plasticity.needs_scores)

@@ -20,6 +20,7 @@ tests: Nature-CNN updates take tens of ms each on a CPU).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from typing import Literal
@@ -34,7 +35,7 @@ from plastix.experiments.rundir import RunDir
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 
 Scale = Literal["small", "paper"]
-METHODS = ("none", "redo", "reset", "wd")
+METHODS = ("none", "redo", "reset", "weight_decay")
 DEFAULT_ENV = "SpaceInvaders-MinAtar"
 
 
@@ -54,7 +55,7 @@ class DormantExperimentConfig:
       vmap_seeds: run the seeds of a cell together with ``vmap``.
       tau: τ of the dormant threshold reported (and used by ReDo).
       replay_ratios: replay ratios of ``dqn-replay-ratio`` (a subset runs fewer cells).
-      methods: interventions of ``dqn-replay-ratio``, from ``none``, ``redo``, ``reset``, ``wd``.
+      methods: interventions of ``dqn-replay-ratio``, from ``none``, ``redo``, ``reset``, ``weight_decay`` (registry names).
     """
 
     name: str = ""
@@ -123,15 +124,15 @@ def plasticity(config: DormantExperimentConfig, method: str, **redo) -> Plastici
     """The paper's baselines at this scale: ReDo (τ, every F... paper: 1,000 updates), Reset of the
     last layer (paper: every 100k updates), weight decay 1e-5."""
     period = 1_000 if _paper(config) else 250
-    if method == "none":
-        return PlasticityConfig()
-    if method == "redo":
-        return PlasticityConfig("redo", redo=ReDoConfig(**{"tau": config.tau, "period": period, **redo}))
-    if method == "reset":
-        return PlasticityConfig("reset", reset=ResetConfig(1, 100_000 if _paper(config) else 2_500))
-    if method == "wd":
-        return PlasticityConfig(weight_decay=1e-5)
-    raise ValueError(f"method: got {method!r}, allowed values are {METHODS}")
+    settings = {
+        "none": {},
+        "redo": {"redo": ReDoConfig(**{"tau": config.tau, "period": period, **redo})},
+        "reset": {"reset": ResetConfig(1, 100_000 if _paper(config) else 2_500)},
+        "weight_decay": {"weight_decay": 1e-5},
+    }
+    if method not in settings:
+        raise ValueError(f"DormantExperimentConfig.methods: got {method!r}, allowed values are {METHODS}")
+    return PlasticityConfig(method, **settings[method])
 
 
 def _cell(config: DormantExperimentConfig, **kw) -> RLConfig:
@@ -211,7 +212,7 @@ def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     vmap = config.vmap_seeds and jax.default_backend() != "cpu"
     cells = []
     for method in ("none", "redo"):
-        p = PlasticityConfig() if method == "none" else PlasticityConfig("redo", redo=ReDoConfig(tau=0.0, period=redo_period))
+        p = PlasticityConfig(method, redo=ReDoConfig(tau=0.0, period=redo_period))
         cell = RLConfig(env=env, agent="sac", loop=loop, sac=dataclasses.replace(sac, plasticity=p),
                         seeds=config.seeds or (5 if paper else 2), vmap_seeds=vmap)
         cells.append(({"method": method}, cell))
@@ -242,6 +243,7 @@ def run(experiment: str, config: DormantExperimentConfig,
     root = os.path.join(config.runs_dir, config.name or experiment)
     RunDir(root).prepare(config)
     cells = build(config)
+    _record_cells(root, cells)
     frames = []
     for i, (labels, cell) in enumerate(cells):
         cid = cell_id(labels)
@@ -254,6 +256,18 @@ def run(experiment: str, config: DormantExperimentConfig,
         df["env"] = cell.env
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def _record_cells(root: str, cells: list[tuple[dict, RLConfig]]) -> None:
+    """Write ``cells.json``: what each cell really runs (e.g. ``vmap_seeds`` after the XLA:CPU
+    workaround of ``sac-dormant``), next to the experiment's own ``config.json``."""
+    from plastix.experiments.rundir import config_dict
+
+    record = {cell_id(labels): {"labels": labels, "config": config_dict(cell)} for labels, cell in cells}
+    path = os.path.join(root, "cells.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    os.replace(path + ".tmp", path)
 
 
 def _with_pruning(cell: RLConfig, path: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -301,16 +315,11 @@ def summary(experiment: str, df: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _fmt_stat(stat, percent=False) -> str:
-    k, unit = (100, "%") if percent else (1, "")
-    return f"{stat[0] * k:.1f}{unit} [{stat[1] * k:.1f}, {stat[2] * k:.1f}]"
-
-
 def write_report(experiment: str, config: DormantExperimentConfig, df: pd.DataFrame, path: str) -> list[str]:
     """Figures (PNG, curves with 95% CIs over seeds) and ``report.md`` with the IQM table."""
     import matplotlib.pyplot as plt
 
-    from plastix.report import plot_curves, save_figure
+    from plastix.report import few_seeds_note, format_estimate, plot_curves, save_figure
 
     by = _labels(experiment)
     df = df.copy()
@@ -375,10 +384,11 @@ def write_report(experiment: str, config: DormantExperimentConfig, df: pd.DataFr
         "|" + "---|" * (len(by) + 1 + len(extra)),
     ]
     for r in rows:
-        cells = [str(r[k]) for k in by] + [_fmt_stat(r["iqm_return"])]
-        cells += [_fmt_stat(r[k], percent="dormant" in k) for k in extra]
+        cells = [str(r[k]) for k in by] + [format_estimate(r["iqm_return"])]
+        cells += [format_estimate(r[k], percent="dormant" in k) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
+    n_min = min(r[k].n for r in rows for k in ["iqm_return", *extra])
+    lines += ["", few_seeds_note(n_min), *[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
     report = os.path.join(path, "report.md")
     with open(report, "w") as f:
         f.write("\n".join(lines))

@@ -299,15 +299,9 @@ def summary(df: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _fmt(stat: tuple[float, float, float], percent: bool = True) -> str:
-    k = 100 if percent else 1
-    unit = "%" if percent else ""
-    return f"{stat[0] * k:.1f}{unit} [{stat[1] * k:.1f}, {stat[2] * k:.1f}]"
-
-
 def write_report(config: SupervisedConfig, df: pd.DataFrame, path: str) -> list[str]:
     """Figures (PNG) and ``report.md`` in run directory ``path``; returns the files written."""
-    from plastix.report import curve_grid
+    from plastix.report import curve_grid, few_seeds_note, format_estimate
 
     train, fit = df[df.phase == "train"], df[df.phase == "fit"]
     layers = [c[len("layer/"):-len("/dormant_fraction")] for c in df.columns
@@ -337,11 +331,12 @@ def write_report(config: SupervisedConfig, df: pd.DataFrame, path: str) -> list[
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        overlap = _fmt(r["overlap"], False) if "overlap" in r else "–"
-        test = _fmt(r["test_accuracy"]) if "test_accuracy" in r else "–"
-        lines.append(f"| {r['phase']} | {r['setting']} | {_fmt(r['dormant_fraction'])} | {overlap} | "
-                     f"{_fmt(r['train_accuracy'])} | {test} |")
-    lines += ["", *[f"![{f.rsplit('/', 1)[-1]}]({f.rsplit('/', 1)[-1]})" for f in files], ""]
+        overlap = format_estimate(r["overlap"], False) if "overlap" in r else "–"
+        test = format_estimate(r["test_accuracy"], True) if "test_accuracy" in r else "–"
+        lines.append(f"| {r['phase']} | {r['setting']} | {format_estimate(r['dormant_fraction'], True)} | {overlap} | "
+                     f"{format_estimate(r['train_accuracy'], True)} | {test} |")
+    n_min = min(v.n for r in rows for v in r.values() if hasattr(v, "n"))
+    lines += ["", few_seeds_note(n_min), *[f"![{f.rsplit('/', 1)[-1]}]({f.rsplit('/', 1)[-1]})" for f in files], ""]
     report = f"{path}/report.md"
     with open(report, "w") as f:
         f.write("\n".join(lines))

@@ -1,17 +1,28 @@
-"""What every intervention shares: the train state it edits and the ``Intervention`` shape.
+"""What every intervention shares: the train state it edits, the loop's context, triggers.
 
-An intervention is a pair of pure functions, like an optax transformation::
+An intervention is a triple of pure functions, like an optax transformation::
 
-    intervention.init(params) -> intervention_state        # kept in TrainState.intervention_state
-    intervention.apply(key, train_state, scores) -> train_state
+    intervention.init(params) -> intervention_state         # kept in TrainState.intervention_state
+    intervention.apply(key, train_state, scores, context) -> train_state
+    intervention.on_update(train_state) -> train_state       # after every optimizer update (CBP's
+                                                             # running utilities); identity by default
 
 ``scores`` is the :class:`plastix.metrics.Diagnostics` computed on a scoring batch just before.
-``apply`` never changes array shapes, so it runs inside ``jit``, under ``vmap`` over seeds and
-inside ``lax.scan``; a training loop calls it after every period and gates it with a mask.
+``context`` (:class:`Context`) comes from the training loop: the update step, the task index and
+whether a task switch happened in the period that just ended. Interventions do not decide when
+they run: :func:`triggered` wraps one with a :class:`Trigger` (every ``F`` updates, at a task
+switch, or both) and the loop calls it at the end of every period. ``apply`` never changes array
+shapes, so it runs inside ``jit``, under ``vmap`` over seeds and inside ``lax.scan``.
+
+Frozen elements: ``TrainState.trainable`` is an optional boolean tree with the parameters'
+structure. :meth:`TrainState.apply_gradients` applies the whole optax chain (decoupled weight decay
+included) and then keeps every frozen element bit-identical and its optimizer moments at zero
+(KNIFE and plasticity injection freeze parts of a network this way).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,6 +46,8 @@ class TrainState(flax.struct.PyTreeNode):
       params: nested dict of parameters.
       opt_state: the optax state of ``tx``.
       intervention_state: whatever the intervention's ``init`` returned (``()`` if stateless).
+      trainable: ``None`` (every element trains) or a boolean tree with the structure and shapes of
+        ``params``; ``False`` elements are frozen (see :meth:`apply_gradients`).
       tx: the optax transformation (static).
     """
 
@@ -42,25 +55,77 @@ class TrainState(flax.struct.PyTreeNode):
     params: Params
     opt_state: Any
     intervention_state: Any = ()
+    trainable: Params | None = None
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
 
     @classmethod
-    def create(cls, params: Params, tx: optax.GradientTransformation, intervention_state: Any = ()):
-        return cls(jnp.zeros((), jnp.int32), params, tx.init(params), intervention_state, tx)
+    def create(
+        cls,
+        params: Params,
+        tx: optax.GradientTransformation,
+        intervention_state: Any = (),
+        trainable: Params | None = None,
+    ):
+        state = cls(jnp.zeros((), jnp.int32), params, tx.init(params), intervention_state, None, tx)
+        return state if trainable is None else state.with_trainable(trainable)
+
+    def with_trainable(self, trainable: Params | None) -> "TrainState":
+        """This state with the trainable mask ``trainable`` (moments of frozen elements zeroed now)."""
+        if trainable is None:
+            return self.replace(trainable=None)
+        trainable = jax.tree.map(lambda p, t: jnp.broadcast_to(jnp.asarray(t, bool), jnp.shape(p)), self.params, trainable)
+        frozen = jax.tree.map(jnp.logical_not, trainable)
+        return self.replace(trainable=trainable, opt_state=reset_optimizer_elements(self.tx, self.opt_state, frozen))
 
     def apply_gradients(self, grads: Params) -> "TrainState":
-        """One optimizer step."""
+        """One optimizer step; frozen elements (``trainable`` False) keep their value bit for bit.
+
+        The gradient of a frozen element is zeroed before the optax chain, its update is dropped
+        after the whole chain (so decoupled weight decay and momentum cannot move it either), and
+        its optimizer moments are set back to zero.
+        """
+        if self.trainable is None:
+            updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+            return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state)
+        grads = jax.tree.map(lambda g, t: jnp.where(t, g, jnp.zeros_like(g)), grads, self.trainable)
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        return self.replace(
-            step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state
+        params = jax.tree.map(
+            lambda p, u, t: jnp.where(t, (p + u).astype(p.dtype), p), self.params, updates, self.trainable
         )
+        frozen = jax.tree.map(jnp.logical_not, self.trainable)
+        opt_state = reset_optimizer_elements(self.tx, opt_state, frozen)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+
+
+class Context(NamedTuple):
+    """What the training loop tells an intervention at the end of a period (all arrays, jittable).
+
+    Attributes:
+      step: optimizer updates so far (int32).
+      task: index of the current task (int32; 0 without a task schedule).
+      task_switched: whether a task switch happened during the period that just ended (bool).
+    """
+
+    step: Array
+    task: Array
+    task_switched: Array
+
+    @classmethod
+    def at(cls, step, task=0, task_switched=False) -> "Context":
+        return cls(jnp.asarray(step, jnp.int32), jnp.asarray(task, jnp.int32), jnp.asarray(task_switched, bool))
+
+
+def _keep(state: TrainState) -> TrainState:
+    return state
 
 
 class Intervention(NamedTuple):
-    """``init(params) -> state`` and ``apply(key, train_state, scores) -> train_state``."""
+    """``init(params) -> state``, ``apply(key, train_state, scores, context) -> train_state`` and
+    ``on_update(train_state) -> train_state`` (called by the learner after every optimizer update)."""
 
     init: Callable[[Params], Any]
-    apply: Callable[[Array, TrainState, Any], TrainState]
+    apply: Callable[[Array, TrainState, Any, Context], TrainState]
+    on_update: Callable[[TrainState], TrainState] = _keep
 
 
 def _no_state(params: Params) -> tuple:
@@ -69,7 +134,44 @@ def _no_state(params: Params) -> tuple:
 
 def no_intervention() -> Intervention:
     """The identity: training without intervention."""
-    return Intervention(_no_state, lambda key, state, scores: state)
+    return Intervention(_no_state, lambda key, state, scores, context: state)
+
+
+TRIGGERS = ("period", "task_switch", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+    """When the loop applies an intervention.
+
+    Attributes:
+      every: apply when ``context.step`` is a positive multiple of ``every`` updates (0: never by period).
+      on_task_switch: apply at the end of a period in which the task switched.
+    """
+
+    every: int = 0
+    on_task_switch: bool = False
+
+    def __post_init__(self):
+        if int(self.every) < 0:
+            raise ValueError(f"Trigger.every must be >= 0 updates, got {self.every}")
+        if self.every == 0 and not self.on_task_switch:
+            raise ValueError("Trigger: set every > 0, on_task_switch=True, or both; this trigger never fires")
+
+    @classmethod
+    def named(cls, kind: str, period: int) -> "Trigger":
+        """``"period"`` (every ``period`` updates), ``"task_switch"`` or ``"both"``."""
+        check_choice("PlasticityConfig.trigger", kind, TRIGGERS)
+        return cls(every=0 if kind == "task_switch" else period, on_task_switch=kind != "period")
+
+    def fires(self, context: Context) -> Array:
+        """Boolean scalar: does the intervention run now?"""
+        due = jnp.zeros((), bool)
+        if self.every:
+            due = due | ((context.step % self.every == 0) & (context.step > 0))
+        if self.on_task_switch:
+            due = due | context.task_switched
+        return due
 
 
 def tree_select(pred: Array, on_true: Any, on_false: Any) -> Any:
@@ -77,20 +179,24 @@ def tree_select(pred: Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def every(intervention: Intervention, period: int) -> Intervention:
-    """Apply ``intervention`` only when ``train_state.step % period == 0`` (and step > 0).
+def triggered(intervention: Intervention, trigger: Trigger) -> Intervention:
+    """Apply ``intervention`` only when ``trigger.fires(context)``.
 
     Both branches are computed and one is selected with a mask, which is what ``vmap`` would
     do with a ``lax.cond`` anyway; the surgery costs little next to the updates of a period.
     """
+
+    def apply(key, state, scores, context):
+        return tree_select(trigger.fires(context), intervention.apply(key, state, scores, context), state)
+
+    return intervention._replace(apply=apply)
+
+
+def every(intervention: Intervention, period: int) -> Intervention:
+    """``triggered(intervention, Trigger(every=period))``: every ``period`` updates."""
     if int(period) < 1:
         raise ValueError(f"period must be a positive number of updates, got {period}")
-
-    def apply(key, state, scores):
-        due = (state.step % period == 0) & (state.step > 0)
-        return tree_select(due, intervention.apply(key, state, scores), state)
-
-    return Intervention(intervention.init, apply)
+    return triggered(intervention, Trigger(every=int(period)))
 
 
 def zeros_like_bool(params: Params) -> Params:

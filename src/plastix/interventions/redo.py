@@ -175,7 +175,7 @@ def recycle_neurons(
 
 
 def redo(config: ReDoConfig, topology: Topology, init_params: InitParams) -> Intervention:
-    """ReDo as an :class:`Intervention` (gate it with ``every(..., config.period)`` in a loop).
+    """ReDo as an :class:`Intervention` (the loop triggers it; ``make_intervention`` adds the trigger).
 
     Args:
       config: thresholds and selection.
@@ -184,11 +184,11 @@ def redo(config: ReDoConfig, topology: Topology, init_params: InitParams) -> Int
     """
     field = _SCORE_FIELDS[config.score]
 
-    def apply(key: Array, state: TrainState, scores) -> TrainState:
+    def apply(key: Array, state: TrainState, scores, context) -> TrainState:
         init_key, select_key = jax.random.split(key)
         select_keys = jax.random.split(select_key, len(topology.layers))
         masks = {
-            layer.name: select_neurons(k, config, getattr(scores.layers[layer.name], field), state.step)
+            layer.name: select_neurons(k, config, getattr(scores.layers[layer.name], field), context.step)
             for k, layer in zip(select_keys, topology.layers)
         }
         return recycle_neurons(state, topology, masks, init_params(init_key), config.reset_optimizer)

@@ -102,7 +102,7 @@ def reset(config: ResetConfig, topology: Topology, init_params: InitParams) -> I
         groups_of(params)
         return _no_state(params)
 
-    def apply(key, state, scores):
+    def apply(key, state, scores, context):
         return reset_layers(state, groups_of(state.params), init_params(key), config.reset_optimizer)
 
     return Intervention(init, apply)

@@ -36,7 +36,7 @@ class ShrinkPerturbConfig:
 def shrink_perturb(config: ShrinkPerturbConfig, topology: Topology, init_params: InitParams) -> Intervention:
     """Shrink & Perturb as an :class:`Intervention`; optimizer state is kept."""
 
-    def apply(key, state, scores):
+    def apply(key, state, scores, context):
         fresh = init_params(key)
         params = jax.tree.map(lambda p, f: config.shrink * p + config.perturb * f, state.params, fresh)
         return state.replace(params=params)

@@ -7,8 +7,10 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from plastix.report.stats import Estimate
 
-def iqm_ci(scores: Mapping[str, np.ndarray], reps: int = 2000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+
+def iqm_ci(scores: Mapping[str, np.ndarray], reps: int = 2000, seed: int = 0) -> dict[str, Estimate]:
     """Interquartile mean and its 95% stratified bootstrap CI per group (rliable).
 
     Args:
@@ -16,17 +18,22 @@ def iqm_ci(scores: Mapping[str, np.ndarray], reps: int = 2000, seed: int = 0) ->
       reps: bootstrap replicates.
 
     Returns:
-      ``{group: (iqm, low, high)}``.
+      ``{group: Estimate(iqm, low, high, runs)}``.
     """
     from rliable import library as rly
     from rliable import metrics
 
-    np.random.seed(seed)  # rliable draws from numpy's global generator
-    point, interval = rly.get_interval_estimates(
-        {k: np.asarray(v, float) for k, v in scores.items()},
-        lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
-    )
-    return {k: (float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0])) for k in scores}
+    state = np.random.get_state()  # rliable draws from numpy's global generator: seed it, then restore it
+    np.random.seed(seed)
+    try:
+        point, interval = rly.get_interval_estimates(
+            {k: np.asarray(v, float) for k, v in scores.items()},
+            lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
+        )
+    finally:
+        np.random.set_state(state)
+    return {k: Estimate(float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0]), len(scores[k]))
+            for k in scores}
 
 
 def final_values(df: pd.DataFrame, column: str, by: list[str]) -> pd.DataFrame:

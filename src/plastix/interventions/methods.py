@@ -1,0 +1,165 @@
+"""The one registry of plasticity methods: name → settings → builder.
+
+Every agent, experiment and the CLI names methods by these registry names and builds them with
+:func:`make_intervention`; nothing outside this module tests ``method == "redo"``. A method is
+
+- an :class:`~plastix.interventions.base.Intervention` builder ``build(settings, topology,
+  init_params)`` (ReDo, Reset, Shrink & Perturb, ...), applied by the loop at the end of every
+  period when its :class:`~plastix.interventions.base.Trigger` fires; and/or
+- an optimizer change (weight decay).
+
+Adding a method (KNIFE, ReBorn, plasticity injection, CBP): write its settings dataclass (with a
+``period`` field) and builder, add a field of that type to :class:`PlasticityConfig`, and one
+:func:`register_method` call below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from plastix.interventions.base import (
+    TRIGGERS,
+    InitParams,
+    Intervention,
+    Trigger,
+    check_choice,
+    no_intervention,
+    triggered,
+)
+from plastix.interventions.redo import ReDoConfig, redo
+from plastix.interventions.reset import ResetConfig, reset
+from plastix.interventions.shrink_perturb import ShrinkPerturbConfig, shrink_perturb
+from plastix.interventions.weight_decay import OptimizerConfig
+from plastix.nn.topology import Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One registered plasticity method.
+
+    Attributes:
+      name: the registry name (CLI value of ``--plasticity.method``).
+      field: the :class:`PlasticityConfig` field holding its settings (``None``: no settings).
+      build: ``build(settings, topology, init_params) -> Intervention`` or ``None`` (optimizer-only).
+      needs_scores: the intervention reads the diagnostics (they are then computed every period).
+      optimizer: ``optimizer(base, plasticity) -> OptimizerConfig`` or ``None`` (optimizer unchanged).
+    """
+
+    name: str
+    field: str | None
+    build: Callable[[Any, Topology, InitParams], Intervention] | None = None
+    needs_scores: bool = False
+    optimizer: Callable[[OptimizerConfig, Any], OptimizerConfig] | None = None
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the registry (its name must be new)."""
+    if method.name in REGISTRY:
+        raise ValueError(f"register_method: {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+    return method
+
+
+def _with_weight_decay(base: OptimizerConfig, plasticity: "PlasticityConfig") -> OptimizerConfig:
+    return dataclasses.replace(base, weight_decay=plasticity.weight_decay)
+
+
+register_method(Method("none", None))
+register_method(Method("redo", "redo", redo, needs_scores=True))
+register_method(Method("reset", "reset", reset))
+register_method(Method("shrink_perturb", "shrink_perturb", shrink_perturb))
+register_method(Method("weight_decay", None, optimizer=_with_weight_decay))
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlasticityConfig:
+    """The plasticity treatment of a learner: one registered method, its trigger, weight decay.
+
+    The same field set is used by every agent (DQN, DrQ(ε), SAC, ...).
+
+    Attributes:
+      method: a registry name: ``none``, ``redo`` (recycle dormant neurons), ``reset`` (last
+        layers), ``shrink_perturb`` or ``weight_decay`` (L2 on the optimizer only).
+      trigger: when the intervention runs: ``period`` (every ``<method>.period`` updates),
+        ``task_switch`` (at the end of a period in which the task switched) or ``both``.
+      redo: ReDo settings (used with ``method="redo"``).
+      reset: Reset settings (used with ``method="reset"``).
+      shrink_perturb: Shrink & Perturb settings (used with ``method="shrink_perturb"``).
+      weight_decay: L2 weight decay of the optimizer (paper's best for DQN: 1e-5); 0 = off. With
+        ``method="weight_decay"`` it must be > 0; with any other method it combines with it.
+    """
+
+    method: str = "none"
+    trigger: str = "period"
+    redo: ReDoConfig = ReDoConfig()
+    reset: ResetConfig = ResetConfig()
+    shrink_perturb: ShrinkPerturbConfig = ShrinkPerturbConfig()
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        check_choice("PlasticityConfig.method", self.method, method_names())
+        check_choice("PlasticityConfig.trigger", self.trigger, TRIGGERS)
+        if not self.weight_decay >= 0 or self.weight_decay == float("inf"):
+            raise ValueError(f"PlasticityConfig.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.method == "weight_decay" and self.weight_decay == 0:
+            raise ValueError("PlasticityConfig.weight_decay must be > 0 with method='weight_decay' (paper: 1e-5)")
+
+    @property
+    def spec(self) -> Method:
+        return REGISTRY[self.method]
+
+    @property
+    def intervention(self) -> Any:
+        """The settings of the method's intervention (``None`` when it has none)."""
+        field = self.spec.field
+        return None if field is None or self.spec.build is None else getattr(self, field)
+
+    @property
+    def period(self) -> int | None:
+        """Updates between two periodic applications (``None``: no periodic intervention)."""
+        settings = self.intervention
+        return None if settings is None or self.trigger == "task_switch" else settings.period
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.spec.needs_scores
+
+    def optimizer(self, base: OptimizerConfig) -> OptimizerConfig:
+        """``base`` with this config's weight decay (if any) switched on."""
+        if self.weight_decay == 0:
+            return base
+        return _with_weight_decay(base, self)
+
+
+def make_intervention(config: Any, topology: Topology, init_params: InitParams) -> Intervention:
+    """The intervention of ``config``, wrapped with its trigger.
+
+    Args:
+      config: a :class:`PlasticityConfig`, or the settings of one method (e.g. ``ReDoConfig``,
+        then triggered every ``period`` updates), or ``None`` (no intervention).
+      topology: the network's neuron layers.
+      init_params: ``key -> params``, a fresh draw of the network's initializers.
+    """
+    if config is None:
+        return no_intervention()
+    if isinstance(config, PlasticityConfig):
+        settings = config.intervention
+        if settings is None:
+            return no_intervention()
+        trigger = Trigger.named(config.trigger, settings.period)
+        return triggered(config.spec.build(settings, topology, init_params), trigger)
+    for method in REGISTRY.values():
+        if method.build is not None and method.field is not None and isinstance(config, type(getattr(PlasticityConfig(), method.field))):
+            return triggered(method.build(config, topology, init_params), Trigger(every=config.period))
+    allowed = tuple(type(getattr(PlasticityConfig(), m.field)).__name__ for m in REGISTRY.values() if m.build) + (
+        "PlasticityConfig", "None")
+    raise ValueError(f"make_intervention: got {type(config).__name__}, allowed values are {allowed}")
