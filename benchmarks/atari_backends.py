@@ -41,8 +41,16 @@ def envpool_rate(game: str, n: int, steps: int) -> float | None:
     except ImportError:
         return None
     task = "".join(part.capitalize() for part in game.split("_")) + "-v5"
-    env = envpool.make(task, env_type="gymnasium", num_envs=n, seed=0, repeat_action_probability=0.25,
-                       noop_max=1, episodic_life=False, reward_clip=True)
+    env = envpool.make(
+        task,
+        env_type="gymnasium",
+        num_envs=n,
+        seed=0,
+        repeat_action_probability=0.25,
+        noop_max=1,
+        episodic_life=False,
+        reward_clip=True,
+    )
     env.reset()
     rng = np.random.default_rng(0)
     out = rate(lambda: env.step(rng.integers(0, env.action_space.n, n)), n, steps)
@@ -63,8 +71,9 @@ def plastix_rate(game: str, n: int, steps: int) -> float:
     def run(state, key):
         def body(state, k):
             actions = jax.random.randint(k, (n,), 0, env.spec.num_actions)
-            obs, state, reward, done = jax.vmap(env.step)(keys, state, actions)
-            return state, reward.sum()
+            ts = jax.vmap(env.step)(keys, state, actions)
+            return ts.state, ts.reward.sum()
+
         return jax.lax.scan(body, state, jax.random.split(key, steps))
 
     state, _ = jax.block_until_ready(run(state, jax.random.PRNGKey(1)))  # compile + warm-up

@@ -74,15 +74,23 @@ def chunk_overhead(repeats: int, updates: int = 1000, batch: int = 64, scoring: 
     def chunk_and_diagnostics(state, key):
         state = train_chunk(state, key)
         sx, sy = x[:scoring], y[:scoring]
-        diag = diagnose(topo, net.apply, state.params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean())
+        diag = diagnose(
+            topo, net.apply, state.params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean()
+        )
         return state.params, summarize(diag)
 
     def diagnostics_only(params):
         sx, sy = x[:scoring], y[:scoring]
-        return summarize(diagnose(topo, net.apply, params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean()))
+        return summarize(
+            diagnose(
+                topo, net.apply, params, sx, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, sy).mean()
+            )
+        )
 
     key = jax.random.key(1)
-    base, with_diag = interleaved_times([jax.jit(chunk_only), jax.jit(chunk_and_diagnostics)], [(state, key)] * 2, repeats)
+    base, with_diag = interleaved_times(
+        [jax.jit(chunk_only), jax.jit(chunk_and_diagnostics)], [(state, key)] * 2, repeats
+    )
     (alone,) = interleaved_times([jax.jit(diagnostics_only)], [(state.params,)], max(repeats, 20))
     return base, with_diag, alone
 
@@ -94,11 +102,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()} {platform.processor() or ''}; jax {jax.__version__}; devices {jax.devices()}")
     none, full = experiment_overhead(args.seeds, args.repeats)
-    print(f"supervised, 10 epochs x {2 * args.seeds} vmapped runs: no diagnostics {none:.3f}s, "
-          f"diagnostics every epoch {full:.3f}s, ratio {full / none:.3f}")
+    print(
+        f"supervised, 10 epochs x {2 * args.seeds} vmapped runs: no diagnostics {none:.3f}s, "
+        f"diagnostics every epoch {full:.3f}s, ratio {full / none:.3f}"
+    )
     base, with_diag, alone = chunk_overhead(args.repeats)
-    print(f"1,000 updates (batch 64): {base:.3f}s; plus one diagnostic pass (batch 256): {with_diag:.3f}s; "
-          f"ratio {with_diag / base:.4f}  (target <= 1.03)")
+    print(
+        f"1,000 updates (batch 64): {base:.3f}s; plus one diagnostic pass (batch 256): {with_diag:.3f}s; "
+        f"ratio {with_diag / base:.4f}  (target <= 1.03)"
+    )
     print(f"one diagnostic pass alone: {alone * 1e3:.2f} ms = {alone / base:.4f} of a 1,000-update chunk")
 
 

@@ -16,7 +16,6 @@ Prints timings and ratios; record what you measured in benchmarks/RESULTS.md wit
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import time
 
@@ -30,9 +29,18 @@ from plastix.interventions import PlasticityConfig, ReDoConfig
 
 def build(seeds: int, chunk_periods: int, diagnostics: bool, redo: bool):
     env = make_env("Breakout-MinAtar")
-    loop = LoopConfig(env_steps=1_000 * chunk_periods * 100, replay_ratio=1, warmup_steps=1_000, buffer_size=100_000,
-                      batch_size=32, period=1_000, eval_every=chunk_periods, eval_envs=8, eval_steps=1_000,
-                      diagnostics=diagnostics)
+    loop = LoopConfig(
+        env_steps=1_000 * chunk_periods * 100,
+        replay_ratio=1,
+        warmup_steps=1_000,
+        buffer_size=100_000,
+        batch_size=32,
+        period=1_000,
+        eval_every=chunk_periods,
+        eval_envs=8,
+        eval_steps=1_000,
+        diagnostics=diagnostics,
+    )
     plasticity = PlasticityConfig("redo", redo=ReDoConfig(0.1, 1_000)) if redo else PlasticityConfig()
     agent, _, _ = make_dqn(env.spec, DQNConfig(plasticity=plasticity), loop.period)
     train = make_train(loop, env, agent)
@@ -76,16 +84,20 @@ def main():
         print(f"seeds={seeds}", flush=True)
         (t,) = time_chunks([build(seeds, args.chunk_periods, True, False)], args.repeats)
         totals[seeds] = seeds * steps / t
-        print(f"  chunk {t:.2f} s: {totals[seeds]:,.0f} env-steps/s and updates/s in total, "
-              f"{steps / t:,.0f} per seed; 1M env steps per seed would take {1e6 / (steps / t) / 60:.1f} min")
+        print(
+            f"  chunk {t:.2f} s: {totals[seeds]:,.0f} env-steps/s and updates/s in total, "
+            f"{steps / t:,.0f} per seed; 1M env steps per seed would take {1e6 / (steps / t) / 60:.1f} min"
+        )
     if 8 in totals and 64 in totals:
-        print(f"  scaling 64 vs 8 seeds: {totals[64] / totals[8]:.2f}× the total throughput (linear: 8×; "
-              f"target >= 6.4×)")
+        print(
+            f"  scaling 64 vs 8 seeds: {totals[64] / totals[8]:.2f}× the total throughput (linear: 8×; target >= 6.4×)"
+        )
     if not args.skip_overhead:
         s = args.overhead_seeds
         print(f"\n2. overhead at {s} seeds: diagnostics every period + ReDo vs neither (alternating)")
-        plain, full = time_chunks([build(s, args.chunk_periods, False, False), build(s, args.chunk_periods, True, True)],
-                                  args.repeats)
+        plain, full = time_chunks(
+            [build(s, args.chunk_periods, False, False), build(s, args.chunk_periods, True, True)], args.repeats
+        )
         print(f"  without {plain:.3f} s, with {full:.3f} s per chunk: ratio {full / plain:.3f}")
 
 

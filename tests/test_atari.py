@@ -23,9 +23,10 @@ def _rollout(env, steps, seed=0):
     rewards, dones = [], []
     for _ in range(steps):
         actions = jnp.asarray(rng.integers(0, env.spec.num_actions, (2, 3)))
-        obs, state, reward, done = step(KEYS, state, actions)
-        rewards.append(np.asarray(reward))
-        dones.append(np.asarray(done))
+        ts = step(KEYS, state, actions)
+        obs, state = ts.obs, ts.state
+        rewards.append(np.asarray(ts.reward))
+        dones.append(np.asarray(ts.done))
     return obs, state, np.stack(rewards), np.stack(dones)
 
 
@@ -76,18 +77,32 @@ def test_host_env_needs_separate_eval_env_and_vmapped_seeds(tmp_path):
     agent, _, _ = make_dqn(env.spec, DQNConfig(width_multiplier=0.25), 10)
     with pytest.raises(ValueError, match="eval_env"):
         make_train(LoopConfig(env_steps=20, warmup_steps=10, buffer_size=100, period=10), env, agent)
-    cell = RLConfig(env="atari/breakout", loop=LoopConfig(env_steps=20, warmup_steps=10, buffer_size=100, period=10),
-                    seeds=2, vmap_seeds=False)
+    cell = RLConfig(
+        env="atari/breakout",
+        loop=LoopConfig(env_steps=20, warmup_steps=10, buffer_size=100, period=10),
+        seeds=2,
+        vmap_seeds=False,
+    )
     with pytest.raises(ValueError, match="vmap_seeds"):
         run_cell(cell, str(tmp_path / "run"))
 
 
 def test_dqn_loop_runs_on_atari_and_resumes(tmp_path):
     """A tiny DQN (Nature CNN at width ×0.25) on Breakout, 2 vmapped seeds, killed and resumed."""
-    loop = LoopConfig(env_steps=40, warmup_steps=20, buffer_size=200, batch_size=4, period=10, eval_every=2,
-                      eval_envs=2, eval_steps=20, scoring_batch=16)
-    cell = RLConfig(env="atari/breakout", loop=loop, dqn=DQNConfig(width_multiplier=0.25, target_update_period=10),
-                    seeds=2)
+    loop = LoopConfig(
+        env_steps=40,
+        warmup_steps=20,
+        buffer_size=200,
+        batch_size=4,
+        period=10,
+        eval_every=2,
+        eval_envs=2,
+        eval_steps=20,
+        scoring_batch=16,
+    )
+    cell = RLConfig(
+        env="atari/breakout", loop=loop, dqn=DQNConfig(width_multiplier=0.25, target_update_period=10), seeds=2
+    )
     path = str(tmp_path / "run")
     partial = run_cell(cell, path, stop_after_chunks=1)
     assert len(partial) == 2 * 2

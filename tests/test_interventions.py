@@ -11,9 +11,8 @@ from plastix.interventions import (
     REGISTRY,
     Context,
     Intervention,
-    PlasticityConfig,
-    register_method,
     OptimizerConfig,
+    PlasticityConfig,
     ReDoConfig,
     ResetConfig,
     ShrinkPerturbConfig,
@@ -23,6 +22,7 @@ from plastix.interventions import (
     make_optimizer,
     recycle_neurons,
     redo,
+    register_method,
     reset,
     select_neurons,
     shrink_perturb,
@@ -75,7 +75,7 @@ def test_redo_tau_zero_leaves_outputs_bit_identical():
 def test_redo_without_dormant_neurons_changes_nothing():
     state = trained_state(kill=())
     scores = scores_of(state)
-    masks = {n: jnp.zeros_like(l.dormant) for n, l in scores.layers.items()}
+    masks = {n: jnp.zeros_like(layer.dormant) for n, layer in scores.layers.items()}
     new = recycle_neurons(state, TOPO, masks, init_params(jax.random.key(5)))
     for a, b in zip(jax.tree.leaves((new.params, new.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
         np.testing.assert_array_equal(a, b)
@@ -98,7 +98,9 @@ def test_redo_surgery_on_known_neurons():
     # outgoing: conv_1 channel 3 -> flattened rows r % 32 == 3 of dense_0; dense_0 unit 5 -> output row 5
     rows = np.arange(q["dense_0"]["kernel"].shape[0]) % 32 == 3
     # dense_0 unit 5 is re-drawn, except on the rows fed by recycled channel 3 (outgoing zeroed last)
-    np.testing.assert_array_equal(np.asarray(q["dense_0"]["kernel"])[~rows, 5], np.asarray(fresh["dense_0"]["kernel"])[~rows, 5])
+    np.testing.assert_array_equal(
+        np.asarray(q["dense_0"]["kernel"])[~rows, 5], np.asarray(fresh["dense_0"]["kernel"])[~rows, 5]
+    )
     np.testing.assert_array_equal(np.asarray(q["dense_0"]["kernel"])[rows, 5], 0.0)
     assert np.all(np.asarray(q["dense_0"]["kernel"])[rows][:, np.arange(64) != 5] == 0)
     np.testing.assert_array_equal(q["output"]["kernel"][5], 0.0)
@@ -123,7 +125,8 @@ def test_redo_surgery_on_known_neurons():
         touched_kernel[rows] = True
         np.testing.assert_array_equal(np.asarray(newm["dense_0"]["kernel"])[touched_kernel], 0.0)
         np.testing.assert_array_equal(
-            np.asarray(newm["dense_0"]["kernel"])[~touched_kernel], np.asarray(old["dense_0"]["kernel"])[~touched_kernel]
+            np.asarray(newm["dense_0"]["kernel"])[~touched_kernel],
+            np.asarray(old["dense_0"]["kernel"])[~touched_kernel],
         )
         assert np.mean(np.asarray(old["dense_0"]["kernel"])[touched_kernel] != 0) > 0.5  # not vacuous
         assert float(newm["conv_1"]["bias"][3]) == 0.0
@@ -134,7 +137,11 @@ def test_redo_surgery_on_known_neurons():
 def test_redo_resets_moments_by_path_in_chained_rmsprop():
     tx = optax.chain(optax.clip_by_global_norm(10.0), optax.rmsprop(1e-3, momentum=0.9))
     state = trained_state(tx)
-    masks = {"conv_0": jnp.zeros(16, bool), "conv_1": jnp.zeros(32, bool), "dense_0": jnp.zeros(64, bool).at[0].set(True)}
+    masks = {
+        "conv_0": jnp.zeros(16, bool),
+        "conv_1": jnp.zeros(32, bool),
+        "dense_0": jnp.zeros(64, bool).at[0].set(True),
+    }
     new = recycle_neurons(state, TOPO, masks, init_params(jax.random.key(1)))
     leaves_old = jax.tree.leaves(state.opt_state)
     leaves_new = jax.tree.leaves(new.opt_state)
@@ -176,8 +183,15 @@ def test_selection_variants():
 
 @pytest.mark.parametrize(
     "fraction, steps, step, n, expected",
-    [(0.1, 100, 50, 20, 1), (0.1, 100, 0, 20, 2), (0.1, 100, 100, 20, 0), (0.2, 10, 5, 10, 1),
-     (0.3, 1000, 500, 100, 15), (1.0, 4, 2, 6, 3), (0.5, 3, 0, 7, 3)],
+    [
+        (0.1, 100, 50, 20, 1),
+        (0.1, 100, 0, 20, 2),
+        (0.1, 100, 100, 20, 0),
+        (0.2, 10, 5, 10, 1),
+        (0.3, 1000, 500, 100, 15),
+        (1.0, 4, 2, 6, 3),
+        (0.5, 3, 0, 7, 3),
+    ],
 )
 def test_scheduled_selection_at_exact_boundaries(fraction, steps, step, n, expected):
     """Counts whose exact value is an integer: float32 cosine must not floor them one lower."""
@@ -200,7 +214,9 @@ def test_optimizer_momentum_is_used_or_rejected():
 
     cfg = OptimizerConfig("rmsprop", 0.1, eps=1e-6, momentum=0.9, rms_decay=0.99)
     np.testing.assert_allclose(run(make_optimizer(cfg)), run(optax.rmsprop(0.1, 0.99, 1e-6, momentum=0.9)), rtol=1e-6)
-    assert not np.allclose(run(make_optimizer(cfg)), run(make_optimizer(OptimizerConfig("rmsprop", 0.1, eps=1e-6, rms_decay=0.99))))
+    assert not np.allclose(
+        run(make_optimizer(cfg)), run(make_optimizer(OptimizerConfig("rmsprop", 0.1, eps=1e-6, rms_decay=0.99)))
+    )
     sgd = OptimizerConfig("sgd", 0.1, momentum=0.5)
     np.testing.assert_allclose(run(make_optimizer(sgd)), run(optax.sgd(0.1, momentum=0.5)), rtol=1e-6)
     with pytest.raises(ValueError, match="momentum.*adam"):
@@ -240,13 +256,18 @@ def test_every_gates_by_the_loop_step():
 
 @pytest.mark.parametrize(
     "trigger, fires_at",
-    [("period", {(4, False), (4, True)}), ("task_switch", {(3, True), (4, True)}),
-     ("both", {(4, False), (4, True), (3, True)})],
+    [
+        ("period", {(4, False), (4, True)}),
+        ("task_switch", {(3, True), (4, True)}),
+        ("both", {(4, False), (4, True), (3, True)}),
+    ],
 )
 def test_triggers_every_f_at_task_switch_or_both(trigger, fires_at):
     state = trained_state(steps=2)
     scores = scores_of(state)
-    iv = make_intervention(PlasticityConfig("redo", trigger=trigger, redo=ReDoConfig(tau=10.0, period=2)), TOPO, init_params)
+    iv = make_intervention(
+        PlasticityConfig("redo", trigger=trigger, redo=ReDoConfig(tau=10.0, period=2)), TOPO, init_params
+    )
     run = jax.jit(lambda step, switched: iv.apply(jax.random.key(0), state, scores, Context.at(step, 1, switched)))
     for step in (3, 4):
         for switched in (False, True):
@@ -277,8 +298,11 @@ def test_on_update_hook_and_typed_state_reach_the_learner():
     class Count(NamedTuple):
         updates: jax.Array
 
-    iv = Intervention(lambda p: Count(jnp.zeros((), jnp.int32)), lambda k, s, sc, c: s,
-                      lambda s: s.replace(intervention_state=Count(s.intervention_state.updates + 1)))
+    iv = Intervention(
+        lambda p: Count(jnp.zeros((), jnp.int32)),
+        lambda k, s, sc, c: s,
+        lambda s: s.replace(intervention_state=Count(s.intervention_state.updates + 1)),
+    )
     state = TrainState.create(init_params(jax.random.key(0)), optax.sgd(0.1), iv.init(None))
     step = jax.jit(lambda s: iv.on_update(s.apply_gradients(jax.tree.map(jnp.ones_like, s.params))))
     for _ in range(3):
@@ -306,7 +330,9 @@ def test_shrink_perturb_formula():
         jax.random.key(3), state, None, Context.at(1)
     )
     np.testing.assert_allclose(
-        new.params["dense_0"]["kernel"], 0.5 * state.params["dense_0"]["kernel"] + 0.1 * fresh["dense_0"]["kernel"], rtol=1e-6
+        new.params["dense_0"]["kernel"],
+        0.5 * state.params["dense_0"]["kernel"] + 0.1 * fresh["dense_0"]["kernel"],
+        rtol=1e-6,
     )
 
 
@@ -329,7 +355,10 @@ def test_weight_decay_modes_by_hand():
         (lambda: ReDoConfig(score="loss"), r"score.*allowed values"),
         (lambda: ReDoConfig(selection="scheduled"), "schedule_steps"),
         (lambda: ResetConfig(last_k=0), "last_k"),
-        (lambda: reset(ResetConfig(last_k=5), TOPO, init_params).init(init_params(jax.random.key(0))), r"last_k.*allowed values are 1..4"),
+        (
+            lambda: reset(ResetConfig(last_k=5), TOPO, init_params).init(init_params(jax.random.key(0))),
+            r"last_k.*allowed values are 1..4",
+        ),
         (lambda: OptimizerConfig(name="lion"), r"name.*allowed values"),
         (lambda: ShrinkPerturbConfig(shrink=1.5), "shrink"),
         (lambda: make_intervention("redo", TOPO, init_params), "allowed values"),
@@ -364,9 +393,11 @@ def test_gated_redo_inside_scan_under_vmap_matches_python_loop():
 
 @pytest.mark.parametrize(
     "optimizer",
-    [OptimizerConfig("adam", 1e-2, weight_decay=1e-2, decay_mode="decoupled", max_grad_norm=1.0),
-     OptimizerConfig("rmsprop", 1e-2, momentum=0.9, weight_decay=1e-3),
-     OptimizerConfig("sgd", 1e-1, momentum=0.9, weight_decay=1e-2, decay_mode="decoupled")],
+    [
+        OptimizerConfig("adam", 1e-2, weight_decay=1e-2, decay_mode="decoupled", max_grad_norm=1.0),
+        OptimizerConfig("rmsprop", 1e-2, momentum=0.9, weight_decay=1e-3),
+        OptimizerConfig("sgd", 1e-1, momentum=0.9, weight_decay=1e-2, decay_mode="decoupled"),
+    ],
     ids=["adamw-clip", "rmsprop-momentum-l2", "sgd-momentum-decoupled"],
 )
 def test_frozen_elements_stay_bit_identical_for_ten_steps(optimizer):
@@ -382,11 +413,21 @@ def test_frozen_elements_stay_bit_identical_for_ten_steps(optimizer):
         np.testing.assert_array_equal(np.asarray(new)[~t], np.asarray(old)[~t])  # frozen: bit-identical
         assert np.all(np.asarray(new)[t] != np.asarray(old)[t])  # trainable: every element moved
     frozen = jax.tree.map(jnp.logical_not, trainable)
-    moments = optax.tree_map_params(state.tx, lambda m, f: jnp.sum(jnp.abs(jnp.where(f, m, 0.0))), state.opt_state, frozen,
-                                    transform_non_params=lambda leaf: jnp.zeros(()))
+    moments = optax.tree_map_params(
+        state.tx,
+        lambda m, f: jnp.sum(jnp.abs(jnp.where(f, m, 0.0))),
+        state.opt_state,
+        frozen,
+        transform_non_params=lambda leaf: jnp.zeros(()),
+    )
     assert float(sum(jax.tree.leaves(moments))) == 0.0  # frozen elements' moments stay zero
-    live = optax.tree_map_params(state.tx, lambda m, f: jnp.sum(jnp.abs(jnp.where(f, 0.0, m))), state.opt_state, frozen,
-                                 transform_non_params=lambda leaf: jnp.zeros(()))
+    live = optax.tree_map_params(
+        state.tx,
+        lambda m, f: jnp.sum(jnp.abs(jnp.where(f, 0.0, m))),
+        state.opt_state,
+        frozen,
+        transform_non_params=lambda leaf: jnp.zeros(()),
+    )
     assert float(sum(jax.tree.leaves(live))) > 0.0
 
 

@@ -87,7 +87,9 @@ def params():
 def test_capture_under_rnn_stacks_time_and_matches_numpy(params):
     out, z = capture(LEARNER.apply, TOPO)(params, INPUTS)
     np.testing.assert_allclose(out, LEARNER.apply({"params": params}, INPUTS), rtol=1e-6)
-    fc1 = np.maximum(np.asarray(OBS_X) @ np.asarray(params["agent"]["fc1"]["kernel"]) + np.asarray(params["agent"]["fc1"]["bias"]), 0)
+    fc1 = np.maximum(
+        np.asarray(OBS_X) @ np.asarray(params["agent"]["fc1"]["kernel"]) + np.asarray(params["agent"]["fc1"]["bias"]), 0
+    )
     assert z["agent/gru"].shape == (T, B, N_AGENTS, H)
     np.testing.assert_allclose(z["agent/gru"], np_gru(params["agent"]["gru"], fc1), atol=1e-5)
     assert z["mixer/mixing"].shape == (T, B, E)
@@ -97,7 +99,9 @@ def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):
     diag = diagnose(TOPO, LEARNER.apply, params, INPUTS, loss_fn, valid=VALID)
     assert set(diag.groups) == {"agent", "mixer"}
     # dormant score of the GRU by hand: mean |h| over valid (t, b) and agents, over the layer mean
-    fc1 = np.maximum(np.asarray(OBS_X) @ np.asarray(params["agent"]["fc1"]["kernel"]) + np.asarray(params["agent"]["fc1"]["bias"]), 0)
+    fc1 = np.maximum(
+        np.asarray(OBS_X) @ np.asarray(params["agent"]["fc1"]["kernel"]) + np.asarray(params["agent"]["fc1"]["bias"]), 0
+    )
     h = np.abs(np_gru(params["agent"]["gru"], fc1))
     per_unit = h[np.asarray(VALID)].mean(axis=(0, 1))
     np.testing.assert_allclose(diag.layers["agent/gru"].dormant_score, per_unit / per_unit.mean(), rtol=1e-4)
@@ -105,8 +109,9 @@ def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):
     grads = jax.grad(lambda p: loss_fn(LEARNER.apply({"params": p}, INPUTS)))(params)
     gw1 = np.abs(np.asarray(grads["mixer"]["hyper_w1_1"]["kernel"]))  # (6, n*E), column i*E + j -> unit j
     gb1 = np.abs(np.asarray(grads["mixer"]["hyper_b1"]["kernel"]))  # (S, E)
-    per_unit = np.array([np.concatenate([gw1[:, [i * E + j for i in range(N_AGENTS)]].ravel(), gb1[:, j]]).mean()
-                         for j in range(E)])
+    per_unit = np.array(
+        [np.concatenate([gw1[:, [i * E + j for i in range(N_AGENTS)]].ravel(), gb1[:, j]]).mean() for j in range(E)]
+    )
     np.testing.assert_allclose(diag.layers["mixer/mixing"].grama_score, per_unit / per_unit.mean(), rtol=1e-4)
     # network-wide fractions count neurons of both groups
     sizes = {"agent": 2 * H, "mixer": 6 + 6 + E + E}
@@ -129,8 +134,10 @@ def test_redo_on_gru_and_generated_units_equals_pruning_them(params):
     state = TrainState.create(params, optax.adam(1e-2))
     for _ in range(2):
         state = state.apply_gradients(jax.grad(lambda p: loss_fn(LEARNER.apply({"params": p}, INPUTS)))(state.params))
-    masks = {name: jax.random.bernoulli(jax.random.key(i), 0.4, (layer.size(params),))
-             for i, (name, layer) in enumerate((layer.name, layer) for layer in TOPO.layers)}
+    masks = {
+        name: jax.random.bernoulli(jax.random.key(i), 0.4, (layer.size(params),))
+        for i, (name, layer) in enumerate((layer.name, layer) for layer in TOPO.layers)
+    }
     masks["agent/gru"] = jnp.array([True, False, True, False, False, False, False, True])
     masks["mixer/mixing"] = jnp.array([False, True, False, True])
     masks["agent/fc1"] = jnp.zeros(H, bool)  # so that the kernels checked below change only by gru / mixing
@@ -208,8 +215,12 @@ def _reset_changed(topology, params, last_k):
 
 def test_reset_counts_depth_from_every_head_per_network(params):
     assert _reset_changed(TOPO, params, 1) == {
-        "agent/fc2/kernel", "agent/fc2/bias",
-        "mixer/hyper_w2_1/kernel", "mixer/hyper_w2_1/bias", "mixer/hyper_b2_1/kernel", "mixer/hyper_b2_1/bias",
+        "agent/fc2/kernel",
+        "agent/fc2/bias",
+        "mixer/hyper_w2_1/kernel",
+        "mixer/hyper_w2_1/bias",
+        "mixer/hyper_b2_1/kernel",
+        "mixer/hyper_b2_1/bias",
     }
     two = _reset_changed(TOPO, params, 2)
     assert {"agent/gru/hr/kernel", "mixer/hyper_w1_1/kernel", "mixer/hyper_b1/bias", "mixer/hyper_w2_0/kernel"} <= two
@@ -220,7 +231,11 @@ def test_reset_twin_critic_resets_both_heads():
     critic = TwinCritic((8, 8))
     params = critic.init(jax.random.key(0), jnp.zeros((1, 5)))["params"]
     assert _reset_changed(critic.topology(), params, 1) == {
-        "q0/output/kernel", "q0/output/bias", "q1/output/kernel", "q1/output/bias"}
+        "q0/output/kernel",
+        "q0/output/bias",
+        "q1/output/kernel",
+        "q1/output/bias",
+    }
 
 
 def test_reset_resnet_follows_the_residual_stream():
@@ -238,6 +253,8 @@ def test_reset_resnet_follows_the_residual_stream():
 def test_shrink_perturb_covers_agent_and_mixer(params):
     state = TrainState.create(params, optax.sgd(1.0))
     fresh = init_params(jax.random.key(3))
-    new = shrink_perturb(ShrinkPerturbConfig(0.5, 0.5), TOPO, lambda k: fresh).apply(jax.random.key(0), state, None, Context.at(1))
+    new = shrink_perturb(ShrinkPerturbConfig(0.5, 0.5), TOPO, lambda k: fresh).apply(
+        jax.random.key(0), state, None, Context.at(1)
+    )
     for a, b, c in zip(jax.tree.leaves(new.params), jax.tree.leaves(params), jax.tree.leaves(fresh)):
         np.testing.assert_allclose(a, 0.5 * b + 0.5 * c, rtol=1e-6)

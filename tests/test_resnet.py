@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix.interventions import TrainState, make_optimizer, OptimizerConfig, recycle_neurons
+from plastix.interventions import OptimizerConfig, TrainState, make_optimizer, recycle_neurons
 from plastix.metrics import DiagnosticsConfig, diagnose
 from plastix.nn import impala_resnet, validate
 
@@ -29,7 +29,9 @@ def test_impala_inner_convs_are_recycled_function_preserving_at_tau_zero():
     # ... so zeroing their contribution equals silencing them: with the old incoming weights kept,
     # the output equals the output with those channels' outgoing weights zeroed
     silenced = jax.tree.map(lambda a: a, params)
-    silenced["s1_b0_conv_b"] = dict(params["s1_b0_conv_b"], kernel=params["s1_b0_conv_b"]["kernel"].at[:, :, :8, :].set(0))
+    silenced["s1_b0_conv_b"] = dict(
+        params["s1_b0_conv_b"], kernel=params["s1_b0_conv_b"]["kernel"].at[:, :, :8, :].set(0)
+    )
     np.testing.assert_allclose(apply(new, x), apply(silenced, x), rtol=1e-5, atol=1e-6)
     # τ = 0 with no dormant neuron: nothing changes, bit for bit
     none = {name: jnp.zeros_like(diag.layers[name].dormant) for name in topology.names}

@@ -9,17 +9,23 @@ import pytest
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, Transition, make_dqn, make_sac, make_train
 from plastix.agents.dqn import random_shift, td_targets
-from plastix.agents.off_policy import layout, n_step_return, replay_schedule
+from plastix.agents.off_policy import layout, n_step_return, n_step_targets, replay_schedule
 from plastix.agents.sac import soft_target, squashed_gaussian, temperature_loss
-from plastix.envs import make_env
+from plastix.envs import Env, EnvSpec, Timestep, make_env
 from plastix.experiments.rl import RLConfig, run_cell
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 
-CARTPOLE_DQN = DQNConfig(network="mlp", mlp_hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3),
-                         target_update_period=100, epsilon_decay_steps=5_000)
+CARTPOLE_DQN = DQNConfig(
+    network="mlp",
+    mlp_hidden=(64, 64),
+    optimizer=OptimizerConfig("adam", 1e-3),
+    target_update_period=100,
+    epsilon_decay_steps=5_000,
+)
 
 
 # ---------------------------------------------------------------------------- n-step, replay ratio
+
 
 def test_n_step_return_against_hand_computation():
     rewards = jnp.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [5.0, 0.0, 0.0]])
@@ -30,14 +36,80 @@ def test_n_step_return_against_hand_computation():
     np.testing.assert_allclose(discounts, [0.125, 0.0, 0.0])
 
 
+def test_n_step_targets_bootstrap_after_truncation_not_termination():
+    rewards = jnp.ones((4, 3))
+    term = jnp.array([[0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 0]], bool)
+    trunc = jnp.array([[0, 0, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0]], bool)
+    returns, discounts, from_final, end = n_step_targets(rewards, term, trunc, 0.5)
+    np.testing.assert_allclose(returns, [1.75, 1.5, 1.5, 1.0])
+    np.testing.assert_allclose(discounts, [0.125, 0.0, 0.25, 0.5])  # truncated after 2 / 1 steps: γ², γ
+    np.testing.assert_array_equal(from_final, [False, False, True, True])
+    np.testing.assert_array_equal(end, [2, 1, 1, 0])
+
+
+def _constant_reward_env(limit: int, terminate: bool) -> Env:
+    """Reward 1 every step, one observation, episodes of ``limit`` steps ended by a time limit (or a
+    termination): with truncation the value of the state is 1/(1-γ); with termination at most the
+    finite-horizon sum."""
+    spec = EnvSpec("constant", (1,), jnp.float32, num_actions=2, max_episode_steps=limit)
+    obs = jnp.zeros(1)
+
+    def reset(key):
+        return obs, jnp.zeros((), jnp.int32)
+
+    def step(key, t, action):
+        end = t + 1 >= limit
+        return Timestep(obs, jnp.where(end, 0, t + 1), jnp.float32(1.0), end & terminate, end & (not terminate), obs)
+
+    return Env(spec, reset, step)
+
+
+@pytest.mark.parametrize("terminate", [False, True])
+def test_time_limit_is_not_a_termination(terminate):
+    gamma, limit = 0.9, 5
+    env = _constant_reward_env(limit, terminate)
+    loop = LoopConfig(
+        env_steps=3_000,
+        replay_ratio=1,
+        warmup_steps=100,
+        buffer_size=2_000,
+        batch_size=32,
+        period=1_000,
+        eval_every=3,
+        eval_envs=1,
+        eval_steps=5,
+        gamma=gamma,
+        diagnostics=False,
+    )
+    config = dataclasses.replace(
+        CARTPOLE_DQN,
+        mlp_hidden=(16,),
+        optimizer=OptimizerConfig("adam", 1e-2),
+        target_update_period=25,
+        epsilon_decay_steps=100,
+        huber_delta=1e3,
+    )  # squared loss
+    agent, net, _ = make_dqn(env.spec, config, loop.period)
+    train = make_train(loop, env, agent)
+    carry = train.init(jax.random.split(jax.random.PRNGKey(0), 1))
+    carry, _, _ = train.run_chunk(carry)
+    params = jax.tree.map(lambda x: x[0], carry.agent.online.params)
+    q = float(jnp.max(net.apply({"params": params}, jnp.zeros((1, 1)))))
+    if terminate:  # one observation for all steps, 1 in `limit` transitions terminal: Q = 1 + γ (1 - 1/limit) Q
+        assert q == pytest.approx(1 / (1 - gamma * (1 - 1 / limit)), rel=0.05)  # 3.57
+    else:  # every episode end is a time limit: Q = 1 + γ Q
+        assert q == pytest.approx(1 / (1 - gamma), rel=0.05)  # 10
+
+
 def test_one_step_return_is_reward_and_gamma():
     returns, discounts = n_step_return(jnp.array([[2.0]]), jnp.array([[False]]), 0.99)
     np.testing.assert_allclose(returns, [2.0])
     np.testing.assert_allclose(discounts, [0.99])
 
 
-@pytest.mark.parametrize("rr, envs, expected", [(0.25, 1, (4, 1)), (0.5, 1, (2, 1)), (2, 1, (1, 2)),
-                                                (1, 8, (1, 8)), (0.25, 8, (1, 2))])
+@pytest.mark.parametrize(
+    "rr, envs, expected", [(0.25, 1, (4, 1)), (0.5, 1, (2, 1)), (2, 1, (1, 2)), (1, 8, (1, 8)), (0.25, 8, (1, 2))]
+)
 def test_replay_schedule(rr, envs, expected):
     assert replay_schedule(rr, envs) == expected
 
@@ -51,10 +123,20 @@ def test_layout_errors_name_the_field():
 
 def _cartpole_train(rr, steps, plasticity=PlasticityConfig(), period=50, eval_every=2):
     env = make_env("CartPole-v1")
-    loop = LoopConfig(env_steps=steps, replay_ratio=rr, warmup_steps=100, buffer_size=5_000, batch_size=16,
-                      period=period, eval_every=eval_every, eval_envs=2, eval_steps=50)
-    agent, _, _ = make_dqn(env.spec, dataclasses.replace(CARTPOLE_DQN, mlp_hidden=(32,), plasticity=plasticity),
-                           loop.period)
+    loop = LoopConfig(
+        env_steps=steps,
+        replay_ratio=rr,
+        warmup_steps=100,
+        buffer_size=5_000,
+        batch_size=16,
+        period=period,
+        eval_every=eval_every,
+        eval_envs=2,
+        eval_steps=50,
+    )
+    agent, _, _ = make_dqn(
+        env.spec, dataclasses.replace(CARTPOLE_DQN, mlp_hidden=(32,), plasticity=plasticity), loop.period
+    )
     return make_train(loop, env, agent)
 
 
@@ -75,10 +157,16 @@ def test_replay_ratio_bookkeeping(rr, steps):
 
 # ---------------------------------------------------------------------------- DQN
 
+
 def _batch(key, obs_dim=4, n=8, actions=2):
     k1, k2, k3 = jax.random.split(key, 3)
-    return Transition(jax.random.normal(k1, (n, obs_dim)), jax.random.randint(k2, (n,), 0, actions),
-                      jax.random.normal(k3, (n,)), jnp.full((n,), 0.99), jax.random.normal(k1, (n, obs_dim)) + 1)
+    return Transition(
+        jax.random.normal(k1, (n, obs_dim)),
+        jax.random.randint(k2, (n,), 0, actions),
+        jax.random.normal(k3, (n,)),
+        jnp.full((n,), 0.99),
+        jax.random.normal(k1, (n, obs_dim)) + 1,
+    )
 
 
 def test_target_network_copied_every_period_updates():
@@ -117,8 +205,9 @@ def test_random_shift_crops_of_padded_image():
     assert shifted.shape == obs.shape
     padded = jnp.pad(obs, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
     for b in range(2):
-        hits = [(i, j) for i in range(5) for j in range(5)
-                if jnp.array_equal(padded[b, i:i + 6, j:j + 5], shifted[b])]
+        hits = [
+            (i, j) for i in range(5) for j in range(5) if jnp.array_equal(padded[b, i : i + 6, j : j + 5], shifted[b])
+        ]
         assert hits, "every augmented image is a window of the padded image"
 
 
@@ -138,8 +227,18 @@ def test_make_env_error_lists_available():
 def test_dqn_learns_cartpole():
     """Budget: 20,000 env steps at RR 0.25 (5,000 updates); random play scores about 20."""
     env = make_env("CartPole-v1")
-    loop = LoopConfig(env_steps=20_000, replay_ratio=0.25, warmup_steps=1_000, buffer_size=20_000,
-                      batch_size=64, n_step=3, period=250, eval_every=10, eval_envs=8, eval_steps=500)
+    loop = LoopConfig(
+        env_steps=20_000,
+        replay_ratio=0.25,
+        warmup_steps=1_000,
+        buffer_size=20_000,
+        batch_size=64,
+        n_step=3,
+        period=250,
+        eval_every=10,
+        eval_envs=8,
+        eval_steps=500,
+    )
     agent, _, _ = make_dqn(env.spec, CARTPOLE_DQN, loop.period)
     train = make_train(loop, env, agent)
     carry = train.init(jax.random.split(jax.random.PRNGKey(0), 2))
@@ -155,10 +254,21 @@ def test_drq_learns_catch():
     from plastix.agents import drq_epsilon_config
 
     env = make_env("Catch-bsuite")
-    loop = LoopConfig(env_steps=5_000, replay_ratio=1, warmup_steps=500, buffer_size=10_000, batch_size=32,
-                      n_step=3, period=250, eval_every=20, eval_envs=16, eval_steps=10)
-    cfg = drq_epsilon_config(augment_shift=1, optimizer=OptimizerConfig("adam", 1e-3), epsilon_decay_steps=2_000,
-                             target_update_period=50)
+    loop = LoopConfig(
+        env_steps=5_000,
+        replay_ratio=1,
+        warmup_steps=500,
+        buffer_size=10_000,
+        batch_size=32,
+        n_step=3,
+        period=250,
+        eval_every=20,
+        eval_envs=16,
+        eval_steps=10,
+    )
+    cfg = drq_epsilon_config(
+        augment_shift=1, optimizer=OptimizerConfig("adam", 1e-3), epsilon_decay_steps=2_000, target_update_period=50
+    )
     agent, _, _ = make_dqn(env.spec, cfg, loop.period)
     train = make_train(loop, env, agent)
     carry = train.init(jax.random.split(jax.random.PRNGKey(0), 1))
@@ -168,10 +278,15 @@ def test_drq_learns_catch():
 
 # ---------------------------------------------------------------------------- interventions in the loop
 
-@pytest.mark.parametrize("plasticity", [
-    PlasticityConfig("redo", redo=ReDoConfig(tau=0.1, period=50)),
-    PlasticityConfig("reset", reset=ResetConfig(last_k=1, period=100)),
-], ids=["redo", "reset"])
+
+@pytest.mark.parametrize(
+    "plasticity",
+    [
+        PlasticityConfig("redo", redo=ReDoConfig(tau=0.1, period=50)),
+        PlasticityConfig("reset", reset=ResetConfig(last_k=1, period=100)),
+    ],
+    ids=["redo", "reset"],
+)
 def test_intervention_in_loop_vmap_equals_separate_runs(plasticity):
     train = _cartpole_train(1, 400, plasticity, eval_every=4)
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
@@ -193,6 +308,7 @@ def test_redo_in_loop_recycles_dormant_neurons():
 
 
 # ---------------------------------------------------------------------------- SAC
+
 
 def test_sac_soft_target_and_temperature_loss_by_hand():
     q_next = jnp.array([[1.0, 2.0], [3.0, -1.0]])
@@ -231,8 +347,16 @@ def test_sac_twin_critic_target_uses_min_and_entropy():
 def test_sac_learns_pendulum():
     """Budget: 6,000 env steps at RR 1; random play scores about -1,200."""
     env = make_env("Pendulum-v1")
-    loop = LoopConfig(env_steps=6_000, replay_ratio=1, warmup_steps=1_000, buffer_size=10_000, batch_size=128,
-                      period=500, eval_every=12, eval_envs=4)
+    loop = LoopConfig(
+        env_steps=6_000,
+        replay_ratio=1,
+        warmup_steps=1_000,
+        buffer_size=10_000,
+        batch_size=128,
+        period=500,
+        eval_every=12,
+        eval_envs=4,
+    )
     agent, _, _ = make_sac(env.spec, SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3)), loop.period)
     train = make_train(loop, env, agent)
     carry, _, ev = train.run_chunk(train.init(jax.random.split(jax.random.PRNGKey(0), 1)))
@@ -241,11 +365,27 @@ def test_sac_learns_pendulum():
 
 # ---------------------------------------------------------------------------- runs: resume
 
+
 def test_resume_after_kill_gives_identical_metrics(tmp_path):
-    loop = LoopConfig(env_steps=600, replay_ratio=1, warmup_steps=100, buffer_size=2_000, batch_size=16,
-                      period=50, eval_every=4, eval_envs=2, eval_steps=30)
-    cell = RLConfig(env="CartPole-v1", loop=loop, dqn=dataclasses.replace(
-        CARTPOLE_DQN, mlp_hidden=(32,), plasticity=PlasticityConfig("redo", redo=ReDoConfig(period=50))), seeds=2)
+    loop = LoopConfig(
+        env_steps=600,
+        replay_ratio=1,
+        warmup_steps=100,
+        buffer_size=2_000,
+        batch_size=16,
+        period=50,
+        eval_every=4,
+        eval_envs=2,
+        eval_steps=30,
+    )
+    cell = RLConfig(
+        env="CartPole-v1",
+        loop=loop,
+        dqn=dataclasses.replace(
+            CARTPOLE_DQN, mlp_hidden=(32,), plasticity=PlasticityConfig("redo", redo=ReDoConfig(period=50))
+        ),
+        seeds=2,
+    )
     straight = run_cell(cell, str(tmp_path / "straight"))
     partial = run_cell(cell, str(tmp_path / "killed"), stop_after_chunks=1)
     assert len(partial) < len(straight)
@@ -265,8 +405,10 @@ def test_brax_adapter_steps_and_resets():
     obs, state = jax.jit(env.reset)(jax.random.PRNGKey(0))
     step = jax.jit(env.step)
     for _ in range(3):
-        obs, state, reward, done = step(jax.random.PRNGKey(1), state, jnp.ones(1))
-    assert obs.shape == env.spec.obs_shape and reward.dtype == jnp.float32 and done.dtype == jnp.bool_
+        ts = step(jax.random.PRNGKey(1), state, jnp.ones(1))
+        state = ts.state
+    assert ts.obs.shape == env.spec.obs_shape and ts.reward.dtype == jnp.float32 and ts.done.dtype == jnp.bool_
+    assert ts.final_obs.shape == ts.obs.shape and ts.terminated.dtype == jnp.bool_
 
 
 @pytest.mark.slow
@@ -274,8 +416,17 @@ def test_sac_loop_runs_on_brax_with_redo():
     """SAC + ReDo through the whole loop on a brax task (2 vmapped seeds): finite losses, both networks diagnosed."""
     pytest.importorskip("brax")
     env = make_env("brax/inverted_pendulum")
-    loop = LoopConfig(env_steps=200, warmup_steps=100, buffer_size=1_000, batch_size=32, period=50, eval_every=2,
-                      eval_envs=2, eval_steps=50, scoring_batch=64)
+    loop = LoopConfig(
+        env_steps=200,
+        warmup_steps=100,
+        buffer_size=1_000,
+        batch_size=32,
+        period=50,
+        eval_every=2,
+        eval_envs=2,
+        eval_steps=50,
+        scoring_batch=64,
+    )
     config = SACConfig(hidden=(32, 32), plasticity=PlasticityConfig("redo", redo=ReDoConfig(tau=0.0, period=100)))
     agent, _, _ = make_sac(env.spec, config, loop.period)
     train = make_train(loop, env, agent)

@@ -17,8 +17,9 @@ from plastix.report import iqm_ci
 def test_replay_ratio_cells_cover_the_grid_and_scale_target_updates():
     config = dormant.DormantExperimentConfig()
     cells = dormant.replay_ratio_cells(config)
-    assert {(l["rr"], l["method"]) for l, _ in cells} == {
-        (rr, m) for rr in (0.25, 0.5, 1, 2) for m in ("none", "redo", "reset", "weight_decay")}
+    assert {(lab["rr"], lab["method"]) for lab, _ in cells} == {
+        (rr, m) for rr in (0.25, 0.5, 1, 2) for m in ("none", "redo", "reset", "weight_decay")
+    }
     for labels, cell in cells:
         assert cell.loop.replay_ratio == labels["rr"]
         assert cell.dqn.plasticity.method == labels["method"]
@@ -26,7 +27,7 @@ def test_replay_ratio_cells_cover_the_grid_and_scale_target_updates():
     paper = dormant.replay_ratio_cells(dataclasses.replace(config, scale="paper"))
     assert all(c.loop.env_steps == 1_000_000 and c.dqn.target_update_period == 2_000 for _, c in paper)
     subset = dormant.replay_ratio_cells(dormant.DormantExperimentConfig(replay_ratios=(1.0,), methods=("none", "redo")))
-    assert [(l["rr"], l["method"]) for l, _ in subset] == [(1.0, "none"), (1.0, "redo")]
+    assert [(lab["rr"], lab["method"]) for lab, _ in subset] == [(1.0, "none"), (1.0, "redo")]
 
 
 def test_atari_cells_use_a_smaller_buffer_and_wider_shifts():
@@ -55,15 +56,19 @@ def test_pruning_removes_exactly_the_masked_neurons_contribution():
     topology = net.topology()
     x = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
     none = {name: jnp.zeros(8, bool) for name in topology.names}
-    assert jnp.array_equal(net.apply({"params": prune_neurons(params, topology, none)}, x), net.apply({"params": params}, x))
+    assert jnp.array_equal(
+        net.apply({"params": prune_neurons(params, topology, none)}, x), net.apply({"params": params}, x)
+    )
     mask = jnp.arange(8) < 3
     pruned = prune_neurons(params, topology, {"hidden_0": mask, "hidden_1": jnp.zeros(8, bool)})
     assert jnp.all(pruned["hidden_1"]["kernel"][:3] == 0)
     assert jnp.array_equal(pruned["hidden_1"]["kernel"][3:], params["hidden_1"]["kernel"][3:])
     # same as a network whose first three hidden_0 neurons output 0
     silenced = jax.tree.map(lambda a: a, params)
-    silenced["hidden_0"] = {"kernel": params["hidden_0"]["kernel"].at[:, :3].set(0),
-                            "bias": params["hidden_0"]["bias"].at[:3].set(0)}
+    silenced["hidden_0"] = {
+        "kernel": params["hidden_0"]["kernel"].at[:, :3].set(0),
+        "bias": params["hidden_0"]["bias"].at[:3].set(0),
+    }
     np.testing.assert_allclose(net.apply({"params": pruned}, x), net.apply({"params": silenced}, x), rtol=1e-6)
 
 
@@ -80,10 +85,19 @@ def _fake_table():
         for method in ("none", "redo"):
             for seed in range(3):
                 for period in (1, 2):
-                    rows.append({"rr": rr, "method": method, "seed": seed, "period": period, "env_steps": 1000 * period,
-                                 "eval_return": float(seed + period) if period == 2 else np.nan,
-                                 "q/dormant_fraction": 0.1 * rr * (method == "none"),
-                                 "q/layer/conv_0/dormant_fraction": 0.2, "env": "Breakout-MinAtar"})
+                    rows.append(
+                        {
+                            "rr": rr,
+                            "method": method,
+                            "seed": seed,
+                            "period": period,
+                            "env_steps": 1000 * period,
+                            "eval_return": float(seed + period) if period == 2 else np.nan,
+                            "q/dormant_fraction": 0.1 * rr * (method == "none"),
+                            "q/layer/conv_0/dormant_fraction": 0.2,
+                            "env": "Breakout-MinAtar",
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -91,7 +105,13 @@ def test_report_writes_figures_and_iqm_table(tmp_path):
     df = _fake_table()
     files = dormant.write_report("dqn-replay-ratio", dormant.DormantExperimentConfig(), df, str(tmp_path))
     names = {f.rsplit("/", 1)[-1] for f in files}
-    assert {"report.md", "replay_ratio.png", "q_dormant_fraction.png", "eval_return.png", "dormant_per_layer.png"} <= names
+    assert {
+        "report.md",
+        "replay_ratio.png",
+        "q_dormant_fraction.png",
+        "eval_return.png",
+        "dormant_per_layer.png",
+    } <= names
     text = (tmp_path / "report.md").read_text()
     assert "| rr | method | IQM return | q dormant |" in text
     rows = dormant.summary("dqn-replay-ratio", df)

@@ -83,7 +83,15 @@ def test_cli_writes_run_and_rerun_is_a_noop(finished, capsys):
         args += [f"--{field.replace('_', '-')}", str(value)]
     assert cli.main(args) == 0
     path = os.path.join(config.runs_dir, "cli")
-    for name in ("config.json", "metrics.parquet", "report.md", "dormant.png", "overlap_accuracy.png", "fit_new_targets.png", "DONE"):
+    for name in (
+        "config.json",
+        "metrics.parquet",
+        "report.md",
+        "dormant.png",
+        "overlap_accuracy.png",
+        "fit_new_targets.png",
+        "DONE",
+    ):
         assert os.path.getsize(os.path.join(path, name)) > 0, name
     stamp = os.path.getmtime(os.path.join(path, "metrics.parquet"))
     assert cli.main(args) == 0

@@ -41,8 +41,10 @@ def _print_summary(rows: list[dict], console) -> None:
     for r in rows:
         fmt = lambda s, k=100, d=1: f"{s[0] * k:.{d}f}\n[dim]{s[1] * k:.{d}f}–{s[2] * k:.{d}f}[/dim]"  # noqa: E731
         table.add_row(
-            names[r["phase"]].format(r["setting"]), fmt(r["dormant_fraction"]),
-            fmt(r["overlap"], 1, 2) if "overlap" in r else "–", fmt(r["train_accuracy"]),
+            names[r["phase"]].format(r["setting"]),
+            fmt(r["dormant_fraction"]),
+            fmt(r["overlap"], 1, 2) if "overlap" in r else "–",
+            fmt(r["train_accuracy"]),
             fmt(r["test_accuracy"]) if "test_accuracy" in r else "–",
         )
     console.print(table)
@@ -54,13 +56,24 @@ def run_supervised(args: list[str]) -> int:
 
     from plastix.experiments import supervised
 
-    config = tyro.cli(supervised.SupervisedConfig, args=args, prog="plastix run supervised",
-                      description=supervised.__doc__.split("\n\n")[0])
+    config = tyro.cli(
+        supervised.SupervisedConfig,
+        args=args,
+        prog="plastix run supervised",
+        description=supervised.__doc__.split("\n\n")[0],
+    )
     console = _console()
     path = f"{config.runs_dir}/{config.name}"
     console.print(f"[bold]plastix[/bold] supervised → {path}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         tasks = {
             "train": bar.add_task("phase 1: fixed vs shuffled labels", total=config.epochs),
             "fit": bar.add_task("phase 2: fit new random labels   ", total=config.fit_epochs),
@@ -70,7 +83,7 @@ def run_supervised(args: list[str]) -> int:
             bar.update(tasks[phase], completed=done)
 
         df = supervised.run(config, progress)
-        for phase, task in tasks.items():
+        for task in tasks.values():
             bar.update(task, completed=bar.tasks[task].total)
     from plastix.experiments.rundir import RunDir
 
@@ -110,13 +123,23 @@ def run_rl(experiment: str, args: list[str]) -> int:
     from plastix.experiments import dormant
     from plastix.experiments.rundir import RunDir
 
-    config = tyro.cli(dormant.DormantExperimentConfig, args=args, prog=f"plastix run {experiment}",
-                      description=f"{EXPERIMENTS[experiment]}. " + dormant.__doc__.split("\n\n")[2])
+    config = tyro.cli(
+        dormant.DormantExperimentConfig,
+        args=args,
+        prog=f"plastix run {experiment}",
+        description=f"{EXPERIMENTS[experiment]}. " + dormant.__doc__.split("\n\n")[2],
+    )
     path = os.path.join(config.runs_dir, config.name or experiment)
     console = _console()
     console.print(f"[bold]plastix[/bold] {experiment} ({config.scale}) → {path}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-                  TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def progress(cid, index, n_cells, done, total):
@@ -150,6 +173,17 @@ def report(args: list[str]) -> int:
     rundir = RunDir(args[0].rstrip("/"))
     import os
 
+    if not os.path.isdir(rundir.path):
+        print(f"plastix report: {args[0]} is not a directory", file=sys.stderr)
+        return 2
+    if not rundir.finished:
+        print(
+            f"plastix report: {args[0]} is not a finished run (no DONE marker); run the same `plastix run` "
+            "command again to resume it, then report",
+            file=sys.stderr,
+        )
+        return 2
+
     if os.path.exists(rundir.file("EXPERIMENT")):
         from plastix.experiments import dormant
 
@@ -178,6 +212,8 @@ def report(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from plastix.experiments.rundir import CorruptRunError, NonFiniteError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -188,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:20s} {text}")
         return 0
     if command == "report":
-        return report(rest)
+        try:
+            return report(rest)
+        except (CorruptRunError, ValueError, KeyError) as e:
+            print(f"plastix report: {e}", file=sys.stderr)
+            return 2
     if command == "run":
         if not rest or rest[0] not in EXPERIMENTS:
             got = rest[0] if rest else "nothing"
@@ -201,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as e:
             print(f"plastix: error: {e}", file=sys.stderr)
             return 2
+        except (NonFiniteError, CorruptRunError) as e:
+            print(f"plastix: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # read-only directory, full disk, ...: one line naming the file
+            print(f"plastix: error: {e.strerror or e} ({e.filename or 'runs directory'})", file=sys.stderr)
+            return 1
     print(f"plastix: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -94,8 +94,12 @@ def drq_epsilon_config(**overrides) -> DQNConfig:
     Adam lr 1e-4 (ε 1.5e-4), target copied every update, ε decayed to 0.01 over 5,000 env steps.
     Use it with ``LoopConfig(n_step=10, replay_ratio=1, warmup_steps=1600, batch_size=32)``.
     """
-    base = dict(optimizer=OptimizerConfig("adam", 1e-4, eps=1.5e-4), target_update_period=1,
-                epsilon_decay_steps=5_000, augment_shift=4)
+    base = dict(
+        optimizer=OptimizerConfig("adam", 1e-4, eps=1.5e-4),
+        target_update_period=1,
+        epsilon_decay_steps=5_000,
+        augment_shift=4,
+    )
     base.update(overrides)
     return DQNConfig(**base)
 
@@ -202,8 +206,10 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
         if config.augment_shift == 0:
             return batch
         k1, k2 = jax.random.split(key)
-        return batch._replace(obs=random_shift(k1, batch.obs, config.augment_shift),
-                              next_obs=random_shift(k2, batch.next_obs, config.augment_shift))
+        return batch._replace(
+            obs=random_shift(k1, batch.obs, config.augment_shift),
+            next_obs=random_shift(k2, batch.next_obs, config.augment_shift),
+        )
 
     def targets(state: DQNState, batch: Transition) -> Array:
         q_next = apply(state.target, batch.next_obs)

@@ -17,9 +17,10 @@ been made. Seeds are ``vmap``-ed over the whole chunk function; the host calls i
 (to show progress and save a checkpoint) and only stores the stacked metrics it returns.
 
 Replay is a flashbax trajectory buffer holding, per parallel environment, the time series of
-``(obs, action, reward, done)``; sampled sequences of length ``n + 1`` give n-step transitions
-(:func:`n_step_return`). Episode ends (termination or time limit) cut the n-step sum and the
-bootstrap.
+``(obs, action, reward, terminated, truncated, final_obs)``; sampled sequences of length ``n + 1``
+give n-step transitions (:func:`n_step_targets`). An episode end cuts the n-step sum; after a
+*termination* nothing is bootstrapped (discount 0), after a *truncation* (time limit) the target
+bootstraps from the episode's final observation with discount ``γ^k`` (k = steps summed).
 """
 
 from __future__ import annotations
@@ -77,8 +78,18 @@ class LoopConfig:
     diagnostics: bool = True
 
     def __post_init__(self):
-        positive = ("env_steps", "num_envs", "warmup_steps", "buffer_size", "batch_size", "n_step", "period",
-                    "eval_every", "eval_envs", "scoring_batch")
+        positive = (
+            "env_steps",
+            "num_envs",
+            "warmup_steps",
+            "buffer_size",
+            "batch_size",
+            "n_step",
+            "period",
+            "eval_every",
+            "eval_envs",
+            "scoring_batch",
+        )
         for field in positive:
             if getattr(self, field) < 1:
                 raise ValueError(f"LoopConfig.{field} must be >= 1, got {getattr(self, field)}")
@@ -97,7 +108,8 @@ class Transition(NamedTuple):
       obs: ``(B, *obs_shape)`` observations.
       action: ``(B,)`` int32 or ``(B, action_dim)`` float32.
       reward: ``(B,)`` n-step discounted reward sum.
-      discount: ``(B,)`` ``gamma**n`` if no episode ended within the n steps, else 0.
+      discount: ``(B,)`` bootstrap discount: ``gamma**n`` if no episode ended within the n steps, 0 after a
+        termination, ``gamma**k`` after a truncation k steps in (``next_obs`` is then its final observation).
       next_obs: ``(B, *obs_shape)`` observation n steps later (bootstrap state).
     """
 
@@ -133,12 +145,18 @@ class Agent(NamedTuple):
 
 
 class Step(NamedTuple):
-    """One stored env step (per parallel env): observation, action, reward, episode ended."""
+    """One stored env step (per parallel env).
+
+    ``final_obs`` is the observation the step reached when it ended the episode by truncation
+    (``None`` when the env cannot return it, see :attr:`EnvSpec.final_obs`).
+    """
 
     obs: Array
     action: Array
     reward: Array
-    done: Array
+    terminated: Array
+    truncated: Array
+    final_obs: Array | None
 
 
 class Carry(NamedTuple):
@@ -163,24 +181,40 @@ def replay_schedule(replay_ratio: float, num_envs: int) -> tuple[int, int]:
     return ratio.denominator, ratio.numerator
 
 
-def n_step_return(rewards: Array, dones: Array, gamma: float) -> tuple[Array, Array]:
-    """n-step discounted reward sums and bootstrap discounts.
+def n_step_targets(
+    rewards: Array, terminated: Array, truncated: Array, gamma: float
+) -> tuple[Array, Array, Array, Array]:
+    """n-step discounted reward sums, bootstrap discounts and where to bootstrap from.
 
     Args:
       rewards: ``(B, n)`` rewards r_t … r_{t+n-1}.
-      dones: ``(B, n)`` episode-ended flags after each of those steps.
+      terminated: ``(B, n)`` the episode terminated at each of those steps.
+      truncated: ``(B, n)`` the episode was cut by a time limit at each of those steps.
       gamma: discount.
 
     Returns:
-      ``(returns, discounts)``, each ``(B,)``: ``Σ_k γ^k r_{t+k}`` over the steps up to and including
-      the first episode end, and ``γ^n`` when no episode ended within the n steps, else 0.
+      ``(returns, discounts, from_final, end)``, each ``(B,)``: ``Σ_k γ^k r_{t+k}`` over the steps
+      up to and including the first episode end; the discount of the bootstrap value: ``γ^n`` when
+      no episode ended within the n steps, 0 after a termination, ``γ^(k+1)`` after a truncation at
+      step k; whether the bootstrap observation is the final observation of a truncated episode
+      (else the observation n steps later); and ``k``, the step of the first episode end (or n-1).
     """
     n = rewards.shape[-1]
-    not_done = 1.0 - dones.astype(jnp.float32)
+    done = terminated | truncated
+    not_done = 1.0 - done.astype(jnp.float32)
     alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(not_done[..., :1]), not_done[..., :-1]], -1), -1)
     powers = gamma ** jnp.arange(n, dtype=jnp.float32)
     returns = jnp.sum(powers * alive * rewards, -1)
-    discounts = gamma**n * jnp.prod(not_done, -1)
+    ended = jnp.any(done, -1)
+    end = jnp.where(ended, jnp.argmax(done, -1), n - 1)
+    terminal = jnp.take_along_axis(terminated, end[..., None], -1)[..., 0] & ended
+    discounts = jnp.where(terminal, 0.0, gamma ** (end + 1).astype(jnp.float32))
+    return returns, discounts, ended & ~terminal, end
+
+
+def n_step_return(rewards: Array, dones: Array, gamma: float) -> tuple[Array, Array]:
+    """n-step sums and discounts when every episode end is a termination (no bootstrap after it)."""
+    returns, discounts, _, _ = n_step_targets(rewards, dones, jnp.zeros_like(dones), gamma)
     return returns, discounts
 
 
@@ -282,8 +316,10 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
 
     if eval_env is None:
         if env.host_state:
-            raise ValueError(f"{env.spec.name} keeps its state on the host: pass make_train(..., eval_env=...) "
-                             "a separate Env object for evaluation (make_env(name, evaluation=True))")
+            raise ValueError(
+                f"{env.spec.name} keeps its state on the host: pass make_train(..., eval_env=...) "
+                "a separate Env object for evaluation (make_env(name, evaluation=True))"
+            )
         eval_env = env
     elif eval_env.spec.obs_shape != env.spec.obs_shape or eval_env.spec.num_actions != env.spec.num_actions:
         raise ValueError(f"eval_env {eval_env.spec.name} does not match env {env.spec.name} (observations / actions)")
@@ -294,20 +330,36 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
     E = config.num_envs
     capacity = config.buffer_size // E
     buffer = flashbax.make_trajectory_buffer(
-        add_batch_size=E, sample_batch_size=config.batch_size, sample_sequence_length=n + 1, period=1,
-        min_length_time_axis=n + 1, max_length_time_axis=capacity,
+        add_batch_size=E,
+        sample_batch_size=config.batch_size,
+        sample_sequence_length=n + 1,
+        period=1,
+        min_length_time_axis=n + 1,
+        max_length_time_axis=capacity,
     )
     scoring_buffer = flashbax.make_trajectory_buffer(
-        add_batch_size=E, sample_batch_size=config.scoring_batch, sample_sequence_length=n + 1, period=1,
-        min_length_time_axis=n + 1, max_length_time_axis=capacity,
+        add_batch_size=E,
+        sample_batch_size=config.scoring_batch,
+        sample_sequence_length=n + 1,
+        period=1,
+        min_length_time_axis=n + 1,
+        max_length_time_axis=capacity,
     )
     eval_steps = config.eval_steps or spec.max_episode_steps
     vreset, vstep = jax.vmap(env.reset), jax.vmap(env.step)
     eval_reset, eval_step = jax.vmap(eval_env.reset), jax.vmap(eval_env.step)
 
     def to_transition(seq: Step) -> Transition:
-        rewards, discounts = n_step_return(seq.reward[:, :n], seq.done[:, :n], config.gamma)
-        return Transition(seq.obs[:, 0], seq.action[:, 0], rewards, discounts, seq.obs[:, n])
+        if seq.final_obs is None:  # no final observation from this env: a truncation ends like a termination
+            terminated, truncated = seq.terminated[:, :n] | seq.truncated[:, :n], jnp.zeros_like(seq.truncated[:, :n])
+        else:
+            terminated, truncated = seq.terminated[:, :n], seq.truncated[:, :n]
+        rewards, discounts, from_final, end = n_step_targets(seq.reward[:, :n], terminated, truncated, config.gamma)
+        next_obs = seq.obs[:, n]
+        if seq.final_obs is not None:
+            final = jnp.take_along_axis(seq.final_obs, end.reshape((-1,) + (1,) * (seq.final_obs.ndim - 1)), 1)[:, 0]
+            next_obs = jnp.where(from_final.reshape((-1,) + (1,) * (next_obs.ndim - 1)), final, next_obs)
+        return Transition(seq.obs[:, 0], seq.action[:, 0], rewards, discounts, next_obs)
 
     def sample(buf, buffer_state, key) -> Transition:
         return to_transition(buf.sample(buffer_state, key).experience)
@@ -319,12 +371,19 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             actions = agent.act(k_act, carry.agent, carry.obs, carry.env_steps, False)
         else:
             actions = random_actions(k_act, spec, E)
-        obs, env_state, reward, done = vstep(jax.random.split(k_env, E), carry.env_state, actions)
-        ret = carry.episode_return + reward
+        ts = vstep(jax.random.split(k_env, E), carry.env_state, actions)
+        done = ts.done
+        ret = carry.episode_return + ts.reward
         finished = (jnp.sum(jnp.where(done, ret, 0.0)), jnp.sum(done))
-        step = Step(carry.obs, actions, reward, done)
-        carry = carry._replace(env_state=env_state, obs=obs, episode_return=jnp.where(done, 0.0, ret),
-                               env_steps=carry.env_steps + (E if explore else 0))
+        step = Step(
+            carry.obs, actions, ts.reward, ts.terminated, ts.truncated, ts.final_obs if spec.final_obs else None
+        )
+        carry = carry._replace(
+            env_state=ts.state,
+            obs=ts.obs,
+            episode_return=jnp.where(done, 0.0, ret),
+            env_steps=carry.env_steps + (E if explore else 0),
+        )
         return carry, (step, finished)
 
     def collect(carry: Carry, key: Array, length: int, explore: bool):
@@ -339,7 +398,15 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
     def init_single(key: Array) -> Carry:
         k_agent, k_env, k_warm, k_next = jax.random.split(key, 4)
         obs, env_state = vreset(jax.random.split(k_env, E))
-        example = Step(obs[0], random_actions(k_warm, spec, 1)[0], jnp.zeros((), jnp.float32), jnp.zeros((), bool))
+        no = jnp.zeros((), bool)
+        example = Step(
+            obs[0],
+            random_actions(k_warm, spec, 1)[0],
+            jnp.zeros((), jnp.float32),
+            no,
+            no,
+            obs[0] if spec.final_obs else None,
+        )
         carry = Carry(
             agent=agent.init(k_agent, obs[:1]),
             buffer=buffer.init(example),
@@ -398,9 +465,9 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             obs, env_state, ret, running = c
             k_act, k_env = jax.random.split(k)
             actions = agent.act(k_act, agent_state, obs, jnp.zeros((), jnp.int32), True)
-            obs, env_state, reward, done = eval_step(jax.random.split(k_env, config.eval_envs), env_state, actions)
-            ret = ret + jnp.where(running, reward, 0.0)
-            return (obs, env_state, ret, running & ~done), None
+            ts = eval_step(jax.random.split(k_env, config.eval_envs), env_state, actions)
+            ret = ret + jnp.where(running, ts.reward, 0.0)
+            return (ts.obs, ts.state, ret, running & ~ts.done), None
 
         (_, _, ret, running), _ = jax.lax.scan(
             step, (obs, env_state, zeros, jnp.ones(config.eval_envs, bool)), jax.random.split(k_run, eval_steps)

@@ -125,7 +125,9 @@ class SACState(NamedTuple):
     target_critic: Any
 
 
-def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, dict[str, nn.Module], dict[str, Topology]]:
+def make_sac(
+    spec: EnvSpec, config: SACConfig, period: int = 1
+) -> tuple[Agent, dict[str, nn.Module], dict[str, Topology]]:
     """SAC as an :class:`~plastix.agents.off_policy.Agent` for a continuous-action ``spec``.
 
     Returns:
@@ -135,7 +137,9 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
         raise ValueError(f"SAC needs continuous actions; {spec.name} has {spec.num_actions} discrete actions")
     interval = config.plasticity.period
     if interval is not None and interval % period:
-        raise ValueError(f"PlasticityConfig.{config.plasticity.method}.period ({interval}) must be a multiple of F={period}")
+        raise ValueError(
+            f"PlasticityConfig.{config.plasticity.method}.period ({interval}) must be a multiple of F={period}"
+        )
     A = spec.action_dim
     low, high = spec.action_low, spec.action_high
     actor = MLP(tuple(config.hidden), 2 * A, config.width_multiplier)
@@ -155,7 +159,6 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
 
     def apply_critic(params, x):
         return critic.apply({"params": params}, x)
-
 
     def init_actor(key):
         return actor.init(key, jnp.zeros((1, obs_dim)))["params"]
@@ -226,10 +229,17 @@ def make_sac(spec: EnvSpec, config: SACConfig, period: int = 1) -> tuple[Agent, 
         y = critic_targets(key, state, batch)
         alpha = jnp.exp(state.log_alpha.params)
         return {
-            "actor": diagnose(topologies["actor"], actor.apply, state.actor.params, s,
-                              lambda out: actor_loss_fn(out, s, state.critic.params, alpha, key)[0], diag_config),
-            "critic": diagnose(topologies["critic"], critic.apply, state.critic.params, sa,
-                               lambda q: critic_loss_fn(q, y), diag_config),
+            "actor": diagnose(
+                topologies["actor"],
+                actor.apply,
+                state.actor.params,
+                s,
+                lambda out: actor_loss_fn(out, s, state.critic.params, alpha, key)[0],
+                diag_config,
+            ),
+            "critic": diagnose(
+                topologies["critic"], critic.apply, state.critic.params, sa, lambda q: critic_loss_fn(q, y), diag_config
+            ),
         }
 
     def intervene(key, state: SACState, diags, context):

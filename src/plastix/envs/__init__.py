@@ -7,7 +7,7 @@ Atari 2600 games as ``"atari/<rom id>"`` (``"atari/breakout"``; needs ale-py).
 
 from __future__ import annotations
 
-from plastix.envs.base import Env, EnvSpec
+from plastix.envs.base import Env, EnvSpec, Timestep
 from plastix.envs.gymnax_envs import MINATAR, make_gymnax
 from plastix.envs.gymnax_envs import NAMES as GYMNAX_NAMES
 
@@ -37,12 +37,12 @@ def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
     if name.startswith("brax/"):
         from plastix.envs.brax_envs import make_brax
 
-        return make_brax(name[len("brax/"):], **kwargs)
+        return make_brax(name[len("brax/") :], **kwargs)
     if name.startswith("atari/"):
         from plastix.envs.atari import make_atari
 
-        return make_atari(name[len("atari/"):], evaluation=evaluation, **kwargs)
+        return make_atari(name[len("atari/") :], evaluation=evaluation, **kwargs)
     raise ValueError(f"env: got {name!r}, available: {available_envs()}")
 
 
-__all__ = ["Env", "EnvSpec", "make_env", "available_envs", "MINATAR"]
+__all__ = ["Env", "EnvSpec", "Timestep", "make_env", "available_envs", "MINATAR"]

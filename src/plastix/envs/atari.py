@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix.envs.base import Env, EnvSpec
+from plastix.envs.base import Env, EnvSpec, Timestep
 
 FRAMES_PER_EPISODE = 108_000  # 30 minutes of play, as in Dopamine and Machado et al. (2018)
 
@@ -58,9 +58,18 @@ class _Emulators:
 
     def __init__(self, game: str, evaluation: bool, sticky_actions: float, frame_skip: int, stack: int, size: int):
         self.options = dict(
-            frameskip=frame_skip, stack_num=stack, img_height=size, img_width=size, grayscale=True, maxpool=True,
-            noop_max=0, use_fire_reset=False, episodic_life=False, reward_clipping=not evaluation,
-            repeat_action_probability=sticky_actions, max_num_frames_per_episode=FRAMES_PER_EPISODE,
+            frameskip=frame_skip,
+            stack_num=stack,
+            img_height=size,
+            img_width=size,
+            grayscale=True,
+            maxpool=True,
+            noop_max=0,
+            use_fire_reset=False,
+            episodic_life=False,
+            reward_clipping=not evaluation,
+            repeat_action_probability=sticky_actions,
+            max_num_frames_per_episode=FRAMES_PER_EPISODE,
             full_action_space=False,
         )
         self.game = game
@@ -88,8 +97,9 @@ class _Emulators:
             if self.vec is None or self.vec.num_envs != n:
                 if self.vec is not None:
                     self.vec.close()
-                self.vec = AtariVectorEnv(game=self.game, num_envs=n, autoreset_mode=AutoresetMode.SAME_STEP,
-                                          **self.options)
+                self.vec = AtariVectorEnv(
+                    game=self.game, num_envs=n, autoreset_mode=AutoresetMode.SAME_STEP, **self.options
+                )
             obs, _ = self.vec.reset(seed=seeds.astype(np.int64))
             self.group, self.t = self.group + 1, 0
             group = np.full(batch, self.group, np.int32)
@@ -107,12 +117,16 @@ class _Emulators:
                     f"separate Env object for evaluation)"
                 )
             if np.any(t != self.t):
-                raise RuntimeError(f"atari/{self.game}: stale or repeated step (state at step {int(t.ravel()[0])}, "
-                                   f"emulators at step {self.t})")
+                raise RuntimeError(
+                    f"atari/{self.game}: stale or repeated step (state at step {int(t.ravel()[0])}, "
+                    f"emulators at step {self.t})"
+                )
             obs, reward, terminated, truncated, _ = self.vec.step(np.ascontiguousarray(actions.reshape(n), np.int32))
             self.t += 1
-        done = (terminated | truncated).reshape(batch)
-        return self._frames(obs, batch), reward.astype(np.float32).reshape(batch), done, (t + 1).astype(np.int32)
+        terminated = terminated.reshape(batch).astype(bool)
+        truncated = truncated.reshape(batch).astype(bool) & ~terminated
+        reward = reward.astype(np.float32).reshape(batch)
+        return self._frames(obs, batch), reward, terminated, truncated, (t + 1).astype(np.int32)
 
     @staticmethod
     def _frames(obs: np.ndarray, batch) -> np.ndarray:
@@ -125,8 +139,14 @@ def _num_actions(game: str) -> int:
     return _Emulators(game, False, 0.0, 4, 4, 84).num_actions()
 
 
-def make_atari(game: str, evaluation: bool = False, sticky_actions: float = 0.25, frame_skip: int = 4,
-               stack: int = 4, size: int = 84) -> Env:
+def make_atari(
+    game: str,
+    evaluation: bool = False,
+    sticky_actions: float = 0.25,
+    frame_skip: int = 4,
+    stack: int = 4,
+    size: int = 84,
+) -> Env:
     """Atari game ``game`` (an ale-py ROM id, see :func:`available_games`) as an :class:`Env`.
 
     Args:
@@ -148,12 +168,20 @@ def make_atari(game: str, evaluation: bool = False, sticky_actions: float = 0.25
     obs_spec = jax.ShapeDtypeStruct((stack, size, size), jnp.uint8)  # as ale-py returns it
     channels_last = lambda obs: jnp.moveaxis(obs, 0, -1)  # noqa: E731
     scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
-    spec = EnvSpec(f"atari/{game}", (size, size, stack), jnp.uint8, num_actions=_num_actions(game),
-                   max_episode_steps=FRAMES_PER_EPISODE // frame_skip, obs_scale=1 / 255)
+    spec = EnvSpec(
+        f"atari/{game}",
+        (size, size, stack),
+        jnp.uint8,
+        num_actions=_num_actions(game),
+        max_episode_steps=FRAMES_PER_EPISODE // frame_skip,
+        obs_scale=1 / 255,
+        final_obs=False,
+    )
 
     def reset(key):
         obs, group, index, t = jax.pure_callback(
-            emulators.reset, (obs_spec, scalar(jnp.int32), scalar(jnp.int32), scalar(jnp.int32)),
+            emulators.reset,
+            (obs_spec, scalar(jnp.int32), scalar(jnp.int32), scalar(jnp.int32)),
             jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key,
             vmap_method="broadcast_all",
         )
@@ -161,10 +189,16 @@ def make_atari(game: str, evaluation: bool = False, sticky_actions: float = 0.25
 
     def step(key, state: AtariState, action):
         del key  # the emulators draw sticky actions from their own seeded generators
-        obs, reward, done, t = jax.pure_callback(
-            emulators.step, (obs_spec, scalar(jnp.float32), scalar(jnp.bool_), scalar(jnp.int32)),
-            state.group, state.index, state.t, action.astype(jnp.int32), vmap_method="broadcast_all",
+        obs, reward, terminated, truncated, t = jax.pure_callback(
+            emulators.step,
+            (obs_spec, scalar(jnp.float32), scalar(jnp.bool_), scalar(jnp.bool_), scalar(jnp.int32)),
+            state.group,
+            state.index,
+            state.t,
+            action.astype(jnp.int32),
+            vmap_method="broadcast_all",
         )
-        return channels_last(obs), state._replace(t=t), reward, done
+        obs = channels_last(obs)  # ale-py's same-step autoreset keeps no final frame: spec.final_obs is False
+        return Timestep(obs, state._replace(t=t), reward, terminated, truncated, obs)
 
     return Env(spec, reset, step, host_state=True)

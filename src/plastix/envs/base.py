@@ -2,7 +2,12 @@
 
 Adapters (gymnax, brax, Atari through ale-py) turn their library's environments into an :class:`Env`; the
 loops ``vmap`` ``reset`` and ``step`` over parallel environments and seeds. Episodes reset
-themselves: after a step with ``done`` the returned observation is the first of a new episode.
+themselves: after a step that ends an episode the returned observation is the first of a new
+episode, and the observation the episode ended in is returned separately (``final_obs``).
+
+An episode ends by *termination* (a terminal state: no future reward, value 0) or by
+*truncation* (a time limit: the state has a value, and targets bootstrap from ``final_obs``).
+Pendulum never terminates; every one of its episode ends is a truncation.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ class EnvSpec(NamedTuple):
       action_low / action_high: bounds of continuous actions (0 for discrete).
       max_episode_steps: episode time limit.
       obs_scale: factor a network applies to observations (1/255 for pixels).
+      final_obs: ``step`` returns the true final observation of an ended episode. ``False`` where
+        the backend discards it (Atari through ale-py's vector env): learners then treat a
+        truncation like a termination (no bootstrap), which this flag makes explicit.
     """
 
     name: str
@@ -36,18 +44,43 @@ class EnvSpec(NamedTuple):
     action_high: float = 0.0
     max_episode_steps: int = 1000
     obs_scale: float = 1.0
+    final_obs: bool = True
 
     @property
     def discrete(self) -> bool:
         return self.num_actions > 0
 
 
-class Env(NamedTuple):
-    """``reset(key) -> (obs, state)``; ``step(key, state, action) -> (obs, state, reward, done)``.
+class Timestep(NamedTuple):
+    """What ``Env.step`` returns for one environment.
 
-    One environment, unbatched: ``obs`` has ``spec.obs_shape``, ``reward`` and ``done`` are
-    scalars (float32, bool). ``done`` marks the last step of an episode (termination or time
-    limit); the returned ``obs`` is then already the first observation of the next episode.
+    Attributes:
+      obs: the next observation (the first of a new episode when this step ended one).
+      state: the next environment state.
+      reward: float32 scalar.
+      terminated: bool scalar: the episode reached a terminal state.
+      truncated: bool scalar: the episode was cut by a time limit (and did not terminate).
+      final_obs: the observation this step reached; equals ``obs`` unless the episode ended.
+    """
+
+    obs: Array
+    state: Any
+    reward: Array
+    terminated: Array
+    truncated: Array
+    final_obs: Array
+
+    @property
+    def done(self) -> Array:
+        """The episode ended (terminated or truncated)."""
+        return self.terminated | self.truncated
+
+
+class Env(NamedTuple):
+    """``reset(key) -> (obs, state)``; ``step(key, state, action) -> Timestep``.
+
+    One environment, unbatched: ``obs`` has ``spec.obs_shape``; reward and flags are scalars
+    (float32, bool); see :class:`Timestep`.
 
     ``host_state`` marks environments whose real state lives on the host (Atari emulators,
     reached through callbacks): their ``state`` is only a handle, checkpoints cannot hold it, and
@@ -56,5 +89,5 @@ class Env(NamedTuple):
 
     spec: EnvSpec
     reset: Callable[[Array], tuple[Array, Any]]
-    step: Callable[[Array, Any, Array], tuple[Array, Any, Array, Array]]
+    step: Callable[[Array, Any, Array], Timestep]
     host_state: bool = False

@@ -1,14 +1,17 @@
 """brax adapter: continuous control (HalfCheetah, Hopper, Walker2d, Ant) for SAC.
 
-Episodes are cut at ``episode_length`` steps (1,000, as in MuJoCo Gym) and reset themselves.
+Episodes are cut at ``episode_length`` steps (1,000, as in MuJoCo Gym) and reset themselves; a cut
+is a truncation (brax's ``info["truncation"]``), a fall is a termination. The reset is done here
+(not by brax's ``AutoResetWrapper``) so that the final observation of an episode is kept.
 brax physics are slow to compile and to run on a CPU: use a GPU for anything but a smoke test.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from plastix.envs.base import Env, EnvSpec
+from plastix.envs.base import Env, EnvSpec, Timestep
 
 NAMES = ("halfcheetah", "hopper", "walker2d", "ant", "inverted_pendulum", "inverted_double_pendulum", "reacher")
 BACKENDS = ("mjx", "generalized", "positional", "spring")
@@ -24,16 +27,31 @@ def make_brax(task: str, backend: str = "positional", episode_length: int = 1000
     from brax.envs.wrappers import training
 
     env = envs.get_environment(task, backend=backend)
-    env = training.AutoResetWrapper(training.EpisodeWrapper(env, episode_length, 1))
-    spec = EnvSpec(f"brax/{task}", (env.observation_size,), jnp.float32, action_dim=env.action_size,
-                   action_low=-1.0, action_high=1.0, max_episode_steps=episode_length)
+    env = training.EpisodeWrapper(env, episode_length, 1)
+    spec = EnvSpec(
+        f"brax/{task}",
+        (env.observation_size,),
+        jnp.float32,
+        action_dim=env.action_size,
+        action_low=-1.0,
+        action_high=1.0,
+        max_episode_steps=episode_length,
+    )
 
     def reset(key):
         state = env.reset(key)
         return state.obs, state
 
     def step(key, state, action):
-        state = env.step(state, action)
-        return state.obs, state, state.reward.astype(jnp.float32), state.done.astype(bool)
+        reached = env.step(state, action)
+        truncated = reached.info["truncation"].astype(bool)
+        done = reached.done.astype(bool)
+        terminated = done & ~truncated
+        fresh = env.reset(key)
+        fresh.info.update({k: v for k, v in reached.info.items() if k not in fresh.info})
+        following = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, reached)
+        return Timestep(
+            following.obs, following, reached.reward.astype(jnp.float32), terminated, truncated, reached.obs
+        )
 
     return Env(spec, reset, step)

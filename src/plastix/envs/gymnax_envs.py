@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from plastix.envs.base import Env, EnvSpec
+from plastix.envs.base import Env, EnvSpec, Timestep
 
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
 CLASSIC = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "MountainCarContinuous-v0")
@@ -34,13 +34,19 @@ def make_gymnax(name: str) -> Env:
 
     def convert(obs):
         return (obs[..., None] if grid else obs).astype(obs_dtype)
+
     if hasattr(space, "n"):
-        spec = EnvSpec(name, obs_shape, obs_dtype, num_actions=int(space.n),
-                       max_episode_steps=max_steps)
+        spec = EnvSpec(name, obs_shape, obs_dtype, num_actions=int(space.n), max_episode_steps=max_steps)
     else:
-        spec = EnvSpec(name, obs_shape, obs_dtype, action_dim=int(space.shape[0]) if space.shape else 1,
-                       action_low=float(space.low), action_high=float(space.high),
-                       max_episode_steps=max_steps)
+        spec = EnvSpec(
+            name,
+            obs_shape,
+            obs_dtype,
+            action_dim=int(space.shape[0]) if space.shape else 1,
+            action_low=float(space.low),
+            action_high=float(space.high),
+            max_episode_steps=max_steps,
+        )
 
     def reset(key):
         obs, state = env.reset(key, params)
@@ -49,8 +55,10 @@ def make_gymnax(name: str) -> Env:
     def step(key, state, action):
         if not spec.discrete and action.ndim and name != "MountainCarContinuous-v0":
             action = action[0]
-        obs, state, reward, terminated, truncated, _ = env.step(key, state, action, params)
-        done = jnp.logical_or(terminated, truncated)  # a time limit also ends the n-step bootstrap
-        return convert(obs), state, jnp.asarray(reward, jnp.float32), done
+        obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
+        terminated = jnp.asarray(terminated, bool)
+        truncated = jnp.asarray(truncated, bool) & ~terminated
+        reward = jnp.asarray(reward, jnp.float32)
+        return Timestep(convert(obs), state, reward, terminated, truncated, convert(info["final_observation"]))
 
     return Env(spec, reset, step)

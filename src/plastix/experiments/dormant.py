@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Literal
 
 import jax
-import numpy as np
 import pandas as pd
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
@@ -55,7 +54,7 @@ class DormantExperimentConfig:
       vmap_seeds: run the seeds of a cell together with ``vmap``.
       tau: τ of the dormant threshold reported (and used by ReDo).
       replay_ratios: replay ratios of ``dqn-replay-ratio`` (a subset runs fewer cells).
-      methods: interventions of ``dqn-replay-ratio``, from ``none``, ``redo``, ``reset``, ``weight_decay`` (registry names).
+      methods: interventions of ``dqn-replay-ratio``, from ``none``, ``redo``, ``reset``, ``weight_decay``.
     """
 
     name: str = ""
@@ -100,14 +99,31 @@ def dqn_loop(config: DormantExperimentConfig, replay_ratio: float = 0.25, n_step
     """
     if _paper(config):
         steps = config.env_steps or 1_000_000
-        return LoopConfig(env_steps=steps, replay_ratio=replay_ratio, warmup_steps=20_000,
-                          buffer_size=200_000 if _atari(config) else 1_000_000,
-                          batch_size=32, n_step=n_step, period=1_000, eval_every=max(1, int(100 * replay_ratio)),
-                          eval_envs=8, eval_steps=5_000 if _atari(config) else 1_000)
+        return LoopConfig(
+            env_steps=steps,
+            replay_ratio=replay_ratio,
+            warmup_steps=20_000,
+            buffer_size=200_000 if _atari(config) else 1_000_000,
+            batch_size=32,
+            n_step=n_step,
+            period=1_000,
+            eval_every=max(1, int(100 * replay_ratio)),
+            eval_envs=8,
+            eval_steps=5_000 if _atari(config) else 1_000,
+        )
     steps = config.env_steps or 5_000
-    return LoopConfig(env_steps=steps, replay_ratio=replay_ratio, warmup_steps=1_000, buffer_size=10_000,
-                      batch_size=32, n_step=n_step, period=250, eval_every=max(1, int(8 * replay_ratio)),
-                      eval_envs=4, eval_steps=500)
+    return LoopConfig(
+        env_steps=steps,
+        replay_ratio=replay_ratio,
+        warmup_steps=1_000,
+        buffer_size=10_000,
+        batch_size=32,
+        n_step=n_step,
+        period=250,
+        eval_every=max(1, int(8 * replay_ratio)),
+        eval_envs=4,
+        eval_steps=500,
+    )
 
 
 def dqn_agent(config: DormantExperimentConfig, **changes) -> DQNConfig:
@@ -115,8 +131,12 @@ def dqn_agent(config: DormantExperimentConfig, **changes) -> DQNConfig:
     if _paper(config):
         base = DQNConfig(tau=config.tau)
     else:
-        base = DQNConfig(optimizer=OptimizerConfig("adam", 1e-4, eps=1.5e-4), target_update_period=500,
-                         epsilon_decay_steps=2_500, tau=config.tau)
+        base = DQNConfig(
+            optimizer=OptimizerConfig("adam", 1e-4, eps=1.5e-4),
+            target_update_period=500,
+            epsilon_decay_steps=2_500,
+            tau=config.tau,
+        )
     return dataclasses.replace(base, **changes)
 
 
@@ -142,13 +162,20 @@ def _cell(config: DormantExperimentConfig, **kw) -> RLConfig:
 
 # ------------------------------------------------------------------------------------------ cells
 
+
 def replay_ratio_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     """``dqn-replay-ratio``: RR ∈ {0.25, 0.5, 1, 2} × {none, ReDo, Reset, weight decay} (Figure 10)."""
     cells = []
     for rr in config.replay_ratios:
         for method in config.methods:
-            cells.append(({"rr": rr, "method": method},
-                          _cell(config, loop=dqn_loop(config, rr), dqn=dqn_agent(config, plasticity=plasticity(config, method)))))
+            cells.append(
+                (
+                    {"rr": rr, "method": method},
+                    _cell(
+                        config, loop=dqn_loop(config, rr), dqn=dqn_agent(config, plasticity=plasticity(config, method))
+                    ),
+                )
+            )
     return cells
 
 
@@ -170,17 +197,31 @@ def ablation_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig
     cells = []
     for selection in ("dormant", "random", "inverse", "scheduled"):
         p = plasticity(config, "redo", selection=selection, schedule_steps=total_updates)
-        cells.append(({"group": "selection", "variant": selection}, _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p))))
+        cells.append(
+            (
+                {"group": "selection", "variant": selection},
+                _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p)),
+            )
+        )
     for tau in (0.0, 0.025):
         p = plasticity(config, "redo", tau=tau)
-        cells.append(({"group": "tau", "variant": f"tau={tau}"}, _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p))))
+        cells.append(
+            ({"group": "tau", "variant": f"tau={tau}"}, _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p)))
+        )
     for width in (1, 2, 4):
         for method in ("none", "redo"):
             if width == 1 and method == "redo":
                 continue  # the same cell as selection=dormant
-            cells.append(({"group": "width", "variant": f"x{width} {method}"},
-                          _cell(config, loop=loop, dqn=dqn_agent(config, width_multiplier=float(width),
-                                                                  plasticity=plasticity(config, method)))))
+            cells.append(
+                (
+                    {"group": "width", "variant": f"x{width} {method}"},
+                    _cell(
+                        config,
+                        loop=loop,
+                        dqn=dqn_agent(config, width_multiplier=float(width), plasticity=plasticity(config, method)),
+                    ),
+                )
+            )
     return cells
 
 
@@ -201,20 +242,42 @@ def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     paper = _paper(config)
     env = config.env or ("brax/hopper" if paper else "Pendulum-v1")
     if paper:
-        loop = LoopConfig(env_steps=config.env_steps or 1_000_000, replay_ratio=1, warmup_steps=10_000,
-                          buffer_size=1_000_000, batch_size=256, period=10_000, eval_every=10, eval_envs=8)
+        loop = LoopConfig(
+            env_steps=config.env_steps or 1_000_000,
+            replay_ratio=1,
+            warmup_steps=10_000,
+            buffer_size=1_000_000,
+            batch_size=256,
+            period=10_000,
+            eval_every=10,
+            eval_envs=8,
+        )
         sac, redo_period = SACConfig(tau=config.tau), 200_000
     else:
-        loop = LoopConfig(env_steps=config.env_steps or 10_000, replay_ratio=1, warmup_steps=1_000,
-                          buffer_size=20_000, batch_size=128, period=500, eval_every=4, eval_envs=4)
+        loop = LoopConfig(
+            env_steps=config.env_steps or 10_000,
+            replay_ratio=1,
+            warmup_steps=1_000,
+            buffer_size=20_000,
+            batch_size=128,
+            period=500,
+            eval_every=4,
+            eval_envs=4,
+        )
         sac, redo_period = SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3), tau=config.tau), 2_500
     # XLA:CPU (jax 0.10) deadlocks on the vmapped SAC + ReDo program: seeds run one by one there
     vmap = config.vmap_seeds and jax.default_backend() != "cpu"
     cells = []
     for method in ("none", "redo"):
         p = PlasticityConfig(method, redo=ReDoConfig(tau=0.0, period=redo_period))
-        cell = RLConfig(env=env, agent="sac", loop=loop, sac=dataclasses.replace(sac, plasticity=p),
-                        seeds=config.seeds or (5 if paper else 2), vmap_seeds=vmap)
+        cell = RLConfig(
+            env=env,
+            agent="sac",
+            loop=loop,
+            sac=dataclasses.replace(sac, plasticity=p),
+            seeds=config.seeds or (5 if paper else 2),
+            vmap_seeds=vmap,
+        )
         cells.append(({"method": method}, cell))
     return cells
 
@@ -232,8 +295,9 @@ def cell_id(labels: dict) -> str:
     return "_".join(f"{k}-{v}" for k, v in labels.items()).replace(" ", "").replace("=", "")
 
 
-def run(experiment: str, config: DormantExperimentConfig,
-        progress: Callable[[str, int, int, int, int], None] | None = None) -> pd.DataFrame:
+def run(
+    experiment: str, config: DormantExperimentConfig, progress: Callable[[str, int, int, int, int], None] | None = None
+) -> pd.DataFrame:
     """Run every cell of ``experiment`` (resuming killed cells); returns the merged metrics.
 
     Args:
@@ -282,13 +346,21 @@ def _with_pruning(cell: RLConfig, path: str, df: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ report
 
+
 def _labels(experiment: str) -> list[str]:
-    return {"dqn-replay-ratio": ["rr", "method"], "dqn-dormant-growth": ["agent"], "redo-ablations": ["group", "variant"],
-            "dormant-pruning": ["agent"], "sac-dormant": ["method"]}[experiment]
+    return {
+        "dqn-replay-ratio": ["rr", "method"],
+        "dqn-dormant-growth": ["agent"],
+        "redo-ablations": ["group", "variant"],
+        "dormant-pruning": ["agent"],
+        "sac-dormant": ["method"],
+    }[experiment]
 
 
 def _networks(df: pd.DataFrame) -> list[str]:
-    return [c[: -len("/dormant_fraction")] for c in df.columns if c.endswith("/dormant_fraction") and "/layer/" not in c]
+    return [
+        c[: -len("/dormant_fraction")] for c in df.columns if c.endswith("/dormant_fraction") and "/layer/" not in c
+    ]
 
 
 def summary(experiment: str, df: pd.DataFrame) -> list[dict]:
@@ -329,8 +401,9 @@ def write_report(experiment: str, config: DormantExperimentConfig, df: pd.DataFr
     panel_key = by[0] if len(by) > 1 else None
     panels = list(dict.fromkeys(df[panel_key])) if panel_key else [None]
     hue = by[-1]
-    for metric, label, scale in [(f"{n}/dormant_fraction", f"{n}: τ={config.tau}-dormant (%)", 100) for n in nets] + \
-                                [("eval_return", "evaluation return", 1)]:
+    for metric, label, scale in [(f"{n}/dormant_fraction", f"{n}: τ={config.tau}-dormant (%)", 100) for n in nets] + [
+        ("eval_return", "evaluation return", 1)
+    ]:
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
         for ax, panel in zip(axes[0], panels):
             part = df if panel is None else df[df[panel_key] == panel]
@@ -347,7 +420,9 @@ def write_report(experiment: str, config: DormantExperimentConfig, df: pd.DataFr
         fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
         for ax, setting in zip(axes[0], settings):
             part = df[df.setting == setting]
-            long = part.melt(id_vars=["seed", "env_steps"], value_vars=layer_cols, var_name="layer", value_name="dormant")
+            long = part.melt(
+                id_vars=["seed", "env_steps"], value_vars=layer_cols, var_name="layer", value_name="dormant"
+            )
             long["layer"] = long["layer"].str.replace("/dormant_fraction", "").str.replace("/layer/", ": ")
             plot_curves(ax, long, "dormant", hue="layer", x="env_steps", scale=100)
             ax.set_title(setting, fontsize=10)

@@ -26,7 +26,9 @@ def pruning_evaluation(cell: RLConfig, path: str, repeats: int = 4) -> pd.DataFr
         k_score, k_eval = jax.random.split(key)
         diag = agent.diagnose(c.agent, train.scoring_batch(c.buffer, k_score))["q"]
         masks = {name: diag.layers[name].dormant for name in topology.names}
-        pruned = c.agent._replace(online=c.agent.online.replace(params=zero_outgoing(c.agent.online.params, topology, masks)))
+        pruned = c.agent._replace(
+            online=c.agent.online.replace(params=zero_outgoing(c.agent.online.params, topology, masks))
+        )
         keys = jax.random.split(k_eval, repeats)
         full = jnp.mean(jax.vmap(lambda k: train.evaluate(c.agent, k)["eval_return"])(keys))
         cut = jnp.mean(jax.vmap(lambda k: train.evaluate(pruned, k)["eval_return"])(keys))
@@ -34,5 +36,11 @@ def pruning_evaluation(cell: RLConfig, path: str, repeats: int = 4) -> pd.DataFr
 
     keys = jax.random.split(jax.random.PRNGKey(cell.seed + 7), cell.seeds)
     full, cut, frac = jax.jit(jax.vmap(one_seed))(carry, keys)
-    return pd.DataFrame({"seed": np.arange(cell.seeds), "return_unpruned": np.asarray(full),
-                         "return_pruned": np.asarray(cut), "pruned_fraction": np.asarray(frac)})
+    return pd.DataFrame(
+        {
+            "seed": np.arange(cell.seeds),
+            "return_unpruned": np.asarray(full),
+            "return_pruned": np.asarray(cut),
+            "pruned_fraction": np.asarray(frac),
+        }
+    )

@@ -28,7 +28,7 @@ import pandas as pd
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, make_dqn, make_sac, make_train
 from plastix.agents.off_policy import Train
 from plastix.envs import make_env
-from plastix.experiments.rundir import RunDir
+from plastix.experiments.rundir import RunDir, check_finite
 
 AGENTS = ("dqn", "drq", "sac")
 
@@ -103,8 +103,9 @@ def chunk_rows(period_metrics: dict, eval_metrics: dict, first_period: int) -> p
     """
     host = {k: np.asarray(v) for k, v in period_metrics.items()}
     seeds, periods = host["env_steps"].shape
-    table = {k: v.reshape(seeds * periods).astype(np.float64 if v.dtype.kind == "f" else v.dtype)
-             for k, v in host.items()}
+    table = {
+        k: v.reshape(seeds * periods).astype(np.float64 if v.dtype.kind == "f" else v.dtype) for k, v in host.items()
+    }
     table["seed"] = np.repeat(np.arange(seeds), periods)
     table["period"] = np.tile(np.arange(first_period + 1, first_period + periods + 1), seeds)
     last = np.tile(np.arange(periods) == periods - 1, seeds)
@@ -113,8 +114,13 @@ def chunk_rows(period_metrics: dict, eval_metrics: dict, first_period: int) -> p
     return pd.DataFrame(table)
 
 
-def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] | None = None,
-             stop_after_chunks: int | None = None, keep_final: bool = False) -> pd.DataFrame:
+def run_cell(
+    config: RLConfig,
+    path: str,
+    progress: Callable[[int, int], None] | None = None,
+    stop_after_chunks: int | None = None,
+    keep_final: bool = False,
+) -> pd.DataFrame:
     """Run (or resume, or read back if finished) one cell in run directory ``path``.
 
     Args:
@@ -135,8 +141,10 @@ def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] |
     train = build_train(_compute_key(config))
     keys = seed_keys(config)
     if train.host_env and not config.vmap_seeds:
-        raise ValueError(f"RLConfig.vmap_seeds must be True for {config.env}: its emulators live on the host, "
-                         "one group per run, stepped for all seeds at once")
+        raise ValueError(
+            f"RLConfig.vmap_seeds must be True for {config.env}: its emulators live on the host, "
+            "one group per run, stepped for all seeds at once"
+        )
     if config.vmap_seeds:
         init, run_chunk = train.init, train.run_chunk
     else:  # one seed at a time through the same jitted single-seed functions
@@ -163,7 +171,9 @@ def run_cell(config: RLConfig, path: str, progress: Callable[[int, int], None] |
         if stop_after_chunks is not None and ran >= stop_after_chunks:
             return pd.concat(frames, ignore_index=True)
         carry, metrics, evals = run_chunk(carry)
-        frames.append(chunk_rows(metrics, evals, done * train.layout.periods))
+        rows = chunk_rows(metrics, evals, done * train.layout.periods)
+        check_finite(carry.agent, rows, f"{path} (agent {config.agent}, env {config.env})", rundir.last_good)
+        frames.append(rows)
         done, ran = done + 1, ran + 1
         if config.checkpoint_every and (done % config.checkpoint_every == 0) and done < total:
             rundir.save_checkpoint(carry, pd.concat(frames, ignore_index=True), {"chunks_done": done})

@@ -3,24 +3,98 @@
 A run directory holds::
 
     config.json          the full config (a re-run with a different config is refused)
-    checkpoint/          the latest chunk's state (orbax; written aside, then renamed)
+    checkpoint/          the latest chunk's state (orbax; written aside, then renamed), with the
+                         SHA-256 of its arrays and of rows.parquet in its metadata
+    rows.parquet         the metric rows up to the checkpoint
     metrics.parquet      one row per epoch / seed / setting, written when the run finishes
-    DONE                 present once everything, figures and report included, is written
+    DONE                 present once everything is written; holds the SHA-256 of metrics.parquet
 
 Re-running a finished run is a no-op; re-running a killed run resumes from its last checkpoint.
+Every file is verified against its checksum when read: a corrupt or truncated file is refused
+with :class:`CorruptRunError` naming it, never used. A chunk whose loss or parameters are not
+finite stops the run with :class:`NonFiniteError` (:func:`check_finite`) before it is saved, so
+the last checkpoint is always a good one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+
+
+class CorruptRunError(RuntimeError):
+    """A run file is truncated, corrupt or does not match its checksum."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN / inf loss or parameter."""
+
+
+def array_digest(tree: Any) -> str:
+    """SHA-256 over every array of a pytree (shapes, dtypes and bytes, in leaf order)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_parquet(path: str, digest: str | None) -> pd.DataFrame:
+    if digest is not None and file_digest(path) != digest:
+        raise CorruptRunError(
+            f"{path}: checksum mismatch (the file was changed or truncated); delete the run to restart"
+        )
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise CorruptRunError(f"{path}: unreadable parquet file ({type(e).__name__}: {e})") from None
+
+
+def check_finite(state: Any, rows: pd.DataFrame, where: str, last_good: Any) -> None:
+    """Raise :class:`NonFiniteError` when a loss in ``rows`` or an array of ``state`` is NaN / inf.
+
+    Args:
+      state: the training state after the chunk (parameters, optimizer state).
+      rows: the chunk's metric rows (columns whose name contains ``loss`` are checked).
+      where: the run and setting, for the message (e.g. the run directory and its config).
+      last_good: ``() -> str``, what the last good checkpoint is (called only on failure).
+    """
+    losses = [c for c in rows.columns if "loss" in c and rows[c].dtype.kind == "f"]
+    for column in losses:
+        bad = ~np.isfinite(rows[column].to_numpy())
+        if bad.any():
+            first = rows[bad].iloc[0]
+            at = ", ".join(
+                f"{k} {int(first[k])}" for k in ("seed", "epoch", "period", "env_steps", "updates") if k in rows
+            )
+            raise NonFiniteError(
+                f"training diverged: {column} is {first[column]} at {at} in {where}; the chunk was not saved; "
+                f"last good checkpoint: {last_good()}. Lower the learning rate or check the inputs."
+            )
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    if leaves and not bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))):
+        raise NonFiniteError(
+            f"training diverged: non-finite parameters or optimizer state in {where}; the chunk was not saved; "
+            f"last good checkpoint: {last_good()}. Lower the learning rate or check the inputs."
+        )
 
 
 def config_dict(config: Any) -> dict:
@@ -81,11 +155,12 @@ class RunDir:
         table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         tmp = self.file("rows.parquet.tmp")
         table.to_parquet(tmp)
-        os.replace(tmp, self.file("rows.parquet"))  # may run ahead of the checkpoint: cut on load
+        rows_digest = file_digest(tmp)
+        os.replace(tmp, self.file("rows.parquet"))  # may run ahead of the checkpoint: checked on load
         manager = self._checkpoints()
         step = (manager.latest_step() or 0) + 1
         state = jax.tree.map(np.asarray, state)
-        extra = {"rows": len(table), "meta": meta}
+        extra = {"rows": len(table), "meta": meta, "state_sha256": array_digest(state), "rows_sha256": rows_digest}
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
         manager.wait_until_finished()
         manager.close()
@@ -102,8 +177,17 @@ class RunDir:
         items = {"extra": ocp.args.JsonRestore()}
         if template is not None:
             items["state"] = ocp.args.StandardRestore(jax.tree.map(np.asarray, template))
-        restored = manager.restore(step, args=ocp.args.Composite(**items))
-        manager.close()
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except (ValueError, KeyError):
+            raise
+        except Exception as e:  # truncated / damaged files surface as many error types from orbax / tensorstore
+            raise CorruptRunError(
+                f"{self.file('checkpoint')}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                "delete the run directory to restart"
+            ) from None
+        finally:
+            manager.close()
         return restored
 
     def checkpoint_meta(self) -> dict | None:
@@ -120,23 +204,60 @@ class RunDir:
         try:
             restored = self._restore(template)
         except (ValueError, KeyError) as e:
-            raise ValueError(f"{self.file('checkpoint')}: checkpoint does not match this config's state ({e}); "
-                             "delete it to restart") from e
+            raise ValueError(
+                f"{self.file('checkpoint')}: checkpoint does not match this config's state ({e}); delete it to restart"
+            ) from e
         if restored is None:
             return None
+        extra = restored["extra"]
+        if "state_sha256" in extra and array_digest(restored["state"]) != extra["state_sha256"]:
+            raise CorruptRunError(
+                f"{self.file('checkpoint')}: checksum mismatch (corrupt checkpoint); delete the run to restart"
+            )
         state = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored["state"]))
-        n_rows = restored["extra"]["rows"]
-        rows = pd.read_parquet(self.file("rows.parquet")).iloc[:n_rows].to_dict("records") if n_rows else []
-        return state, rows, restored["extra"]["meta"]
+        n_rows = extra["rows"]
+        rows = []
+        if n_rows:
+            table = _read_parquet(self.file("rows.parquet"), extra.get("rows_sha256"))
+            if len(table) != n_rows:
+                raise CorruptRunError(
+                    f"{self.file('rows.parquet')}: {len(table)} rows, the checkpoint expects {n_rows}"
+                )
+            rows = table.to_dict("records")
+        return state, rows, extra["meta"]
 
     def finish(self, metrics: pd.DataFrame) -> None:
         """Write ``metrics.parquet``, drop the checkpoint and mark the run done."""
-        metrics.to_parquet(self.file("metrics.parquet"))
+        tmp = self.file("metrics.parquet.tmp")
+        metrics.to_parquet(tmp)
+        digest = file_digest(tmp)
+        os.replace(tmp, self.file("metrics.parquet"))
         shutil.rmtree(self.file("checkpoint"), ignore_errors=True)
         if os.path.exists(self.file("rows.parquet")):
             os.remove(self.file("rows.parquet"))
-        with open(self.file("DONE"), "w") as f:
-            f.write("ok\n")
+        with open(self.file("DONE.tmp"), "w") as f:
+            f.write(f"sha256 {digest}\n")
+        os.replace(self.file("DONE.tmp"), self.file("DONE"))
 
     def metrics(self) -> pd.DataFrame:
-        return pd.read_parquet(self.file("metrics.parquet"))
+        """The finished run's ``metrics.parquet``, verified against the checksum in ``DONE``.
+
+        Raises:
+          CorruptRunError: the file is missing, truncated or changed.
+        """
+        path = self.file("metrics.parquet")
+        if not os.path.exists(path):
+            raise CorruptRunError(f"{path} is missing: the run has not finished (run it again to resume)")
+        digest = None
+        if os.path.exists(self.file("DONE")):
+            with open(self.file("DONE")) as f:
+                words = f.read().split()
+            digest = words[1] if len(words) == 2 and words[0] == "sha256" else None
+        return _read_parquet(path, digest)
+
+    def last_good(self) -> str:
+        """Where the last good state is, for error messages."""
+        meta = self.checkpoint_meta() if os.path.isdir(self.file("checkpoint")) else None
+        if meta is None:
+            return "none (no chunk finished before this one); the run will restart from scratch"
+        return f"{self.file('checkpoint')} ({meta})"

@@ -27,7 +27,7 @@ import pandas as pd
 from jax import Array
 
 from plastix.experiments.datasets import ImageData, load_dataset
-from plastix.experiments.rundir import RunDir
+from plastix.experiments.rundir import RunDir, check_finite
 from plastix.interventions import OptimizerConfig, TrainState, make_optimizer
 from plastix.metrics import DiagnosticsConfig, diagnose, overlap_coefficient, summarize
 from plastix.nn import ConvNet, small_cnn
@@ -82,7 +82,16 @@ class SupervisedConfig:
     diagnostics: bool = True
 
     def __post_init__(self):
-        positive = ("epochs", "shuffle_every", "fit_epochs", "seeds", "batch_size", "scoring_batch", "chunk_epochs", "max_train")
+        positive = (
+            "epochs",
+            "shuffle_every",
+            "fit_epochs",
+            "seeds",
+            "batch_size",
+            "scoring_batch",
+            "chunk_epochs",
+            "max_train",
+        )
         for field in positive:
             if getattr(self, field) < 1:
                 raise ValueError(f"SupervisedConfig.{field} must be >= 1, got {getattr(self, field)}")
@@ -152,7 +161,9 @@ def build(config: SupervisedConfig, data: ImageData | None = None) -> Experiment
         return net.apply({"params": params}, x)
 
     def dormant_mask(params, labels):
-        diag = diagnose(topology, net.apply, params, score_x, lambda o: _cross_entropy(o, labels[:n_score]), diag_config)
+        diag = diagnose(
+            topology, net.apply, params, score_x, lambda o: _cross_entropy(o, labels[:n_score]), diag_config
+        )
         return diag, jnp.concatenate([diag.layers[name].dormant for name in topology.names])
 
     def init_carry(key: Array, params: dict, labels: Array, shuffle: Array) -> Carry:
@@ -167,7 +178,9 @@ def build(config: SupervisedConfig, data: ImageData | None = None) -> Experiment
         order = jax.random.permutation(k_order, n)[: n_batches * config.batch_size]
 
         def step(state, idx):
-            loss, grads = jax.value_and_grad(lambda p: _cross_entropy(apply(p, x_train[idx]), labels[idx]))(state.params)
+            loss, grads = jax.value_and_grad(lambda p: _cross_entropy(apply(p, x_train[idx]), labels[idx]))(
+                state.params
+            )
             return state.apply_gradients(grads), loss
 
         state, losses = jax.lax.scan(step, carry.state, order.reshape(n_batches, config.batch_size))
@@ -269,7 +282,10 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
         phase, settings, total = phases[phase_index]
         while done < total:
             carry, metrics = exp.run_epochs(carry)
-            rows += metric_rows(metrics, phase, settings, config.seeds, done)
+            new_rows = metric_rows(metrics, phase, settings, config.seeds, done)
+            where = f"{rundir.path} (phase {phase}, SGD learning_rate={config.learning_rate})"
+            check_finite(carry.state, pd.DataFrame(new_rows), where, rundir.last_good)
+            rows += new_rows
             done += exp.chunk
             rundir.save_checkpoint(carry, rows, {"phase": phase_index, "epochs_done": done})
             if progress:
@@ -281,14 +297,15 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
     return pd.DataFrame(rows)
 
 
-
 def summary(df: pd.DataFrame) -> list[dict]:
     """Final-epoch results per phase and setting: mean and 95% bootstrap CI over seeds."""
     from plastix.report import mean_ci
 
     out = []
-    for phase, metrics in (("train", ("dormant_fraction", "overlap", "train_accuracy", "test_accuracy")),
-                           ("fit", ("train_accuracy", "dormant_fraction"))):
+    for phase, metrics in (
+        ("train", ("dormant_fraction", "overlap", "train_accuracy", "test_accuracy")),
+        ("fit", ("train_accuracy", "dormant_fraction")),
+    ):
         part = df[df.phase == phase]
         last = part[part.epoch == part.epoch.max()]
         for setting in last.setting.unique():
@@ -304,18 +321,39 @@ def write_report(config: SupervisedConfig, df: pd.DataFrame, path: str) -> list[
     from plastix.report import curve_grid, few_seeds_note, format_estimate
 
     train, fit = df[df.phase == "train"], df[df.phase == "fit"]
-    layers = [c[len("layer/"):-len("/dormant_fraction")] for c in df.columns
-              if c.startswith("layer/") and c.endswith("/dormant_fraction")]
+    layers = [
+        c[len("layer/") : -len("/dormant_fraction")]
+        for c in df.columns
+        if c.startswith("layer/") and c.endswith("/dormant_fraction")
+    ]
     files = [
-        curve_grid(train, [("dormant_fraction", "all layers")] + [(f"layer/{l}/dormant_fraction", l) for l in layers],
-                   f"{path}/dormant.png", scale=100, ylabel=f"τ={config.tau}-dormant neurons (%)", order=SETTINGS,
-                   suptitle="Dormant neurons with fixed vs shuffled labels"),
-        curve_grid(train, [("overlap", "dormant set vs previous epoch"), ("train_accuracy", "train accuracy (current labels)"),
-                           ("test_accuracy", "test accuracy (true labels)")],
-                   f"{path}/overlap_accuracy.png", order=SETTINGS),
-        curve_grid(fit, [("train_accuracy", "fit new random labels: train accuracy"), ("dormant_fraction", "dormant fraction")],
-                   f"{path}/fit_new_targets.png", order=FIT_SETTINGS, legend_title="network trained with",
-                   suptitle="Learning ability: trained networks vs a fresh one"),
+        curve_grid(
+            train,
+            [("dormant_fraction", "all layers")] + [(f"layer/{name}/dormant_fraction", name) for name in layers],
+            f"{path}/dormant.png",
+            scale=100,
+            ylabel=f"τ={config.tau}-dormant neurons (%)",
+            order=SETTINGS,
+            suptitle="Dormant neurons with fixed vs shuffled labels",
+        ),
+        curve_grid(
+            train,
+            [
+                ("overlap", "dormant set vs previous epoch"),
+                ("train_accuracy", "train accuracy (current labels)"),
+                ("test_accuracy", "test accuracy (true labels)"),
+            ],
+            f"{path}/overlap_accuracy.png",
+            order=SETTINGS,
+        ),
+        curve_grid(
+            fit,
+            [("train_accuracy", "fit new random labels: train accuracy"), ("dormant_fraction", "dormant fraction")],
+            f"{path}/fit_new_targets.png",
+            order=FIT_SETTINGS,
+            legend_title="network trained with",
+            suptitle="Learning ability: trained networks vs a fresh one",
+        ),
     ]
     rows = summary(df)
     lines = [
@@ -333,8 +371,10 @@ def write_report(config: SupervisedConfig, df: pd.DataFrame, path: str) -> list[
     for r in rows:
         overlap = format_estimate(r["overlap"], False) if "overlap" in r else "–"
         test = format_estimate(r["test_accuracy"], True) if "test_accuracy" in r else "–"
-        lines.append(f"| {r['phase']} | {r['setting']} | {format_estimate(r['dormant_fraction'], True)} | {overlap} | "
-                     f"{format_estimate(r['train_accuracy'], True)} | {test} |")
+        lines.append(
+            f"| {r['phase']} | {r['setting']} | {format_estimate(r['dormant_fraction'], True)} | {overlap} | "
+            f"{format_estimate(r['train_accuracy'], True)} | {test} |"
+        )
     n_min = min(v.n for r in rows for v in r.values() if hasattr(v, "n"))
     lines += ["", few_seeds_note(n_min), *[f"![{f.rsplit('/', 1)[-1]}]({f.rsplit('/', 1)[-1]})" for f in files], ""]
     report = f"{path}/report.md"

@@ -69,15 +69,17 @@ class TrainState(flax.struct.PyTreeNode):
         state = cls(jnp.zeros((), jnp.int32), params, tx.init(params), intervention_state, None, tx)
         return state if trainable is None else state.with_trainable(trainable)
 
-    def with_trainable(self, trainable: Params | None) -> "TrainState":
+    def with_trainable(self, trainable: Params | None) -> TrainState:
         """This state with the trainable mask ``trainable`` (moments of frozen elements zeroed now)."""
         if trainable is None:
             return self.replace(trainable=None)
-        trainable = jax.tree.map(lambda p, t: jnp.broadcast_to(jnp.asarray(t, bool), jnp.shape(p)), self.params, trainable)
+        trainable = jax.tree.map(
+            lambda p, t: jnp.broadcast_to(jnp.asarray(t, bool), jnp.shape(p)), self.params, trainable
+        )
         frozen = jax.tree.map(jnp.logical_not, trainable)
         return self.replace(trainable=trainable, opt_state=reset_optimizer_elements(self.tx, self.opt_state, frozen))
 
-    def apply_gradients(self, grads: Params) -> "TrainState":
+    def apply_gradients(self, grads: Params) -> TrainState:
         """One optimizer step; frozen elements (``trainable`` False) keep their value bit for bit.
 
         The gradient of a frozen element is zeroed before the optax chain, its update is dropped
@@ -86,7 +88,9 @@ class TrainState(flax.struct.PyTreeNode):
         """
         if self.trainable is None:
             updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-            return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state)
+            return self.replace(
+                step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state
+            )
         grads = jax.tree.map(lambda g, t: jnp.where(t, g, jnp.zeros_like(g)), grads, self.trainable)
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = jax.tree.map(
@@ -111,7 +115,7 @@ class Context(NamedTuple):
     task_switched: Array
 
     @classmethod
-    def at(cls, step, task=0, task_switched=False) -> "Context":
+    def at(cls, step, task=0, task_switched=False) -> Context:
         return cls(jnp.asarray(step, jnp.int32), jnp.asarray(task, jnp.int32), jnp.asarray(task_switched, bool))
 
 
@@ -159,7 +163,7 @@ class Trigger:
             raise ValueError("Trigger: set every > 0, on_task_switch=True, or both; this trigger never fires")
 
     @classmethod
-    def named(cls, kind: str, period: int) -> "Trigger":
+    def named(cls, kind: str, period: int) -> Trigger:
         """``"period"`` (every ``period`` updates), ``"task_switch"`` or ``"both"``."""
         check_choice("PlasticityConfig.trigger", kind, TRIGGERS)
         return cls(every=0 if kind == "task_switch" else period, on_task_switch=kind != "period")
@@ -209,9 +213,7 @@ def mark(touched: Params, path: Path, mask: Array) -> Params:
     return set_path(touched, path, get_path(touched, path) | mask)
 
 
-def reset_optimizer_elements(
-    tx: optax.GradientTransformation, opt_state: Any, touched: Params
-) -> Any:
+def reset_optimizer_elements(tx: optax.GradientTransformation, opt_state: Any, touched: Params) -> Any:
     """Zero the optimizer-state elements of touched parameters, matched by parameter path.
 
     Every part of ``opt_state`` that mirrors the parameters (Adam's ``mu`` and ``nu``, RMSProp's

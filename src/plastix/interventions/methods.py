@@ -65,7 +65,7 @@ def register_method(method: Method) -> Method:
     return method
 
 
-def _with_weight_decay(base: OptimizerConfig, plasticity: "PlasticityConfig") -> OptimizerConfig:
+def _with_weight_decay(base: OptimizerConfig, plasticity: PlasticityConfig) -> OptimizerConfig:
     return dataclasses.replace(base, weight_decay=plasticity.weight_decay)
 
 
@@ -158,8 +158,14 @@ def make_intervention(config: Any, topology: Topology, init_params: InitParams) 
         trigger = Trigger.named(config.trigger, settings.period)
         return triggered(config.spec.build(settings, topology, init_params), trigger)
     for method in REGISTRY.values():
-        if method.build is not None and method.field is not None and isinstance(config, type(getattr(PlasticityConfig(), method.field))):
+        if (
+            method.build is not None
+            and method.field is not None
+            and isinstance(config, type(getattr(PlasticityConfig(), method.field)))
+        ):
             return triggered(method.build(config, topology, init_params), Trigger(every=config.period))
     allowed = tuple(type(getattr(PlasticityConfig(), m.field)).__name__ for m in REGISTRY.values() if m.build) + (
-        "PlasticityConfig", "None")
+        "PlasticityConfig",
+        "None",
+    )
     raise ValueError(f"make_intervention: got {type(config).__name__}, allowed values are {allowed}")

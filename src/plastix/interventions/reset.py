@@ -73,8 +73,12 @@ def last_layers(topology: Topology, last_k: int) -> list[str]:
 
 def layer_parameter_paths(topology: Topology, params: Params, last_k: int) -> list[Path]:
     """Every parameter path of the layers :func:`last_layers` selects."""
-    paths = [p for name in last_layers(topology, last_k) for prefix in topology.layer_params(name)
-             for p in leaf_paths(params, prefix)]
+    paths = [
+        p
+        for name in last_layers(topology, last_k)
+        for prefix in topology.layer_params(name)
+        for p in leaf_paths(params, prefix)
+    ]
     return list(dict.fromkeys(paths))
 
 

@@ -22,8 +22,21 @@ from plastix.metrics.neurons import (
 from plastix.metrics.representation import effective_rank, srank
 
 __all__ = [
-    "EPS", "dormant_scores", "grama_scores", "preactivation_grama_scores", "stagnation_ratios",
-    "stagnant_scores", "overlap_coefficient", "active_fraction", "effective_rank", "srank",
-    "Diagnostics", "DiagnosticsConfig", "GroupDiagnostics", "LayerDiagnostics", "diagnose", "network_fraction",
+    "EPS",
+    "dormant_scores",
+    "grama_scores",
+    "preactivation_grama_scores",
+    "stagnation_ratios",
+    "stagnant_scores",
+    "overlap_coefficient",
+    "active_fraction",
+    "effective_rank",
+    "srank",
+    "Diagnostics",
+    "DiagnosticsConfig",
+    "GroupDiagnostics",
+    "LayerDiagnostics",
+    "diagnose",
+    "network_fraction",
     "summarize",
 ]

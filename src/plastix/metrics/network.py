@@ -178,9 +178,7 @@ def diagnose(
         output, z = capture(apply_fn, topology, perturbations)(p, inputs)
         return loss_fn(output), z
 
-    (loss, z), (grads, dz) = jax.value_and_grad(loss_with_perturbations, argnums=(0, 1), has_aux=True)(
-        params, zeros
-    )
+    (loss, z), (grads, dz) = jax.value_and_grad(loss_with_perturbations, argnums=(0, 1), has_aux=True)(params, zeros)
     delta_tree = grads if config.stagnation_source == "grad" else updates
 
     layers: dict[str, LayerDiagnostics] = {}

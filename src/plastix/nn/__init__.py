@@ -21,7 +21,24 @@ from plastix.nn.topology import (
 )
 
 __all__ = [
-    "MLP", "ConvNet", "ImpalaResNet", "impala_resnet", "nature_cnn", "small_cnn", "Consumer", "NeuronLayer", "Topology",
-    "ParamLayer", "Probe", "Slice", "CAPTURE", "PERTURB",
-    "capture", "get_path", "set_path", "layer_sizes", "preactivation_shapes", "validate",
+    "MLP",
+    "ConvNet",
+    "ImpalaResNet",
+    "impala_resnet",
+    "nature_cnn",
+    "small_cnn",
+    "Consumer",
+    "NeuronLayer",
+    "Topology",
+    "ParamLayer",
+    "Probe",
+    "Slice",
+    "CAPTURE",
+    "PERTURB",
+    "capture",
+    "get_path",
+    "set_path",
+    "layer_sizes",
+    "preactivation_shapes",
+    "validate",
 ]

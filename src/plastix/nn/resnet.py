@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 from jax import Array
 
 from plastix.nn.mlp import _check_widths
@@ -58,9 +57,11 @@ class ImpalaResNet(nn.Module):
         so ``last_k=3`` resets ``output``, ``dense_0`` and the last ``conv_b``)."""
         stacks = range(len(self.channels))
         layers = [
-            NeuronLayer(f"s{s}_b{b}_conv_a", f"s{s}_b{b}_conv_a", (Consumer(f"s{s}_b{b}_conv_b/kernel", "conv"),),
-                        kind="conv")
-            for s in stacks for b in range(self.blocks)
+            NeuronLayer(
+                f"s{s}_b{b}_conv_a", f"s{s}_b{b}_conv_a", (Consumer(f"s{s}_b{b}_conv_b/kernel", "conv"),), kind="conv"
+            )
+            for s in stacks
+            for b in range(self.blocks)
         ]
         layers.append(NeuronLayer("dense_0", "dense_0", (Consumer("output/kernel", "dense"),)))
         stream = []

@@ -207,9 +207,7 @@ class NeuronLayer:
     def __post_init__(self):
         module = _as_path(self.module)
         object.__setattr__(self, "module", module)
-        object.__setattr__(
-            self, "kernel", _as_path(self.kernel) if self.kernel is not None else module + ("kernel",)
-        )
+        object.__setattr__(self, "kernel", _as_path(self.kernel) if self.kernel is not None else module + ("kernel",))
         bias = module + ("bias",) if self.bias == "default" else self.bias
         object.__setattr__(self, "bias", None if bias is None else _as_path(bias))
         object.__setattr__(self, "consumers", tuple(self.consumers))
@@ -400,7 +398,7 @@ class Topology:
 
     # -------------------------------------------------------------------------- building
 
-    def prefixed(self, prefix: str | Sequence[str], group: str | None = None) -> "Topology":
+    def prefixed(self, prefix: str | Sequence[str], group: str | None = None) -> Topology:
         """The same topology for a module nested under ``prefix`` (e.g. a torso inside an agent).
 
         Args:
@@ -433,15 +431,19 @@ class Topology:
             for layer in self.layers
         )
         extra = tuple(
-            ParamLayer(f"{tag}/{p.name}", tuple(move(x) for x in p.params), tuple(f"{tag}/{t}" for t in p.feeds),
-                       regroup(p.group))
+            ParamLayer(
+                f"{tag}/{p.name}",
+                tuple(move(x) for x in p.params),
+                tuple(f"{tag}/{t}" for t in p.feeds),
+                regroup(p.group),
+            )
             for p in self.param_layers
         )
         features = {regroup(g): f"{tag}/{n}" for g, n in self.features.items()}
         return Topology(layers, (), extra, features)
 
     @classmethod
-    def merge(cls, *topologies: "Topology") -> "Topology":
+    def merge(cls, *topologies: Topology) -> Topology:
         """One topology of several networks (e.g. twin critics, agent network and mixer)."""
         layers = tuple(layer for t in topologies for layer in t.layers)
         extra = tuple(p for t in topologies for p in t.param_layers)
@@ -460,7 +462,7 @@ class Topology:
         flatten_layout: str = "channels_last",
         names: Sequence[str] | None = None,
         group: str = DEFAULT_GROUP,
-    ) -> "Topology":
+    ) -> Topology:
         """Topology of a plain chain ``module_0 -> σ -> module_1 -> σ -> ... -> output``.
 
         Args:
@@ -516,9 +518,7 @@ def get_path(tree: Params, path: Path) -> Any:
         try:
             node = node[key]
         except (KeyError, TypeError):
-            raise KeyError(
-                f"no parameter at {_tag(path)} (missing {key!r} after {_tag(path[:i]) or 'root'})"
-            ) from None
+            raise KeyError(f"no parameter at {_tag(path)} (missing {key!r} after {_tag(path[:i]) or 'root'})") from None
     return node
 
 
@@ -652,6 +652,8 @@ def capture(
     return wrapped
 
 
-def preactivation_shapes(apply_fn: ApplyFn, topology: Topology, params: Params, *inputs) -> dict[str, jax.ShapeDtypeStruct]:
+def preactivation_shapes(
+    apply_fn: ApplyFn, topology: Topology, params: Params, *inputs
+) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of every layer's ``z`` for the given inputs (no FLOPs spent)."""
     return jax.eval_shape(lambda p, *a: capture(apply_fn, topology)(p, *a)[1], params, *inputs)

@@ -4,4 +4,15 @@ from plastix.report.aggregate import final_values, iqm_ci
 from plastix.report.figures import curve_grid, plot_curves, save_figure
 from plastix.report.stats import Estimate, curve_ci, few_seeds_note, format_estimate, mean_ci
 
-__all__ = ["iqm_ci", "final_values", "mean_ci", "curve_ci", "Estimate", "format_estimate", "few_seeds_note", "plot_curves", "curve_grid", "save_figure"]
+__all__ = [
+    "iqm_ci",
+    "final_values",
+    "mean_ci",
+    "curve_ci",
+    "Estimate",
+    "format_estimate",
+    "few_seeds_note",
+    "plot_curves",
+    "curve_grid",
+    "save_figure",
+]

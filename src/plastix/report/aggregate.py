@@ -28,12 +28,15 @@ def iqm_ci(scores: Mapping[str, np.ndarray], reps: int = 2000, seed: int = 0) ->
     try:
         point, interval = rly.get_interval_estimates(
             {k: np.asarray(v, float) for k, v in scores.items()},
-            lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
+            lambda x: np.array([metrics.aggregate_iqm(x)]),
+            reps=reps,
         )
     finally:
         np.random.set_state(state)
-    return {k: Estimate(float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0]), len(scores[k]))
-            for k in scores}
+    return {
+        k: Estimate(float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0]), len(scores[k]))
+        for k in scores
+    }
 
 
 def final_values(df: pd.DataFrame, column: str, by: list[str]) -> pd.DataFrame:

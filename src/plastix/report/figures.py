@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless machines fall back to Agg; importing sets no backend
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from plastix.report.stats import curve_ci  # noqa: E402
+from plastix.report.stats import curve_ci
 
 COLORS = {"fixed": "#1f77b4", "shuffled": "#d62728", "fresh": "#2ca02c", "none": "#7f7f7f", "redo": "#9467bd"}
 
@@ -49,8 +46,16 @@ def save_figure(fig, path: str) -> str:
     return path
 
 
-def curve_grid(df: pd.DataFrame, panels: Sequence[tuple[str, str]], path: str, scale: float = 1.0, ylabel: str = "",
-               order: Sequence[str] | None = None, suptitle: str | None = None, legend_title: str | None = None) -> str:
+def curve_grid(
+    df: pd.DataFrame,
+    panels: Sequence[tuple[str, str]],
+    path: str,
+    scale: float = 1.0,
+    ylabel: str = "",
+    order: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    legend_title: str | None = None,
+) -> str:
     """One panel per ``(column, title)``, curves per setting; writes a PNG and returns its path."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (column, title) in zip(axes[0], panels):

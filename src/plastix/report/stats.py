@@ -24,8 +24,10 @@ def few_seeds_note(n_min: int) -> str:
     """The report line explaining :data:`FEW_SEEDS_MARK` (empty when every estimate has enough seeds)."""
     if n_min >= MIN_SEEDS_FOR_CI:
         return ""
-    return (f"{FEW_SEEDS_MARK} interval from fewer than {MIN_SEEDS_FOR_CI} seeds (here as few as {n_min}): a bootstrap "
-            "over so few values is degenerate; read it as the spread of those seeds, not as a 95% confidence interval.")
+    return (
+        f"{FEW_SEEDS_MARK} interval from fewer than {MIN_SEEDS_FOR_CI} seeds (here as few as {n_min}): a bootstrap "
+        "over so few values is degenerate; read it as the spread of those seeds, not as a 95% confidence interval."
+    )
 
 
 def format_estimate(e: Estimate, percent: bool = False, digits: int = 1) -> str:

@@ -1,0 +1,106 @@
+"""Runs never lie: corrupt or truncated files are refused, diverged training stops with a clear error."""
+
+import dataclasses
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from plastix import cli
+from plastix.experiments import supervised
+from plastix.experiments.rundir import CorruptRunError, NonFiniteError, RunDir, check_finite
+
+STATE = {"w": jnp.arange(4096, dtype=jnp.float32).reshape(64, 64), "b": jnp.ones(64)}
+ROWS = pd.DataFrame({"seed": [0, 0, 1], "period": [1, 2, 1], "loss": [0.5, 0.4, 0.6], "updates": [10, 20, 10]})
+
+
+def _saved(tmp_path):
+    rundir = RunDir(str(tmp_path / "run"))
+    rundir.save_checkpoint(STATE, ROWS, {"chunks_done": 2})
+    return rundir
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state, rows, meta = _saved(tmp_path).load_checkpoint(STATE)
+    np.testing.assert_array_equal(state["w"], STATE["w"])
+    assert rows == ROWS.to_dict("records") and meta == {"chunks_done": 2}
+
+
+def test_flipped_checkpoint_bytes_are_refused(tmp_path):
+    rundir = _saved(tmp_path)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(rundir.file("checkpoint")) for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    data = bytearray(open(biggest, "rb").read())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    open(biggest, "wb").write(bytes(data))
+    with pytest.raises(CorruptRunError, match="checkpoint"):
+        rundir.load_checkpoint(STATE)
+
+
+def test_truncated_rows_are_refused_with_the_path(tmp_path):
+    rundir = _saved(tmp_path)
+    path = rundir.file("rows.parquet")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(CorruptRunError, match="rows.parquet"):
+        rundir.load_checkpoint(STATE)
+
+
+def test_corrupt_metrics_are_refused_and_report_says_so(tmp_path, capsys):
+    rundir = RunDir(str(tmp_path / "done"))
+    rundir.prepare(supervised.SupervisedConfig(name="done", runs_dir=str(tmp_path)))
+    rundir.finish(ROWS)
+    pd.testing.assert_frame_equal(rundir.metrics(), ROWS)
+    path = rundir.file("metrics.parquet")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-20])
+    with pytest.raises(CorruptRunError, match="checksum"):
+        rundir.metrics()
+    assert cli.main(["report", rundir.path]) == 2
+    assert "metrics.parquet" in capsys.readouterr().err
+
+
+def test_report_on_an_unfinished_run_says_how_to_resume(tmp_path, capsys):
+    rundir = _saved(tmp_path)
+    assert cli.main(["report", rundir.path]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_check_finite_names_step_and_last_good_checkpoint():
+    bad = ROWS.assign(loss=[0.5, np.nan, 0.6])
+    with pytest.raises(
+        NonFiniteError, match=r"loss is nan at seed 0, period 2, updates 20 in run-x.*last good checkpoint: here"
+    ):
+        check_finite(STATE, bad, "run-x", lambda: "here")
+    with pytest.raises(NonFiniteError, match="non-finite parameters"):
+        check_finite({"w": jnp.array([1.0, jnp.inf])}, ROWS, "run-x", lambda: "here")
+    check_finite(STATE, ROWS.assign(train_return=np.nan), "run-x", lambda: "here")  # NaN outside losses is allowed
+
+
+def test_diverging_run_stops_with_the_step_and_setting(tmp_path, capsys):
+    config = supervised.SupervisedConfig(
+        name="nan",
+        runs_dir=str(tmp_path),
+        epochs=2,
+        fit_epochs=1,
+        seeds=1,
+        batch_size=128,
+        chunk_epochs=1,
+        scoring_batch=64,
+        learning_rate=1e9,
+    )
+    with pytest.raises(
+        NonFiniteError, match=r"loss is (nan|inf) at seed 0, epoch 1 .*learning_rate=1000000000.0.*last good"
+    ):
+        supervised.run(config)
+    assert not RunDir(os.path.join(str(tmp_path), "nan")).finished
+    again = dataclasses.replace(config, name="nan-cli")
+    args = ["run", "supervised", "--name", again.name, "--runs-dir", again.runs_dir, "--learning-rate", "1e9"]
+    for field in ("epochs", "fit_epochs", "seeds", "batch_size", "chunk_epochs", "scoring_batch"):
+        args += [f"--{field.replace('_', '-')}", str(getattr(again, field))]
+    assert cli.main(args) == 1
+    assert "training diverged" in capsys.readouterr().err
