@@ -25,7 +25,8 @@ def _saved(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     state, rows, meta = _saved(tmp_path).load_checkpoint(STATE)
     np.testing.assert_array_equal(state["w"], STATE["w"])
-    assert rows == ROWS.to_dict("records") and meta == {"chunks_done": 2}
+    pd.testing.assert_frame_equal(rows, ROWS)
+    assert meta == {"chunks_done": 2}
 
 
 def test_flipped_checkpoint_bytes_are_refused(tmp_path):
@@ -104,3 +105,42 @@ def test_diverging_run_stops_with_the_step_and_setting(tmp_path, capsys):
         args += [f"--{field.replace('_', '-')}", str(getattr(again, field))]
     assert cli.main(args) == 1
     assert "training diverged" in capsys.readouterr().err
+
+
+def test_run_directory_rules(tmp_path):
+    from plastix.experiments import dormant
+
+    config = supervised.SupervisedConfig(name="r", runs_dir=str(tmp_path))
+    RunDir(str(tmp_path / "r")).prepare(config)
+    for spelling in (str(tmp_path) + "/", os.path.relpath(str(tmp_path)), str(tmp_path / "." / "")):
+        RunDir(os.path.join(spelling, "r")).prepare(dataclasses.replace(config, runs_dir=spelling))  # same run
+    with pytest.raises(ValueError, match="different config"):
+        RunDir(str(tmp_path / "r")).prepare(dataclasses.replace(config, epochs=3))
+    with pytest.raises(ValueError, match="experiment"):
+        RunDir(str(tmp_path / "r")).prepare(config, "dqn-replay-ratio")  # another experiment under the same name
+    for name in ("../escape", "a/b", ".hidden", ".."):
+        with pytest.raises(ValueError, match="name"):
+            dormant.DormantExperimentConfig(name=name)
+    with pytest.raises(ValueError, match="SupervisedConfig.name"):
+        supervised.run(dataclasses.replace(config, name="../up"))
+    with pytest.raises(ValueError, match="duplicate"):
+        dormant.DormantExperimentConfig(methods=("none", "none"))
+    with pytest.raises(ValueError, match="duplicate"):
+        dormant.DormantExperimentConfig(replay_ratios=(1.0, 1.0))
+
+
+def test_rejected_config_writes_nothing(tmp_path):
+    from plastix.experiments import dormant
+
+    bad = dormant.DormantExperimentConfig(name="x", runs_dir=str(tmp_path), env="NoSuchEnv-v0")
+    with pytest.raises(ValueError):
+        dormant.run("dqn-replay-ratio", bad)
+    assert not os.path.exists(tmp_path / "x" / "config.json")
+
+
+def test_resumed_rows_keep_their_dtypes(tmp_path):
+    rundir = RunDir(str(tmp_path / "d"))
+    rows = ROWS.astype({"updates": np.int32, "period": np.int32})
+    rundir.save_checkpoint(STATE, rows, {})
+    _, back, _ = rundir.load_checkpoint(STATE)
+    assert dict(back.dtypes) == dict(rows.dtypes)

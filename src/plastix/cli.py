@@ -190,7 +190,9 @@ def report(args: list[str]) -> int:
         with open(rundir.file("EXPERIMENT")) as f:
             experiment = f.read().strip()
         with open(rundir.file("config.json")) as f:
-            config = dormant.DormantExperimentConfig(**json.load(f))
+            fields = json.load(f)
+        fields.pop("experiment", None)
+        config = dormant.DormantExperimentConfig(**fields)
         df = rundir.metrics()
         files = dormant.write_report(experiment, config, df, rundir.path)
         console = _console()

@@ -29,8 +29,8 @@ import jax
 import pandas as pd
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
-from plastix.experiments.rl import RLConfig, run_cell
-from plastix.experiments.rundir import RunDir
+from plastix.experiments.rl import RLConfig, build_train, run_cell
+from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 
 Scale = Literal["small", "paper"]
@@ -77,7 +77,14 @@ class DormantExperimentConfig:
             raise ValueError(f"replay_ratios must be positive numbers, got {self.replay_ratios}")
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
-            raise ValueError(f"methods: got {self.methods}, allowed values are {METHODS}")
+            raise ValueError(f"DormantExperimentConfig.methods: got {self.methods}, allowed values are {METHODS}")
+        for field in ("methods", "replay_ratios"):
+            values = getattr(self, field)
+            if len(set(values)) != len(values):
+                raise ValueError(f"DormantExperimentConfig.{field}: duplicate entries in {values}")
+        if not 0 <= self.tau < 1:
+            raise ValueError(f"DormantExperimentConfig.tau must be in [0, 1), got {self.tau}")
+        check_run_name(self.name, "DormantExperimentConfig.name", allow_empty=True)
 
 
 def _paper(config: DormantExperimentConfig) -> bool:
@@ -305,8 +312,10 @@ def run(
     """
     build, _ = EXPERIMENTS[experiment]
     root = os.path.join(config.runs_dir, config.name or experiment)
-    RunDir(root).prepare(config)
-    cells = build(config)
+    cells = build(config)  # every check of every cell passes before anything is written
+    for _, cell in cells:
+        build_train(cell)
+    RunDir(root).prepare(config, experiment)
     _record_cells(root, cells)
     frames = []
     for i, (labels, cell) in enumerate(cells):

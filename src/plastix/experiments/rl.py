@@ -135,8 +135,8 @@ def run_cell(
       ``<network>/dormant_fraction`` and every other diagnostic, ``eval_return`` at chunk ends.
     """
     rundir = RunDir(path)
-    rundir.prepare(config)
     if rundir.finished:
+        rundir.prepare(config)  # refuses another config's finished run
         return rundir.metrics()
     train = build_train(_compute_key(config))
     keys = seed_keys(config)
@@ -153,6 +153,7 @@ def run_cell(
         unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(config.seeds)]  # noqa: E731
         init = lambda k: stack([single_init(x) for x in k])  # noqa: E731
         run_chunk = lambda c: stack([single_chunk(x) for x in unstack(c)])  # noqa: E731
+    rundir.prepare(config)  # after every check above passed
     carry = init(keys)
     frames: list[pd.DataFrame] = []
     done = 0
@@ -162,7 +163,7 @@ def run_cell(
         carry = jax.tree.map(jnp.asarray, carry)
         if train.host_env:  # emulator states are not in the checkpoint: continue with fresh episodes
             carry = carry._replace(env_state=fresh.env_state, obs=fresh.obs, episode_return=fresh.episode_return)
-        frames, done = [pd.DataFrame(rows)], meta["chunks_done"]
+        frames, done = [rows], meta["chunks_done"]
     total = train.layout.chunks
     if progress:
         progress(done, total)

@@ -97,6 +97,25 @@ def check_finite(state: Any, rows: pd.DataFrame, where: str, last_good: Any) -> 
         )
 
 
+def check_run_name(name: str, field: str, allow_empty: bool = False) -> None:
+    """A run name is one directory name inside the runs directory: no separators, no ``..``.
+
+    Raises:
+      ValueError: naming ``field`` and the rule.
+    """
+    if not name and allow_empty:
+        return
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(
+            f"{field}: got {name!r}; a run name is one directory name inside the runs directory "
+            "(no '/', no '..', not starting with '.')"
+        )
+
+
+WHERE_FIELDS = ("runs_dir",)
+"""Config fields that say where a run lives, not what it is: left out when comparing configs."""
+
+
 def config_dict(config: Any) -> dict:
     """A dataclass config as JSON-ready dict."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
@@ -115,18 +134,36 @@ class RunDir:
     def finished(self) -> bool:
         return os.path.exists(self.file("DONE"))
 
-    def prepare(self, config: Any) -> None:
+    def prepare(self, config: Any, experiment: str | None = None) -> None:
         """Create the directory and write ``config.json``, or check it matches the existing one.
 
+        Call it only after every check of the config passed: a rejected config must not leave a
+        ``config.json`` that blocks the corrected command. The runs directory's spelling
+        (``runs``, ``runs/``, ``./runs``, an absolute path, a moved directory) does not matter.
+
+        Args:
+          config: the run's config (a dataclass).
+          experiment: the experiment's name, recorded so that another experiment is refused here.
+
         Raises:
-          ValueError: when the directory holds a run of a different config.
+          ValueError: when the directory holds a run of another experiment or another config.
         """
-        os.makedirs(self.path, exist_ok=True)
-        wanted = config_dict(config)
+        wanted = {k: v for k, v in config_dict(config).items() if k not in WHERE_FIELDS}
+        if experiment is not None:
+            wanted["experiment"] = experiment
         path = self.file("config.json")
         if os.path.exists(path):
-            with open(path) as f:
-                existing = json.load(f)
+            try:
+                with open(path) as f:
+                    existing = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CorruptRunError(f"{path}: not valid JSON ({e}); delete the run directory to restart") from None
+            existing = {k: v for k, v in existing.items() if k not in WHERE_FIELDS}
+            if existing.get("experiment") != wanted.get("experiment"):
+                raise ValueError(
+                    f"{self.path} holds a run of experiment {existing.get('experiment')!r}, not {experiment!r}; "
+                    "choose another --name"
+                )
             if existing != wanted:
                 diff = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
                 raise ValueError(
@@ -134,8 +171,10 @@ class RunDir:
                     "choose another --name or delete the directory"
                 )
             return
-        with open(path, "w") as f:
+        os.makedirs(self.path, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
             json.dump(wanted, f, indent=2, sort_keys=True)
+        os.replace(path + ".tmp", path)
 
     def _checkpoints(self):
         import orbax.checkpoint as ocp
@@ -195,8 +234,10 @@ class RunDir:
         restored = self._restore(None)
         return None if restored is None else restored["extra"]["meta"]
 
-    def load_checkpoint(self, template: Any) -> tuple[Any, list[dict], dict] | None:
+    def load_checkpoint(self, template: Any) -> tuple[Any, pd.DataFrame, dict] | None:
         """The last checkpoint as ``(state, rows, meta)`` shaped like ``template``, or ``None``.
+
+        ``rows`` is the metric table saved with it, dtypes as saved.
 
         Raises:
           ValueError: when the checkpoint does not match ``template`` (another config's state).
@@ -216,14 +257,11 @@ class RunDir:
             )
         state = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored["state"]))
         n_rows = extra["rows"]
-        rows = []
+        rows = pd.DataFrame()
         if n_rows:
-            table = _read_parquet(self.file("rows.parquet"), extra.get("rows_sha256"))
-            if len(table) != n_rows:
-                raise CorruptRunError(
-                    f"{self.file('rows.parquet')}: {len(table)} rows, the checkpoint expects {n_rows}"
-                )
-            rows = table.to_dict("records")
+            rows = _read_parquet(self.file("rows.parquet"), extra.get("rows_sha256"))
+            if len(rows) != n_rows:
+                raise CorruptRunError(f"{self.file('rows.parquet')}: {len(rows)} rows, the checkpoint expects {n_rows}")
         return state, rows, extra["meta"]
 
     def finish(self, metrics: pd.DataFrame) -> None:

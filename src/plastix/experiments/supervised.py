@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -27,7 +28,7 @@ import pandas as pd
 from jax import Array
 
 from plastix.experiments.datasets import ImageData, load_dataset
-from plastix.experiments.rundir import RunDir, check_finite
+from plastix.experiments.rundir import RunDir, check_finite, check_run_name
 from plastix.interventions import OptimizerConfig, TrainState, make_optimizer
 from plastix.metrics import DiagnosticsConfig, diagnose, overlap_coefficient, summarize
 from plastix.nn import ConvNet, small_cnn
@@ -263,7 +264,8 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
     Returns:
       one row per (phase, setting, seed, epoch) with every metric (see ``metrics.parquet``).
     """
-    rundir = RunDir(f"{config.runs_dir}/{config.name}")
+    check_run_name(config.name, "SupervisedConfig.name")
+    rundir = RunDir(os.path.join(config.runs_dir, config.name))
     rundir.prepare(config)
     if rundir.finished:
         return rundir.metrics()
@@ -275,7 +277,8 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
     meta = rundir.checkpoint_meta()
     if meta is not None:  # resume a killed run: phase 2 carries hold 3 × seeds runs
         template = fit_carries(exp, config, carry) if meta["phase"] == 1 else carry
-        carry, rows, meta = rundir.load_checkpoint(template)
+        carry, table, meta = rundir.load_checkpoint(template)
+        rows = table.to_dict("records")
         carry = jax.tree.map(jnp.asarray, carry)
         phase_index, done = meta["phase"], meta["epochs_done"]
     while phase_index < len(phases):
