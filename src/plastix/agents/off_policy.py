@@ -329,22 +329,18 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
     n = config.n_step
     E = config.num_envs
     capacity = config.buffer_size // E
-    buffer = flashbax.make_trajectory_buffer(
-        add_batch_size=E,
-        sample_batch_size=config.batch_size,
-        sample_sequence_length=n + 1,
-        period=1,
-        min_length_time_axis=n + 1,
-        max_length_time_axis=capacity,
-    )
-    scoring_buffer = flashbax.make_trajectory_buffer(
-        add_batch_size=E,
-        sample_batch_size=config.scoring_batch,
-        sample_sequence_length=n + 1,
-        period=1,
-        min_length_time_axis=n + 1,
-        max_length_time_axis=capacity,
-    )
+
+    def sequence_buffer(batch_size: int):  # one storage layout, two sample sizes (updates, scoring)
+        return flashbax.make_trajectory_buffer(
+            add_batch_size=E,
+            sample_batch_size=batch_size,
+            sample_sequence_length=n + 1,
+            period=1,
+            min_length_time_axis=n + 1,
+            max_length_time_axis=capacity,
+        )
+
+    buffer, scoring_buffer = sequence_buffer(config.batch_size), sequence_buffer(config.scoring_batch)
     eval_steps = config.eval_steps or spec.max_episode_steps
     vreset, vstep = jax.vmap(env.reset), jax.vmap(env.step)
     eval_reset, eval_step = jax.vmap(eval_env.reset), jax.vmap(eval_env.step)
