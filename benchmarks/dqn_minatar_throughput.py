@@ -42,7 +42,7 @@ def build(seeds: int, chunk_periods: int, diagnostics: bool, redo: bool):
         diagnostics=diagnostics,
     )
     plasticity = PlasticityConfig("redo", redo=ReDoConfig(0.1, 1_000)) if redo else PlasticityConfig()
-    agent, _, _ = make_dqn(env.spec, DQNConfig(plasticity=plasticity), loop.period)
+    agent, _, _ = make_dqn(env.spec, DQNConfig(), loop.period, plasticity=plasticity)
     train = make_train(loop, env, agent)
     carry = train.init(jax.random.split(jax.random.PRNGKey(0), seeds))
     return train, carry

@@ -439,3 +439,61 @@ def test_trainable_none_is_the_plain_optimizer_step():
     b = TrainState.create(params, tx, trainable=jax.tree.map(lambda p: True, params)).apply_gradients(grads)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_last_update_is_what_the_step_applied_and_zero_when_frozen():
+    params = init_params(jax.random.key(3))
+    trainable = jax.tree.map(lambda p: jnp.arange(p.size).reshape(p.shape) % 2 == 0, params)
+    for mask in (None, trainable):
+        state = TrainState.create(params, optax.adam(1e-2), trainable=mask, keep_last_update=True)
+        assert all(float(jnp.abs(u).sum()) == 0 for u in jax.tree.leaves(state.last_update))
+        new = state.apply_gradients(jax.grad(lambda p: loss_fn(apply(p, X)))(state.params))
+        for u, p1, p0 in zip(*(jax.tree.leaves(t) for t in (new.last_update, new.params, params))):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(p1 - p0), atol=1e-7)
+    assert TrainState.create(params, optax.adam(1e-2)).last_update is None  # off unless asked for
+
+
+def test_stagnation_from_last_update_reaches_diagnose():
+    state = TrainState.create(init_params(jax.random.key(3)), optax.sgd(0.1), keep_last_update=True)
+    state = state.apply_gradients(jax.grad(lambda p: loss_fn(apply(p, X)))(state.params))
+    from plastix.metrics import DiagnosticsConfig
+
+    by_update = diagnose(
+        TOPO, NET.apply, state.params, X, loss_fn, DiagnosticsConfig(stagnation_source="update"), state.last_update
+    )
+    # with plain SGD the last update is −lr × the gradient of that step: ratios 0.1× those from that gradient
+    grads = jax.grad(lambda p: loss_fn(apply(p, X)))(init_params(jax.random.key(3)))
+    config = DiagnosticsConfig(stagnation_source="update")
+    by_grad = diagnose(TOPO, NET.apply, state.params, X, loss_fn, config, grads)
+    for name in TOPO.names:
+        np.testing.assert_allclose(
+            by_update.layers[name].stagnation_ratio, 0.1 * by_grad.layers[name].stagnation_ratio, rtol=1e-4, atol=1e-9
+        )
+        np.testing.assert_allclose(
+            by_update.layers[name].stagnant_score, by_grad.layers[name].stagnant_score, rtol=1e-3
+        )
+
+
+@pytest.mark.parametrize(
+    "score, mask_field, threshold", [("dormant", "dormant", "tau"), ("grama", "grama_dormant", "grama_tau")]
+)
+def test_redo_without_tau_recycles_exactly_what_the_diagnostics_report(score, mask_field, threshold):
+    from plastix.metrics import DiagnosticsConfig
+
+    state = trained_state()
+    diags = diagnose(TOPO, NET.apply, state.params, X, loss_fn, DiagnosticsConfig(**{threshold: 0.5}))
+    for layer in TOPO.layers:
+        reported = getattr(diags.layers[layer.name], mask_field)
+        chosen = select_neurons(
+            jax.random.key(0),
+            ReDoConfig(score=score),
+            getattr(diags.layers[layer.name], f"{score}_score"),
+            state.step,
+            reported,
+        )
+        np.testing.assert_array_equal(chosen, reported)
+        explicit = select_neurons(
+            jax.random.key(0), ReDoConfig(tau=0.5, score=score), getattr(diags.layers[layer.name], f"{score}_score"), 0
+        )
+        np.testing.assert_array_equal(explicit, reported)
+    assert sum(int(getattr(diags.layers[n], mask_field).sum()) for n in TOPO.names) > 0, "the test needs some"

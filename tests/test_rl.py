@@ -135,7 +135,7 @@ def _cartpole_train(rr, steps, plasticity=PlasticityConfig(), period=50, eval_ev
         eval_steps=50,
     )
     agent, _, _ = make_dqn(
-        env.spec, dataclasses.replace(CARTPOLE_DQN, mlp_hidden=(32,), plasticity=plasticity), loop.period
+        env.spec, dataclasses.replace(CARTPOLE_DQN, mlp_hidden=(32,)), loop.period, plasticity=plasticity
     )
     return make_train(loop, env, agent)
 
@@ -216,7 +216,7 @@ def test_dqn_rejects_continuous_env_and_bad_intervention_period():
         make_dqn(make_env("Pendulum-v1").spec, DQNConfig())
     bad = PlasticityConfig("redo", redo=ReDoConfig(period=150))
     with pytest.raises(ValueError, match="multiple of the loop's period"):
-        make_dqn(make_env("CartPole-v1").spec, dataclasses.replace(CARTPOLE_DQN, plasticity=bad), period=100)
+        make_dqn(make_env("CartPole-v1").spec, CARTPOLE_DQN, period=100, plasticity=bad)
 
 
 def test_make_env_error_lists_available():
@@ -381,9 +381,8 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path):
     cell = RLConfig(
         env="CartPole-v1",
         loop=loop,
-        dqn=dataclasses.replace(
-            CARTPOLE_DQN, mlp_hidden=(32,), plasticity=PlasticityConfig("redo", redo=ReDoConfig(period=50))
-        ),
+        dqn=dataclasses.replace(CARTPOLE_DQN, mlp_hidden=(32,)),
+        plasticity=PlasticityConfig("redo", redo=ReDoConfig(period=50)),
         seeds=2,
     )
     straight = run_cell(cell, str(tmp_path / "straight"))
@@ -427,8 +426,8 @@ def test_sac_loop_runs_on_brax_with_redo():
         eval_steps=50,
         scoring_batch=64,
     )
-    config = SACConfig(hidden=(32, 32), plasticity=PlasticityConfig("redo", redo=ReDoConfig(tau=0.0, period=100)))
-    agent, _, _ = make_sac(env.spec, config, loop.period)
+    redo = PlasticityConfig("redo", redo=ReDoConfig(tau=0.0, period=100))
+    agent, _, _ = make_sac(env.spec, SACConfig(hidden=(32, 32)), loop.period, plasticity=redo)
     train = make_train(loop, env, agent)
     carry = train.init(jax.random.split(jax.random.PRNGKey(0), 2))
     carry, metrics, evals = train.run_chunk(carry)

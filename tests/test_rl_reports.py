@@ -22,8 +22,8 @@ def test_replay_ratio_cells_cover_the_grid_and_scale_target_updates():
     }
     for labels, cell in cells:
         assert cell.loop.replay_ratio == labels["rr"]
-        assert cell.dqn.plasticity.method == labels["method"]
-        assert (cell.dqn.plasticity.weight_decay > 0) == (labels["method"] == "weight_decay")
+        assert cell.plasticity.method == labels["method"]
+        assert (cell.plasticity.weight_decay > 0) == (labels["method"] == "weight_decay")
     paper = dormant.replay_ratio_cells(dataclasses.replace(config, scale="paper"))
     assert all(c.loop.env_steps == 1_000_000 and c.dqn.target_update_period == 2_000 for _, c in paper)
     subset = dormant.replay_ratio_cells(dormant.DormantExperimentConfig(replay_ratios=(1.0,), methods=("none", "redo")))

@@ -53,7 +53,7 @@ def test_killed_run_resumes_to_identical_metrics(finished):
 
     with pytest.raises(Kill):
         supervised.run(killed, kill_after_first_chunk)
-    assert RunDir(os.path.join(config.runs_dir, "killed")).checkpoint_meta() == {"phase": 1, "epochs_done": 1}
+    assert RunDir(os.path.join(config.runs_dir, "killed")).checkpoint_meta() == {"stage": 1, "chunks_done": 1}
     resumed = supervised.run(killed)
     pd.testing.assert_frame_equal(resumed.reset_index(drop=True), df.reset_index(drop=True))  # same seed: identical
 
@@ -102,12 +102,30 @@ def test_cli_writes_run_and_rerun_is_a_noop(finished, capsys):
 
 def test_cli_errors_name_the_problem(capsys):
     assert cli.main(["run", "atari"]) == 2
-    assert "allowed experiments" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:  # tyro reports config errors and exits 2
-        cli.main(["run", "supervised", "--data", "cifar10"])
-    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "atari" in err and "dqn-replay-ratio" in err  # the bad name and the allowed experiments
+    assert cli.main(["run", "supervised", "--data", "cifar10"]) == 2  # tyro reports config errors
     assert "data_dir" in capsys.readouterr().err
     assert cli.main(["list"]) == 0
+    assert "rl" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["rl", "--agent", "dqn", "--sac.hidden", "256", "256"], "--sac.hidden is not read by agent='dqn'"),
+        (["rl", "--agent", "sac", "--dqn.huber-delta", "2"], "RLConfig.dqn is set but agent='sac'"),
+        (["rl", "--plasticity.method", "redo", "--plasticity.reset.last-k", "2"], "PlasticityConfig.reset is set"),
+        (["rl", "--plasticity.trigger", "task_switch"], "PlasticityConfig.trigger is set but method='none'"),
+        (["sac-dormant", "--methods", "none"], "--methods is not read by experiment sac-dormant"),
+        (["dqn-dormant-growth", "--replay-ratios", "1"], "not read by experiment dqn-dormant-growth"),
+        (["rl", "--diagnostics.stagnation-source", "weights"], "stagnation_source"),
+    ],
+)
+def test_cli_rejects_flags_the_run_would_ignore(args, message, tmp_path, capsys):
+    assert cli.main(["run", *args, "--runs-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "a rejected command writes nothing"
 
 
 @pytest.mark.parametrize(

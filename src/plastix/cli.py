@@ -1,11 +1,21 @@
-"""``plastix run | report | list``: the command-line front end.
+"""``plastix run | report | list``: the command-line front end (tyro subcommands).
 
-``plastix run supervised --help`` documents every field of the experiment's config.
+``plastix run <experiment> --help`` documents every field of the experiment's config;
+``plastix run rl`` reaches the whole learner config, e.g.::
+
+    plastix run rl --agent dqn --env CartPole-v1 --plasticity.method redo --plasticity.redo.period 1000
+    plastix run rl --agent sac --env Pendulum-v1 --diagnostics.stagnation-source update
+
+A flag the chosen experiment, agent or method would not read (``--sac.hidden`` with
+``--agent dqn``, ``--plasticity.reset.last-k`` with ``--plasticity.method redo``, ``--methods``
+outside ``dqn-replay-ratio``) is an error, never silently ignored. The CLI only parses, shows
+progress and prints the summary: a run started from Python (``supervised.run``,
+``dormant.run``) writes the same files.
 """
 
-from __future__ import annotations
-
+import os
 import sys
+from typing import Annotated, Any, NamedTuple, Union
 
 EXPERIMENTS = {
     "supervised": "Sokar et al. 2023 §3.1: dormant neurons under fixed vs shuffled labels, then fitting new targets",
@@ -14,15 +24,106 @@ EXPERIMENTS = {
     "redo-ablations": "ReDo selection (dormant/random/inverse/scheduled), τ and width ablations",
     "dormant-pruning": "prune the dormant neurons of a trained DQN: evaluation return unchanged",
     "sac-dormant": "SAC with and without ReDo (τ = 0): dormant % of actor vs critic",
+    "rl": "one learner (DQN, DrQ(ε), SAC) with every setting of its config: loop, plasticity method, diagnostics",
 }
 
-USAGE = """usage: plastix <command> [args]
 
-commands:
-  run <experiment> [flags]   run (or resume) an experiment; `plastix run <experiment> --help` lists flags
-  report <run_dir>           rewrite figures and report.md of a finished run from its metrics.parquet
-  list                       list the experiments
-"""
+class Command(NamedTuple):
+    """What the command line asked for: ``run`` of an experiment with its config, ``report``, ``list``."""
+
+    command: str
+    experiment: str = ""
+    config: Any = None
+
+
+def _parser():
+    """The tyro type of the whole command line (subcommands ``run <experiment>``, ``report``, ``list``)."""
+    import tyro
+
+    from plastix.experiments import dormant, supervised
+    from plastix.experiments.rl import RLConfig
+
+    def run_supervised(config: Annotated[supervised.SupervisedConfig, tyro.conf.arg(name="")]) -> Command:
+        return Command("run", "supervised", config)
+
+    def dormant_command(experiment: str):
+        def run_dormant(config: Annotated[dormant.DormantExperimentConfig, tyro.conf.arg(name="")]) -> Command:
+            return Command("run", experiment, config)
+
+        return run_dormant
+
+    def run_rl(
+        cell: Annotated[RLConfig, tyro.conf.arg(name="")],
+        name: str = "rl",
+        runs_dir: str = "runs",
+    ) -> Command:
+        """Args:
+        cell: the learner.
+        name: run name; written to ``<runs_dir>/<name>``.
+        runs_dir: parent directory of run directories.
+        """
+        return Command("run", "rl", dormant.SingleRunConfig(name, runs_dir, cell))
+
+    def report(run_dir: tyro.conf.Positional[str]) -> Command:
+        """Rewrite the figures and report.md of a finished run from its metrics.parquet."""
+        return Command("report", config=run_dir)
+
+    def list_experiments() -> Command:
+        """List the experiments."""
+        return Command("list")
+
+    constructors = {"supervised": run_supervised, "rl": run_rl}
+    constructors.update({name: dormant_command(name) for name in dormant.EXPERIMENTS if name != "rl"})
+    run_choices = [
+        Annotated[
+            Command,
+            tyro.conf.subcommand(
+                name,
+                constructor=constructors[name],
+                description=text,
+            ),
+        ]
+        for name, text in EXPERIMENTS.items()
+    ]
+    one_of = Union.__getitem__  # a union of a computed number of subcommands
+    runs = one_of(tuple(run_choices))
+    return one_of(
+        (
+            Annotated[runs, tyro.conf.subcommand("run", description="run (or resume) an experiment")],
+            Annotated[Command, tyro.conf.subcommand("report", constructor=report)],
+            Annotated[Command, tyro.conf.subcommand("list", constructor=list_experiments)],
+        )
+    )
+
+
+def _given_flags(argv: list[str]) -> list[str]:
+    """Dotted field names of the ``--flags`` in ``argv`` (``--plasticity.redo.period`` → ``plasticity.redo.period``)."""
+    return [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--") and len(a) > 2]
+
+
+def check_unused_flags(experiment: str, config: Any, argv: list[str]) -> None:
+    """Refuse flags the experiment would not read, even when given their default value.
+
+    Raises:
+      ValueError: naming the flag and why it is not read.
+    """
+    from plastix.experiments import dormant
+
+    if experiment == "rl":
+        unused = {
+            f"{name}": f"agent={config.cell.agent!r} / method={config.cell.plasticity.method!r}"
+            for name in config.cell.unused_settings()
+        }
+    elif experiment in dormant.ONLY_FOR or isinstance(config, dormant.DormantExperimentConfig):
+        unused = {
+            name: f"experiment {experiment}" for name, users in dormant.ONLY_FOR.items() if experiment not in users
+        }
+    else:
+        unused = {}
+    for flag in _given_flags(argv):
+        for name, why in unused.items():
+            if flag == name or flag.startswith(name + "."):
+                raise ValueError(f"--{flag.replace('_', '-')} is not read by {why}: leave it out")
 
 
 def _console():
@@ -31,226 +132,194 @@ def _console():
     return Console()
 
 
-def _print_summary(rows: list[dict], console) -> None:
-    from rich.table import Table
-
-    table = Table(title="final epoch: mean and 95% CI over seeds")
-    for col in ("network", "dormant %", "overlap", "train acc. %", "test acc. %"):
-        table.add_column(col, no_wrap=True, justify="right" if "%" in col or col == "overlap" else "left")
-    names = {"train": "trained, {}", "fit": "new targets\n← {}"}
-    for r in rows:
-        fmt = lambda s, k=100, d=1: f"{s[0] * k:.{d}f}\n[dim]{s[1] * k:.{d}f}–{s[2] * k:.{d}f}[/dim]"  # noqa: E731
-        table.add_row(
-            names[r["phase"]].format(r["setting"]),
-            fmt(r["dormant_fraction"]),
-            fmt(r["overlap"], 1, 2) if "overlap" in r else "–",
-            fmt(r["train_accuracy"]),
-            fmt(r["test_accuracy"]) if "test_accuracy" in r else "–",
-        )
-    console.print(table)
-
-
-def run_supervised(args: list[str]) -> int:
-    import tyro
+def _progress_bar(console, unit: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from plastix.experiments import supervised
-
-    config = tyro.cli(
-        supervised.SupervisedConfig,
-        args=args,
-        prog="plastix run supervised",
-        description=supervised.__doc__.split("\n\n")[0],
-    )
-    console = _console()
-    path = f"{config.runs_dir}/{config.name}"
-    console.print(f"[bold]plastix[/bold] supervised → {path}")
-    with Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("epochs"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         console=console,
-        transient=False,
-    ) as bar:
-        tasks = {
-            "train": bar.add_task("phase 1: fixed vs shuffled labels", total=config.epochs),
-            "fit": bar.add_task("phase 2: fit new random labels   ", total=config.fit_epochs),
-        }
-
-        def progress(phase, done, total):
-            bar.update(tasks[phase], completed=done)
-
-        df = supervised.run(config, progress)
-        for task in tasks.values():
-            bar.update(task, completed=bar.tasks[task].total)
-    from plastix.experiments.rundir import RunDir
-
-    rundir = RunDir(path)
-    if not rundir.finished:
-        files = supervised.write_report(config, df, path)
-        rundir.finish(df)
-        console.print("wrote " + ", ".join([f"{path}/metrics.parquet"] + files))
-    else:
-        console.print(f"{path} is finished; showing its results (delete the directory to run again)")
-    _print_summary(supervised.summary(df), console)
-    return 0
+    )
 
 
-def _print_rl_summary(experiment: str, df, console) -> None:
+def print_summary(title: str, columns: list[tuple[str, str, float]], rows: list[dict], console) -> None:
+    """One table: ``columns`` are ``(header, key, scale)``; estimates print as value and CI, others as text."""
     from rich.table import Table
 
+    from plastix.report import Estimate
+
+    table = Table(title=title)
+    for header, _, _ in columns:
+        table.add_column(header, justify="left" if header in ("setting", "network") else "right")
+    for r in rows:
+        cells = []
+        for _, key, k in columns:
+            value = r.get(key)
+            if isinstance(value, Estimate | tuple):
+                cells.append(f"{value[0] * k:.1f}\n[dim]{value[1] * k:.1f}–{value[2] * k:.1f}[/dim]")
+            else:
+                cells.append("–" if value is None else str(value))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _supervised_summary(df, console) -> None:
+    from plastix.experiments import supervised
+
+    rows = supervised.summary(df)
+    names = {"train": "trained, {}", "fit": "new targets ← {}"}
+    for r in rows:
+        r["network"] = names[r["phase"]].format(r["setting"])
+    columns = [
+        ("network", "network", 1),
+        ("dormant %", "dormant_fraction", 100),
+        ("overlap", "overlap", 1),
+        ("train acc. %", "train_accuracy", 100),
+        ("test acc. %", "test_accuracy", 100),
+    ]
+    print_summary("final epoch: mean and 95% CI over seeds", columns, rows, console)
+
+
+def _rl_summary(experiment: str, df, console) -> None:
     from plastix.experiments import dormant
 
     rows = dormant.summary(experiment, df)
-    table = Table(title="final: IQM return and mean dormant %, 95% CIs over seeds")
     extra = [k for k in rows[0] if k.endswith("dormant") or k.startswith("return") or k.startswith("pruned")]
-    for col in ["setting", "IQM return"] + extra:
-        table.add_column(col, justify="left" if col == "setting" else "right")
-    fmt = lambda s, k=1: f"{s[0] * k:.1f} [dim]{s[1] * k:.1f}–{s[2] * k:.1f}[/dim]"  # noqa: E731
-    for r in rows:
-        table.add_row(r["setting"], fmt(r["iqm_return"]), *[fmt(r[k], 100 if "dormant" in k else 1) for k in extra])
-    console.print(table)
+    columns = [("setting", "setting", 1), ("IQM return", "iqm_return", 1)]
+    columns += [(k, k, 100 if "dormant" in k else 1) for k in extra]
+    print_summary("final: IQM return and mean dormant %, 95% CIs over seeds", columns, rows, console)
 
 
-def run_rl(experiment: str, args: list[str]) -> int:
-    import os
-
-    import tyro
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from plastix.experiments import dormant
+def run(experiment: str, config: Any) -> int:
+    """Run (or resume) ``experiment`` with a progress bar, then print its summary."""
+    from plastix.experiments import dormant, supervised
     from plastix.experiments.rundir import RunDir
 
-    config = tyro.cli(
-        dormant.DormantExperimentConfig,
-        args=args,
-        prog=f"plastix run {experiment}",
-        description=f"{EXPERIMENTS[experiment]}. " + dormant.__doc__.split("\n\n")[2],
-    )
-    path = os.path.join(config.runs_dir, config.name or experiment)
     console = _console()
-    console.print(f"[bold]plastix[/bold] {experiment} ({config.scale}) → {path}")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("chunks"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(cid, index, n_cells, done, total):
-            if cid not in tasks:
-                tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid:28s}", total=total)
-            bar.update(tasks[cid], completed=done)
-
-        df = dormant.run(experiment, config, progress)
-    rundir = RunDir(path)
-    if not rundir.finished:
-        with open(rundir.file("EXPERIMENT"), "w") as f:
-            f.write(experiment + "\n")
-        files = dormant.write_report(experiment, config, df, path)
-        rundir.finish(df)
-        console.print("wrote " + ", ".join([f"{path}/metrics.parquet"] + files))
+    name = getattr(config, "name", "") or experiment
+    path = os.path.join(config.runs_dir, name)
+    was_finished = RunDir(path).finished
+    scale = f" ({config.scale})" if hasattr(config, "scale") else ""
+    console.print(f"[bold]plastix[/bold] {experiment}{scale} → {path}")
+    if experiment == "supervised":
+        with _progress_bar(console, "epochs") as bar:
+            tasks = {
+                "train": bar.add_task("phase 1: fixed vs shuffled labels", total=config.epochs),
+                "fit": bar.add_task("phase 2: fit new random labels   ", total=config.fit_epochs),
+            }
+            df = supervised.run(config, lambda phase, done, total: bar.update(tasks[phase], completed=done))
     else:
+        with _progress_bar(console, "chunks") as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(cid, index, n_cells, done, total):
+                if cid not in tasks:
+                    tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid:28s}", total=total)
+                bar.update(tasks[cid], completed=done)
+
+            df = dormant.run(experiment, config, progress)
+    if was_finished:
         console.print(f"{path} is finished; showing its results (delete the directory to run again)")
-    _print_rl_summary(experiment, df, console)
+    else:
+        console.print(f"wrote {path}/metrics.parquet, report.md and figures")
+    if experiment == "supervised":
+        _supervised_summary(df, console)
+    else:
+        _rl_summary(experiment, df, console)
     return 0
 
 
-def report(args: list[str]) -> int:
+def report(run_dir: str) -> int:
+    """Rewrite the figures and ``report.md`` of the finished run in ``run_dir``."""
     import json
 
-    from plastix.experiments import supervised
-    from plastix.experiments.rundir import RunDir
+    from plastix.experiments import dormant, supervised
+    from plastix.experiments.rundir import RunDir, config_from_dict
 
-    if len(args) != 1:
-        print("usage: plastix report <run_dir>", file=sys.stderr)
-        return 2
-    rundir = RunDir(args[0].rstrip("/"))
-    import os
-
+    rundir = RunDir(run_dir.rstrip("/"))
     if not os.path.isdir(rundir.path):
-        print(f"plastix report: {args[0]} is not a directory", file=sys.stderr)
+        print(f"plastix report: {run_dir} is not a directory", file=sys.stderr)
         return 2
     if not rundir.finished:
         print(
-            f"plastix report: {args[0]} is not a finished run (no DONE marker); run the same `plastix run` "
+            f"plastix report: {run_dir} is not a finished run (no DONE marker); run the same `plastix run` "
             "command again to resume it, then report",
             file=sys.stderr,
         )
         return 2
-
-    if os.path.exists(rundir.file("EXPERIMENT")):
-        from plastix.experiments import dormant
-
-        with open(rundir.file("EXPERIMENT")) as f:
-            experiment = f.read().strip()
-        with open(rundir.file("config.json")) as f:
-            fields = json.load(f)
-        fields.pop("experiment", None)
-        config = dormant.DormantExperimentConfig(**fields)
-        df = rundir.metrics()
-        files = dormant.write_report(experiment, config, df, rundir.path)
-        console = _console()
-        console.print("wrote " + ", ".join(files))
-        _print_rl_summary(experiment, df, console)
-        return 0
     try:
         with open(rundir.file("config.json")) as f:
-            config = supervised.SupervisedConfig(**json.load(f))
-        df = rundir.metrics()
+            fields = json.load(f)
     except FileNotFoundError as e:
-        print(f"plastix report: {args[0]} is not a finished run ({e.filename} missing)", file=sys.stderr)
+        print(f"plastix report: {run_dir} is not a finished run ({e.filename} missing)", file=sys.stderr)
         return 2
-    files = supervised.write_report(config, df, rundir.path)
+    experiment = fields.pop("experiment", None) or _legacy_experiment(rundir)
+    df = rundir.metrics()
     console = _console()
+    if experiment == "supervised":
+        config = config_from_dict(supervised.SupervisedConfig, fields)
+        files = supervised.write_report(config, df, rundir.path)
+        console.print("wrote " + ", ".join(files))
+        _supervised_summary(df, console)
+        return 0
+    if experiment not in dormant.EXPERIMENTS:
+        print(f"plastix report: {run_dir} holds a run of unknown experiment {experiment!r}", file=sys.stderr)
+        return 2
+    kind = dormant.SingleRunConfig if experiment == "rl" else dormant.DormantExperimentConfig
+    config = config_from_dict(kind, fields)
+    files = dormant.write_report(experiment, config, df, rundir.path)
     console.print("wrote " + ", ".join(files))
-    _print_summary(supervised.summary(df), console)
+    _rl_summary(experiment, df, console)
     return 0
 
 
+def _legacy_experiment(rundir) -> str:
+    """Runs written before config.json named their experiment: an ``EXPERIMENT`` file, or supervised."""
+    if os.path.exists(rundir.file("EXPERIMENT")):
+        with open(rundir.file("EXPERIMENT")) as f:
+            return f.read().strip()
+    return "supervised"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit status (0 ok, 1 run failed, 2 bad input)."""
+    import tyro
+
     from plastix.experiments.rundir import CorruptRunError, NonFiniteError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "list":
-        for name, text in EXPERIMENTS.items():
-            print(f"{name:20s} {text}")
-        return 0
-    if command == "report":
-        try:
-            return report(rest)
-        except (CorruptRunError, ValueError, KeyError) as e:
-            print(f"plastix report: {e}", file=sys.stderr)
-            return 2
-    if command == "run":
-        if not rest or rest[0] not in EXPERIMENTS:
-            got = rest[0] if rest else "nothing"
-            print(f"plastix run: got {got!r}, allowed experiments are {tuple(EXPERIMENTS)}", file=sys.stderr)
-            return 2
-        try:
-            if rest[0] == "supervised":
-                return run_supervised(rest[1:])
-            return run_rl(rest[0], rest[1:])
-        except (ValueError, FileNotFoundError) as e:
-            print(f"plastix: error: {e}", file=sys.stderr)
-            return 2
-        except (NonFiniteError, CorruptRunError) as e:
-            print(f"plastix: {e}", file=sys.stderr)
-            return 1
-        except OSError as e:  # read-only directory, full disk, ...: one line naming the file
-            print(f"plastix: error: {e.strerror or e} ({e.filename or 'runs directory'})", file=sys.stderr)
-            return 1
-    print(f"plastix: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    try:
+        command = tyro.cli(_parser(), args=argv, prog="plastix", description=__doc__.split("\n\n")[0])
+    except SystemExit as e:  # tyro printed the usage or the error
+        return e.code if isinstance(e.code, int) else 2
+    except ValueError as e:  # a config check tyro does not catch itself (the outermost config)
+        print(f"plastix: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if command.command == "list":
+            for name, text in EXPERIMENTS.items():
+                print(f"{name:20s} {text}")
+            return 0
+        if command.command == "report":
+            try:
+                return report(command.config)
+            except CorruptRunError as e:
+                print(f"plastix report: {e}", file=sys.stderr)
+                return 2
+        check_unused_flags(command.experiment, command.config, argv)
+        return run(command.experiment, command.config)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"plastix: error: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteError, CorruptRunError) as e:
+        print(f"plastix: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # read-only directory, full disk, ...: one line naming the file
+        print(f"plastix: error: {e.strerror or e} ({e.filename or 'runs directory'})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

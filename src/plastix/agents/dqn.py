@@ -56,8 +56,10 @@ class DQNConfig:
       huber_delta: δ of the Huber loss.
       double_q: double-DQN targets (off in both papers' DQN).
       augment_shift: random-shift augmentation padding in pixels (DrQ); 0 = off.
-      tau: τ of the dormant-neuron diagnostics.
-      plasticity: intervention and weight decay.
+
+    The plasticity treatment and the diagnostics' thresholds are not DQN settings: every agent
+    takes them from :func:`make_dqn`'s ``plasticity`` and ``diagnostics`` (``RLConfig`` holds them
+    once for every agent).
     """
 
     network: Literal["auto", "mlp", "minatar", "nature", "impala"] = "auto"
@@ -72,8 +74,6 @@ class DQNConfig:
     huber_delta: float = 1.0
     double_q: bool = False
     augment_shift: int = 0
-    tau: float = 0.1
-    plasticity: PlasticityConfig = PlasticityConfig()
 
     def __post_init__(self):
         if self.network not in NETWORKS:
@@ -152,29 +152,33 @@ def td_targets(q_next_target: Array, q_next_online: Array | None, reward: Array,
     return reward + discount * best
 
 
-def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, nn.Module, Topology]:
+def make_dqn(
+    spec: EnvSpec,
+    config: DQNConfig,
+    period: int = 1,
+    *,
+    plasticity: PlasticityConfig = PlasticityConfig(),
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig(),
+) -> tuple[Agent, nn.Module, Topology]:
     """DQN / DrQ(ε) as an :class:`~plastix.agents.off_policy.Agent`.
 
     Args:
       spec: a discrete-action environment.
       config: agent settings.
       period: the loop's ``F``; the intervention's period must be a multiple of it.
+      plasticity: the intervention (registry method, trigger) and weight decay.
+      diagnostics: thresholds of the neuron diagnostics (τ, GraMa τ, κ, stagnation source).
 
     Returns:
       ``(agent, network, topology)``.
     """
     if not spec.discrete:
         raise ValueError(f"DQN needs discrete actions; {spec.name} has continuous actions (use SAC)")
-    interval = config.plasticity.period
-    if interval is not None and interval % period:
-        raise ValueError(
-            f"PlasticityConfig.{config.plasticity.method}.period ({interval}) must be a multiple of the loop's "
-            f"period F={period} (interventions run only at period ends)"
-        )
+    plasticity.check_loop_period(period)
     net = q_network(spec, config)
     topology = net.topology()
-    tx = make_optimizer(config.plasticity.optimizer(config.optimizer))
-    diag_config = DiagnosticsConfig(tau=config.tau)
+    tx = make_optimizer(plasticity.optimizer(config.optimizer))
+    keep_update = diagnostics.stagnation_source == "update"
 
     def preprocess(obs):
         return obs.astype(jnp.float32) * spec.obs_scale
@@ -188,11 +192,11 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
     def init_params(key):
         return net.init(key, jnp.zeros((1, *spec.obs_shape), jnp.float32))["params"]
 
-    intervention = make_intervention(config.plasticity, topology, init_params)
+    intervention = make_intervention(plasticity, topology, init_params)
 
     def init(key, obs):
         params = init_params(key)
-        return DQNState(TrainState.create(params, tx, intervention.init(params)), params)
+        return DQNState(TrainState.create(params, tx, intervention.init(params), keep_last_update=keep_update), params)
 
     def act(key, state: DQNState, obs, step, greedy: bool):
         q = apply(state.online.params, obs)
@@ -234,11 +238,16 @@ def make_dqn(spec: EnvSpec, config: DQNConfig, period: int = 1) -> tuple[Agent, 
     def diagnose_fn(state: DQNState, batch: Transition):
         target = targets(state, batch)
         loss_fn = lambda q: loss_on(q, batch.action, target)[0]
-        return {"q": diagnose(topology, apply_variables, state.online.params, batch.obs, loss_fn, diag_config)}
+        online = state.online
+        return {
+            "q": diagnose(
+                topology, apply_variables, online.params, batch.obs, loss_fn, diagnostics, updates=online.last_update
+            )
+        }
 
     def intervene(key, state: DQNState, diags, context):
         scores = None if diags is None else diags["q"]
         return state._replace(online=intervention.apply(key, state.online, scores, context))
 
-    agent = Agent(init, act, update, diagnose_fn, intervene, config.plasticity.needs_scores)
+    agent = Agent(init, act, update, diagnose_fn, intervene, plasticity.needs_scores)
     return agent, net, topology

@@ -43,8 +43,9 @@ class SACConfig:
       optimizer: optimizer of all three learners (Adam, lr 3e-4).
       polyak: target smoothing coefficient (τ in the paper's table).
       init_temperature: initial α.
-      tau: τ of the dormant-neuron diagnostics (paper: 0 for SAC).
-      plasticity: intervention and weight decay, for actor and critic alike.
+
+    The plasticity treatment (for actor and critic alike) and the diagnostics' thresholds (the
+    paper reports SAC at τ = 0) are given to :func:`make_sac`, as for every agent.
     """
 
     hidden: tuple[int, ...] = (256, 256)
@@ -52,8 +53,6 @@ class SACConfig:
     optimizer: OptimizerConfig = OptimizerConfig("adam", 3e-4)
     polyak: float = 0.005
     init_temperature: float = 1.0
-    tau: float = 0.0
-    plasticity: PlasticityConfig = PlasticityConfig()
 
     def __post_init__(self):
         if not 0 < self.polyak <= 1:
@@ -126,29 +125,37 @@ class SACState(NamedTuple):
 
 
 def make_sac(
-    spec: EnvSpec, config: SACConfig, period: int = 1
+    spec: EnvSpec,
+    config: SACConfig,
+    period: int = 1,
+    *,
+    plasticity: PlasticityConfig = PlasticityConfig(),
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig(),
 ) -> tuple[Agent, dict[str, nn.Module], dict[str, Topology]]:
     """SAC as an :class:`~plastix.agents.off_policy.Agent` for a continuous-action ``spec``.
+
+    Args:
+      spec: a continuous-action environment.
+      config: agent settings.
+      period: the loop's ``F``; the intervention's period must be a multiple of it.
+      plasticity: the intervention of actor and critic (registry method, trigger), weight decay.
+      diagnostics: thresholds of the neuron diagnostics (τ, GraMa τ, κ, stagnation source).
 
     Returns:
       ``(agent, {"actor": module, "critic": module}, {"actor": topology, "critic": topology})``.
     """
     if spec.discrete:
         raise ValueError(f"SAC needs continuous actions; {spec.name} has {spec.num_actions} discrete actions")
-    interval = config.plasticity.period
-    if interval is not None and interval % period:
-        raise ValueError(
-            f"PlasticityConfig.{config.plasticity.method}.period ({interval}) must be a multiple of F={period}"
-        )
+    plasticity.check_loop_period(period)
     A = spec.action_dim
     low, high = spec.action_low, spec.action_high
     actor = MLP(tuple(config.hidden), 2 * A, config.width_multiplier)
     critic = TwinCritic(tuple(config.hidden), config.width_multiplier)
     topologies = {"actor": actor.topology(), "critic": critic.topology()}
-    tx = make_optimizer(config.plasticity.optimizer(config.optimizer))
+    tx = make_optimizer(plasticity.optimizer(config.optimizer))
     alpha_tx = make_optimizer(config.optimizer)
     target_entropy = -float(A)
-    diag_config = DiagnosticsConfig(tau=config.tau)
+    keep_update = diagnostics.stagnation_source == "update"
     obs_dim = math.prod(spec.obs_shape)
 
     def flat(obs):
@@ -167,8 +174,8 @@ def make_sac(
         return critic.init(key, jnp.zeros((1, obs_dim + A)))["params"]
 
     interventions = {
-        "actor": make_intervention(config.plasticity, topologies["actor"], init_actor),
-        "critic": make_intervention(config.plasticity, topologies["critic"], init_critic),
+        "actor": make_intervention(plasticity, topologies["actor"], init_actor),
+        "critic": make_intervention(plasticity, topologies["critic"], init_critic),
     }
 
     def init(key, obs):
@@ -176,8 +183,8 @@ def make_sac(
         pa, pc = init_actor(k_actor), init_critic(k_critic)
         log_alpha = jnp.log(jnp.asarray(config.init_temperature, jnp.float32))
         return SACState(
-            TrainState.create(pa, tx, interventions["actor"].init(pa)),
-            TrainState.create(pc, tx, interventions["critic"].init(pc)),
+            TrainState.create(pa, tx, interventions["actor"].init(pa), keep_last_update=keep_update),
+            TrainState.create(pc, tx, interventions["critic"].init(pc), keep_last_update=keep_update),
             TrainState.create(log_alpha, alpha_tx),
             pc,
         )
@@ -235,10 +242,17 @@ def make_sac(
                 state.actor.params,
                 s,
                 lambda out: actor_loss_fn(out, s, state.critic.params, alpha, key)[0],
-                diag_config,
+                diagnostics,
+                updates=state.actor.last_update,
             ),
             "critic": diagnose(
-                topologies["critic"], critic.apply, state.critic.params, sa, lambda q: critic_loss_fn(q, y), diag_config
+                topologies["critic"],
+                critic.apply,
+                state.critic.params,
+                sa,
+                lambda q: critic_loss_fn(q, y),
+                diagnostics,
+                updates=state.critic.last_update,
             ),
         }
 
@@ -250,5 +264,5 @@ def make_sac(
             critic=interventions["critic"].apply(k_critic, state.critic, pick("critic"), context),
         )
 
-    agent = Agent(init, act, update, diagnose_fn, intervene, config.plasticity.needs_scores)
+    agent = Agent(init, act, update, diagnose_fn, intervene, plasticity.needs_scores)
     return agent, {"actor": actor, "critic": critic}, topologies

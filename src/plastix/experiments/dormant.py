@@ -31,7 +31,9 @@ import pandas as pd
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
 from plastix.experiments.rl import RLConfig, build_train, run_cell
 from plastix.experiments.rundir import RunDir, check_run_name
+from plastix.experiments.runner import complete
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
+from plastix.metrics import DiagnosticsConfig
 
 Scale = Literal["small", "paper"]
 METHODS = ("none", "redo", "reset", "weight_decay")
@@ -87,6 +89,58 @@ class DormantExperimentConfig:
         check_run_name(self.name, "DormantExperimentConfig.name", allow_empty=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class SingleRunConfig:
+    """``plastix run rl``: one learner on one environment with every setting of its config.
+
+    Attributes:
+      name: run name; written to ``<runs_dir>/<name>`` (one cell, ``<name>/agent-…_method-…``).
+      runs_dir: parent directory of run directories.
+      cell: the learner, loop, plasticity method and diagnostics (:class:`RLConfig`).
+    """
+
+    name: str = "rl"
+    runs_dir: str = "runs"
+    cell: RLConfig = RLConfig()
+
+    def __post_init__(self):
+        check_run_name(self.name, "SingleRunConfig.name")
+
+    @property
+    def tau(self) -> float:
+        return self.cell.diagnostics.tau
+
+    @property
+    def scale(self) -> str:
+        return "custom"
+
+
+def single_cells(config: SingleRunConfig) -> list[tuple[dict, RLConfig]]:
+    """``rl``: the one cell of a :class:`SingleRunConfig`."""
+    return [({"agent": config.cell.agent, "method": config.cell.plasticity.method}, config.cell)]
+
+
+ONLY_FOR = {"replay_ratios": ("dqn-replay-ratio",), "methods": ("dqn-replay-ratio",)}
+"""Fields read by some experiments only: setting them for another experiment is an error."""
+
+
+def check_flags_used(experiment: str, config: DormantExperimentConfig) -> None:
+    """Refuse settings ``experiment`` would ignore (e.g. ``methods`` for ``sac-dormant``).
+
+    Raises:
+      ValueError: naming the field and the experiments that read it.
+    """
+    if experiment not in EXPERIMENTS or experiment == "rl":
+        raise ValueError(f"experiment: got {experiment!r}, allowed values are {tuple(EXPERIMENTS)}")
+    default = DormantExperimentConfig()
+    for field, users in ONLY_FOR.items():
+        if experiment not in users and getattr(config, field) != getattr(default, field):
+            raise ValueError(
+                f"DormantExperimentConfig.{field} is read only by {', '.join(users)}; {experiment} would ignore "
+                f"it (got {getattr(config, field)}): leave it out"
+            )
+
+
 def _paper(config: DormantExperimentConfig) -> bool:
     return config.scale == "paper"
 
@@ -136,24 +190,22 @@ def dqn_loop(config: DormantExperimentConfig, replay_ratio: float = 0.25, n_step
 def dqn_agent(config: DormantExperimentConfig, **changes) -> DQNConfig:
     """DQN at this scale (paper: Dopamine's Adam 6.25e-5, target every 2,000 updates, ε over 250k steps)."""
     if _paper(config):
-        base = DQNConfig(tau=config.tau)
+        base = DQNConfig()
     else:
         base = DQNConfig(
-            optimizer=OptimizerConfig("adam", 1e-4, eps=1.5e-4),
-            target_update_period=500,
-            epsilon_decay_steps=2_500,
-            tau=config.tau,
+            optimizer=OptimizerConfig("adam", 1e-4, eps=1.5e-4), target_update_period=500, epsilon_decay_steps=2_500
         )
     return dataclasses.replace(base, **changes)
 
 
 def plasticity(config: DormantExperimentConfig, method: str, **redo) -> PlasticityConfig:
-    """The paper's baselines at this scale: ReDo (τ, every F... paper: 1,000 updates), Reset of the
-    last layer (paper: every 100k updates), weight decay 1e-5."""
+    """The paper's baselines at this scale: ReDo (at the diagnostics' τ unless ``tau`` is given;
+    every F: paper 1,000 updates), Reset of the last layer (paper: every 100k updates), weight
+    decay 1e-5."""
     period = 1_000 if _paper(config) else 250
     settings = {
         "none": {},
-        "redo": {"redo": ReDoConfig(**{"tau": config.tau, "period": period, **redo})},
+        "redo": {"redo": ReDoConfig(**{"period": period, **redo})},
         "reset": {"reset": ResetConfig(1, 100_000 if _paper(config) else 2_500)},
         "weight_decay": {"weight_decay": 1e-5},
     }
@@ -164,7 +216,8 @@ def plasticity(config: DormantExperimentConfig, method: str, **redo) -> Plastici
 
 def _cell(config: DormantExperimentConfig, **kw) -> RLConfig:
     seeds = config.seeds or (5 if _paper(config) else 2)
-    return RLConfig(env=config.env or DEFAULT_ENV, seeds=seeds, vmap_seeds=config.vmap_seeds, **kw)
+    kw.setdefault("env", config.env or DEFAULT_ENV)
+    return RLConfig(seeds=seeds, vmap_seeds=config.vmap_seeds, diagnostics=DiagnosticsConfig(tau=config.tau), **kw)
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -179,7 +232,7 @@ def replay_ratio_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLCo
                 (
                     {"rr": rr, "method": method},
                     _cell(
-                        config, loop=dqn_loop(config, rr), dqn=dqn_agent(config, plasticity=plasticity(config, method))
+                        config, loop=dqn_loop(config, rr), dqn=dqn_agent(config), plasticity=plasticity(config, method)
                     ),
                 )
             )
@@ -188,7 +241,7 @@ def replay_ratio_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLCo
 
 def growth_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
     """``dqn-dormant-growth``: DQN (RR 0.25) and DrQ(ε) (RR 1, n = 10, random shifts) without intervention."""
-    drq = drq_epsilon_config(augment_shift=4 if _atari(config) else 1, tau=config.tau)  # 4 px of 84; 1 of 10
+    drq = drq_epsilon_config(augment_shift=4 if _atari(config) else 1)  # 4 px of 84; 1 of 10
     drq_loop = dataclasses.replace(dqn_loop(config, 1.0, n_step=10), warmup_steps=1_600 if _paper(config) else 1_000)
     return [
         ({"agent": "dqn"}, _cell(config, loop=dqn_loop(config, 0.25), dqn=dqn_agent(config))),
@@ -207,13 +260,13 @@ def ablation_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig
         cells.append(
             (
                 {"group": "selection", "variant": selection},
-                _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p)),
+                _cell(config, loop=loop, dqn=dqn_agent(config), plasticity=p),
             )
         )
     for tau in (0.0, 0.025):
         p = plasticity(config, "redo", tau=tau)
         cells.append(
-            ({"group": "tau", "variant": f"tau={tau}"}, _cell(config, loop=loop, dqn=dqn_agent(config, plasticity=p)))
+            ({"group": "tau", "variant": f"tau={tau}"}, _cell(config, loop=loop, dqn=dqn_agent(config), plasticity=p))
         )
     for width in (1, 2, 4):
         for method in ("none", "redo"):
@@ -225,7 +278,8 @@ def ablation_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig
                     _cell(
                         config,
                         loop=loop,
-                        dqn=dqn_agent(config, width_multiplier=float(width), plasticity=plasticity(config, method)),
+                        dqn=dqn_agent(config, width_multiplier=float(width)),
+                        plasticity=plasticity(config, method),
                     ),
                 )
             )
@@ -259,7 +313,7 @@ def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
             eval_every=10,
             eval_envs=8,
         )
-        sac, redo_period = SACConfig(tau=config.tau), 200_000
+        sac, redo_period = SACConfig(), 200_000
     else:
         loop = LoopConfig(
             env_steps=config.env_steps or 10_000,
@@ -271,19 +325,14 @@ def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
             eval_every=4,
             eval_envs=4,
         )
-        sac, redo_period = SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3), tau=config.tau), 2_500
+        sac, redo_period = SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3)), 2_500
     # XLA:CPU (jax 0.10) deadlocks on the vmapped SAC + ReDo program: seeds run one by one there
     vmap = config.vmap_seeds and jax.default_backend() != "cpu"
     cells = []
     for method in ("none", "redo"):
-        p = PlasticityConfig(method, redo=ReDoConfig(tau=0.0, period=redo_period))
-        cell = RLConfig(
-            env=env,
-            agent="sac",
-            loop=loop,
-            sac=dataclasses.replace(sac, plasticity=p),
-            seeds=config.seeds or (5 if paper else 2),
-            vmap_seeds=vmap,
+        p = PlasticityConfig(method, **({"redo": ReDoConfig(tau=0.0, period=redo_period)} if method == "redo" else {}))
+        cell = dataclasses.replace(
+            _cell(config, env=env, agent="sac", loop=loop, sac=sac, plasticity=p), vmap_seeds=vmap
         )
         cells.append(({"method": method}, cell))
     return cells
@@ -295,6 +344,7 @@ EXPERIMENTS: dict[str, tuple[Callable, str]] = {
     "redo-ablations": (ablation_cells, "ReDo selection, τ and width ablations"),
     "dormant-pruning": (pruning_cells, "prune the dormant neurons of a trained DQN: return unchanged"),
     "sac-dormant": (sac_cells, "SAC with and without ReDo: dormant % of actor vs critic"),
+    "rl": (single_cells, "one learner, every setting of its config from the command line"),
 }
 
 
@@ -303,19 +353,31 @@ def cell_id(labels: dict) -> str:
 
 
 def run(
-    experiment: str, config: DormantExperimentConfig, progress: Callable[[str, int, int, int, int], None] | None = None
+    experiment: str,
+    config: DormantExperimentConfig | SingleRunConfig,
+    progress: Callable[[str, int, int, int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Run every cell of ``experiment`` (resuming killed cells); returns the merged metrics.
+
+    A run started here ends exactly like ``plastix run <experiment>``: the merged
+    ``metrics.parquet``, ``DONE``, the figures and ``report.md`` in ``<runs_dir>/<name>``.
 
     Args:
       progress: ``progress(cell_id, cell_index, n_cells, chunks_done, chunks_total)``.
     """
     build, _ = EXPERIMENTS[experiment]
     root = os.path.join(config.runs_dir, config.name or experiment)
+    if isinstance(config, DormantExperimentConfig):
+        check_flags_used(experiment, config)
+    elif experiment != "rl":
+        raise ValueError(f"experiment {experiment!r} takes a DormantExperimentConfig, got {type(config).__name__}")
     cells = build(config)  # every check of every cell passes before anything is written
     for _, cell in cells:
         build_train(cell)
-    RunDir(root).prepare(config, experiment)
+    rundir = RunDir(root)
+    rundir.prepare(config, experiment)
+    if rundir.finished:
+        return rundir.metrics()
     _record_cells(root, cells)
     frames = []
     for i, (labels, cell) in enumerate(cells):
@@ -328,7 +390,9 @@ def run(
             df[k] = v
         df["env"] = cell.env
         frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    complete(rundir, df, lambda df, path: write_report(experiment, config, df, path))
+    return df
 
 
 def _record_cells(root: str, cells: list[tuple[dict, RLConfig]]) -> None:
@@ -363,6 +427,7 @@ def _labels(experiment: str) -> list[str]:
         "redo-ablations": ["group", "variant"],
         "dormant-pruning": ["agent"],
         "sac-dormant": ["method"],
+        "rl": ["agent", "method"],
     }[experiment]
 
 
@@ -396,7 +461,9 @@ def summary(experiment: str, df: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def write_report(experiment: str, config: DormantExperimentConfig, df: pd.DataFrame, path: str) -> list[str]:
+def write_report(
+    experiment: str, config: DormantExperimentConfig | SingleRunConfig, df: pd.DataFrame, path: str
+) -> list[str]:
     """Figures (PNG, curves with 95% CIs over seeds) and ``report.md`` with the IQM table."""
     import matplotlib.pyplot as plt
 

@@ -28,7 +28,10 @@ import pandas as pd
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, make_dqn, make_sac, make_train
 from plastix.agents.off_policy import Train
 from plastix.envs import make_env
-from plastix.experiments.rundir import RunDir, check_finite
+from plastix.experiments.rundir import RunDir
+from plastix.experiments.runner import Stage, run_stages, stacked_rows
+from plastix.interventions import PlasticityConfig
+from plastix.metrics import DiagnosticsConfig
 
 AGENTS = ("dqn", "drq", "sac")
 
@@ -41,6 +44,10 @@ class RLConfig:
       env: environment name (see ``plastix.envs.available_envs()``).
       agent: ``dqn``, ``drq`` (DQN settings + random shifts; see ``drq_epsilon_config``) or ``sac``.
       loop: the off-policy loop (replay ratio, steps, period F, evaluation).
+      plasticity: the plasticity method (a registry name), its trigger and settings, weight decay;
+        the same for every agent.
+      diagnostics: thresholds of the neuron diagnostics, defined once for every agent and for
+        ReDo (τ, GraMa τ, κ / ρ, stagnation source ``grad`` or ``update``).
       dqn: DQN / DrQ(ε) settings (used by ``dqn`` and ``drq``).
       sac: SAC settings (used by ``sac``).
       seeds: independent seeds run together with ``vmap``.
@@ -52,6 +59,8 @@ class RLConfig:
     env: str = "Breakout-MinAtar"
     agent: Literal["dqn", "drq", "sac"] = "dqn"
     loop: LoopConfig = LoopConfig()
+    plasticity: PlasticityConfig = PlasticityConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     dqn: DQNConfig = DQNConfig()
     sac: SACConfig = SACConfig()
     seeds: int = 3
@@ -66,15 +75,28 @@ class RLConfig:
             raise ValueError(f"RLConfig.seeds must be >= 1, got {self.seeds}")
         if self.checkpoint_every < 0:
             raise ValueError(f"RLConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        for name in ("sac",) if self.agent in ("dqn", "drq") else ("dqn",):
+            if getattr(self, name) != getattr(RLConfig, name):
+                raise ValueError(
+                    f"RLConfig.{name} is set but agent={self.agent!r} does not use it (it would be ignored): "
+                    "leave it out or choose the agent that reads it"
+                )
+
+    def unused_settings(self) -> tuple[str, ...]:
+        """Sections this config never reads (``sac`` for DQN / DrQ(ε), ``dqn`` for SAC, and the
+        plasticity settings of other methods as ``plasticity.<field>``)."""
+        other = ("sac",) if self.agent in ("dqn", "drq") else ("dqn",)
+        return other + tuple(f"plasticity.{name}" for name in self.plasticity.unused_settings())
 
 
 def build_agent(config: RLConfig):
     """``(env, agent, topologies)`` for a cell (``env`` the training environment)."""
     env = make_env(config.env)
+    shared = {"plasticity": config.plasticity, "diagnostics": config.diagnostics}
     if config.agent == "sac":
-        agent, _, topologies = make_sac(env.spec, config.sac, config.loop.period)
+        agent, _, topologies = make_sac(env.spec, config.sac, config.loop.period, **shared)
     else:
-        agent, _, topology = make_dqn(env.spec, config.dqn, config.loop.period)
+        agent, _, topology = make_dqn(env.spec, config.dqn, config.loop.period, **shared)
         topologies = {"q": topology}
     return env, agent, topologies
 
@@ -101,17 +123,49 @@ def chunk_rows(period_metrics: dict, eval_metrics: dict, first_period: int) -> p
 
     Evaluation columns are set on the chunk's last period and NaN elsewhere.
     """
-    host = {k: np.asarray(v) for k, v in period_metrics.items()}
-    seeds, periods = host["env_steps"].shape
-    table = {
-        k: v.reshape(seeds * periods).astype(np.float64 if v.dtype.kind == "f" else v.dtype) for k, v in host.items()
-    }
-    table["seed"] = np.repeat(np.arange(seeds), periods)
-    table["period"] = np.tile(np.arange(first_period + 1, first_period + periods + 1), seeds)
+    seeds, periods = np.shape(period_metrics["env_steps"])
+    table = stacked_rows(period_metrics, "period", first_period, {"seed": np.arange(seeds)})
     last = np.tile(np.arange(periods) == periods - 1, seeds)
     for k, v in eval_metrics.items():
         table[k] = np.where(last, np.repeat(np.asarray(v, np.float64), periods), np.nan)
-    return pd.DataFrame(table)
+    return table
+
+
+def stage(config: RLConfig, train: Train | None = None) -> Stage:
+    """A cell as the runner's one stage ("learn"): chunks of ``eval_every`` periods, then evaluation."""
+    train = train or build_train(_compute_key(config))
+    keys = seed_keys(config)
+    if train.host_env and not config.vmap_seeds:
+        raise ValueError(
+            f"RLConfig.vmap_seeds must be True for {config.env}: its emulators live on the host, "
+            "one group per run, stepped for all seeds at once"
+        )
+    if config.vmap_seeds:
+        init, run_chunk = train.init, train.run_chunk
+    else:  # one seed at a time through the same jitted single-seed functions
+        single_init, single_chunk = jax.jit(train.init_single), jax.jit(train.run_chunk_single)
+        stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+        unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(config.seeds)]  # noqa: E731
+        init = lambda k: stack([single_init(x) for x in k])  # noqa: E731
+        run_chunk = lambda c: stack([single_chunk(x) for x in unstack(c)])  # noqa: E731
+
+    def chunk(carry, done: int):
+        carry, metrics, evals = run_chunk(carry)
+        return carry, chunk_rows(metrics, evals, done * train.layout.periods)
+
+    def resumed(fresh, restored):
+        if train.host_env:  # emulator states are not in the checkpoint: continue with fresh episodes
+            return restored._replace(env_state=fresh.env_state, obs=fresh.obs, episode_return=fresh.episode_return)
+        return restored
+
+    return Stage(
+        "learn",
+        train.layout.chunks,
+        lambda _: init(keys),
+        chunk,
+        trained=lambda carry: carry.agent,
+        resumed=resumed,
+    )
 
 
 def run_cell(
@@ -138,53 +192,22 @@ def run_cell(
     if rundir.finished:
         rundir.prepare(config)  # refuses another config's finished run
         return rundir.metrics()
-    train = build_train(_compute_key(config))
-    keys = seed_keys(config)
-    if train.host_env and not config.vmap_seeds:
-        raise ValueError(
-            f"RLConfig.vmap_seeds must be True for {config.env}: its emulators live on the host, "
-            "one group per run, stepped for all seeds at once"
-        )
-    if config.vmap_seeds:
-        init, run_chunk = train.init, train.run_chunk
-    else:  # one seed at a time through the same jitted single-seed functions
-        single_init, single_chunk = jax.jit(train.init_single), jax.jit(train.run_chunk_single)
-        stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-        unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(config.seeds)]  # noqa: E731
-        init = lambda k: stack([single_init(x) for x in k])  # noqa: E731
-        run_chunk = lambda c: stack([single_chunk(x) for x in unstack(c)])  # noqa: E731
+    cell = stage(config)
     rundir.prepare(config)  # after every check above passed
-    carry = init(keys)
-    frames: list[pd.DataFrame] = []
-    done = 0
-    if rundir.checkpoint_meta() is not None:
-        fresh = carry
-        carry, rows, meta = rundir.load_checkpoint(carry)
-        carry = jax.tree.map(jnp.asarray, carry)
-        if train.host_env:  # emulator states are not in the checkpoint: continue with fresh episodes
-            carry = carry._replace(env_state=fresh.env_state, obs=fresh.obs, episode_return=fresh.episode_return)
-        frames, done = [rows], meta["chunks_done"]
-    total = train.layout.chunks
-    if progress:
-        progress(done, total)
-    ran = 0
-    while done < total:
-        if stop_after_chunks is not None and ran >= stop_after_chunks:
-            return pd.concat(frames, ignore_index=True)
-        carry, metrics, evals = run_chunk(carry)
-        rows = chunk_rows(metrics, evals, done * train.layout.periods)
-        check_finite(carry.agent, rows, f"{path} (agent {config.agent}, env {config.env})", rundir.last_good)
-        frames.append(rows)
-        done, ran = done + 1, ran + 1
-        if config.checkpoint_every and (done % config.checkpoint_every == 0) and done < total:
-            rundir.save_checkpoint(carry, pd.concat(frames, ignore_index=True), {"chunks_done": done})
-        if progress:
-            progress(done, total)
-    df = pd.concat(frames, ignore_index=True)
+    result = run_stages(
+        rundir,
+        [cell],
+        where=f"{path} (agent {config.agent}, env {config.env})",
+        progress=(lambda _, done, total: progress(done, total)) if progress else None,
+        checkpoint_every=config.checkpoint_every,
+        stop_after_chunks=stop_after_chunks,
+    )
+    if not result.finished:
+        return result.rows
     if keep_final:
-        RunDir(os.path.join(path, "final")).save_checkpoint(carry, [], {"chunks_done": done})
-    rundir.finish(df)
-    return df
+        RunDir(os.path.join(path, "final")).save_checkpoint(result.carry, [], {"chunks_done": cell.chunks})
+    rundir.finish(result.rows)
+    return result.rows
 
 
 def load_final(config: RLConfig, path: str):

@@ -121,6 +121,40 @@ def config_dict(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+def config_from_dict(kind: type, fields: dict) -> Any:
+    """Rebuild a (nested) dataclass config from :func:`config_dict`'s JSON form.
+
+    Nested dataclass fields are rebuilt from their dicts and lists become tuples; fields left out
+    take their defaults (a config written before a field existed). Unknown fields are an error.
+    """
+    import typing
+
+    hints = typing.get_type_hints(kind)
+    known = {f.name for f in dataclasses.fields(kind) if f.init}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{kind.__name__}: unknown fields {unknown} in the saved config")
+    values = {}
+    for name, value in fields.items():
+        values[name] = _from_json(hints[name], value)
+    return kind(**values)
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    import types
+    import typing
+
+    if value is None:
+        return None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return config_from_dict(option, value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 class RunDir:
     """One run's directory on disk (see the module docstring)."""
 

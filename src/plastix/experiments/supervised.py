@@ -28,7 +28,8 @@ import pandas as pd
 from jax import Array
 
 from plastix.experiments.datasets import ImageData, load_dataset
-from plastix.experiments.rundir import RunDir, check_finite, check_run_name
+from plastix.experiments.rundir import RunDir, check_run_name
+from plastix.experiments.runner import Stage, complete, run_stages, stacked_rows
 from plastix.interventions import OptimizerConfig, TrainState, make_optimizer
 from plastix.metrics import DiagnosticsConfig, diagnose, overlap_coefficient, summarize
 from plastix.nn import ConvNet, small_cnn
@@ -241,21 +242,11 @@ def fit_carries(exp: Experiment, config: SupervisedConfig, trained: Carry) -> Ca
     return exp.init_carry(keys, params, labels, jnp.zeros(3 * config.seeds, bool))
 
 
-def metric_rows(metrics: dict, phase: str, settings: tuple[str, ...], seeds: int, first_epoch: int) -> list[dict]:
-    """Stacked metrics ``{name: (runs, epochs)}`` as one row per run and epoch."""
-    host = {k: np.asarray(v) for k, v in metrics.items()}
-    runs, epochs = next(iter(host.values())).shape[:2]
-    rows = []
-    for r in range(runs):
-        for e in range(epochs):
-            row = {"phase": phase, "setting": settings[r // seeds], "seed": r % seeds, "epoch": first_epoch + e + 1}
-            row.update({k: v[r, e].item() for k, v in host.items()})
-            rows.append(row)
-    return rows
-
-
 def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
-    """Run (or resume, or skip if finished) the experiment; returns the metrics table.
+    """Run (or resume, or read back if finished) the experiment, ending with its report.
+
+    A run started here ends exactly like ``plastix run supervised``: ``metrics.parquet``,
+    ``DONE``, the figures and ``report.md`` in ``<runs_dir>/<name>``.
 
     Args:
       config: the experiment.
@@ -266,38 +257,55 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
     """
     check_run_name(config.name, "SupervisedConfig.name")
     rundir = RunDir(os.path.join(config.runs_dir, config.name))
-    rundir.prepare(config)
+    rundir.prepare(config, "supervised")
     if rundir.finished:
         return rundir.metrics()
     exp = build_for(config)
-    phases = [("train", SETTINGS, config.epochs), ("fit", FIT_SETTINGS, config.fit_epochs)]
-    carry = initial_carries(exp, config)
-    rows: list[dict] = []
-    phase_index, done = 0, 0
-    meta = rundir.checkpoint_meta()
-    if meta is not None:  # resume a killed run: phase 2 carries hold 3 × seeds runs
-        template = fit_carries(exp, config, carry) if meta["phase"] == 1 else carry
-        carry, table, meta = rundir.load_checkpoint(template)
-        rows = table.to_dict("records")
-        carry = jax.tree.map(jnp.asarray, carry)
-        phase_index, done = meta["phase"], meta["epochs_done"]
-    while phase_index < len(phases):
-        phase, settings, total = phases[phase_index]
-        while done < total:
+    result = run_stages(
+        rundir,
+        stages(exp, config),
+        where=f"{rundir.path} (SGD learning_rate={config.learning_rate})",
+        progress=(lambda phase, done, total: progress(phase, done * exp.chunk, total * exp.chunk))
+        if progress
+        else None,
+    )
+    complete(rundir, result.rows, lambda df, path: write_report(config, df, path))
+    return result.rows
+
+
+def stages(exp: Experiment, config: SupervisedConfig) -> list[Stage]:
+    """Phase 1 ("train": fixed vs shuffled labels) and phase 2 ("fit": new random labels)."""
+
+    def chunk_of(phase: str, settings: tuple[str, ...]):
+        runs = len(settings) * config.seeds
+        labels = {
+            "phase": np.full(runs, phase),
+            "setting": np.repeat(np.asarray(settings), config.seeds),
+            "seed": np.tile(np.arange(config.seeds), len(settings)),
+        }
+
+        def run_chunk(carry: Carry, done: int):
             carry, metrics = exp.run_epochs(carry)
-            new_rows = metric_rows(metrics, phase, settings, config.seeds, done)
-            where = f"{rundir.path} (phase {phase}, SGD learning_rate={config.learning_rate})"
-            check_finite(carry.state, pd.DataFrame(new_rows), where, rundir.last_good)
-            rows += new_rows
-            done += exp.chunk
-            rundir.save_checkpoint(carry, rows, {"phase": phase_index, "epochs_done": done})
-            if progress:
-                progress(phase, done, total)
-        if phase_index == 0:
-            carry = fit_carries(exp, config, carry)
-            rundir.save_checkpoint(carry, rows, {"phase": 1, "epochs_done": 0})
-        phase_index, done = phase_index + 1, 0
-    return pd.DataFrame(rows)
+            return carry, stacked_rows(metrics, "epoch", done * exp.chunk, labels)
+
+        return run_chunk
+
+    return [
+        Stage(
+            "train",
+            config.epochs // exp.chunk,
+            lambda _: initial_carries(exp, config),
+            chunk_of("train", SETTINGS),
+            trained=lambda c: c.state,
+        ),
+        Stage(
+            "fit",
+            config.fit_epochs // exp.chunk,
+            lambda trained: fit_carries(exp, config, trained),
+            chunk_of("fit", FIT_SETTINGS),
+            trained=lambda c: c.state,
+        ),
+    ]
 
 
 def summary(df: pd.DataFrame) -> list[dict]:

@@ -48,6 +48,9 @@ class TrainState(flax.struct.PyTreeNode):
       intervention_state: whatever the intervention's ``init`` returned (``()`` if stateless).
       trainable: ``None`` (every element trains) or a boolean tree with the structure and shapes of
         ``params``; ``False`` elements are frozen (see :meth:`apply_gradients`).
+      last_update: ``None``, or the update the last optimizer step applied (same tree as
+        ``params``; zero for frozen elements), kept when created with ``keep_last_update=True``
+        for the stagnation ratio with ``DiagnosticsConfig.stagnation_source="update"``.
       tx: the optax transformation (static).
     """
 
@@ -56,6 +59,7 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
     intervention_state: Any = ()
     trainable: Params | None = None
+    last_update: Params | None = None
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
 
     @classmethod
@@ -65,8 +69,10 @@ class TrainState(flax.struct.PyTreeNode):
         tx: optax.GradientTransformation,
         intervention_state: Any = (),
         trainable: Params | None = None,
+        keep_last_update: bool = False,
     ):
-        state = cls(jnp.zeros((), jnp.int32), params, tx.init(params), intervention_state, None, tx)
+        last = jax.tree.map(jnp.zeros_like, params) if keep_last_update else None
+        state = cls(jnp.zeros((), jnp.int32), params, tx.init(params), intervention_state, None, last, tx)
         return state if trainable is None else state.with_trainable(trainable)
 
     def with_trainable(self, trainable: Params | None) -> TrainState:
@@ -89,7 +95,10 @@ class TrainState(flax.struct.PyTreeNode):
         if self.trainable is None:
             updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
             return self.replace(
-                step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state
+                step=self.step + 1,
+                params=optax.apply_updates(self.params, updates),
+                opt_state=opt_state,
+                last_update=None if self.last_update is None else updates,
             )
         grads = jax.tree.map(lambda g, t: jnp.where(t, g, jnp.zeros_like(g)), grads, self.trainable)
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
@@ -98,7 +107,10 @@ class TrainState(flax.struct.PyTreeNode):
         )
         frozen = jax.tree.map(jnp.logical_not, self.trainable)
         opt_state = reset_optimizer_elements(self.tx, opt_state, frozen)
-        return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+        last = None
+        if self.last_update is not None:
+            last = jax.tree.map(lambda u, t: jnp.where(t, u, jnp.zeros_like(u)), updates, self.trainable)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, last_update=last)
 
 
 class Context(NamedTuple):

@@ -112,6 +112,20 @@ class PlasticityConfig:
             raise ValueError(f"PlasticityConfig.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.method == "weight_decay" and self.weight_decay == 0:
             raise ValueError("PlasticityConfig.weight_decay must be > 0 with method='weight_decay' (paper: 1e-5)")
+        for name in self.unused_settings():
+            if getattr(self, name) != _FIELD_DEFAULTS[name]:
+                raise ValueError(
+                    f"PlasticityConfig.{name} is set but method={self.method!r} does not use it "
+                    f"(it would be ignored): leave it out or choose the method that reads it"
+                )
+
+    def unused_settings(self) -> tuple[str, ...]:
+        """Fields this config's method never reads: the other methods' settings, and ``trigger``
+        when the method has no intervention."""
+        own = self.spec.field if self.spec.build is not None else None
+        fields = tuple(m.field for m in REGISTRY.values() if m.field is not None and m.build is not None)
+        unused = tuple(f for f in dict.fromkeys(fields) if f != own)
+        return unused + (("trigger",) if own is None else ())
 
     @property
     def spec(self) -> Method:
@@ -133,11 +147,26 @@ class PlasticityConfig:
     def needs_scores(self) -> bool:
         return self.spec.needs_scores
 
+    def check_loop_period(self, loop_period: int) -> None:
+        """Interventions run only at period ends: their period must be a multiple of the loop's ``F``.
+
+        Raises:
+          ValueError: naming ``PlasticityConfig.<method>.period``.
+        """
+        if self.period is not None and self.period % loop_period:
+            raise ValueError(
+                f"PlasticityConfig.{self.spec.field}.period ({self.period}) must be a multiple of the loop's "
+                f"period F={loop_period} (interventions run only at period ends)"
+            )
+
     def optimizer(self, base: OptimizerConfig) -> OptimizerConfig:
         """``base`` with this config's weight decay (if any) switched on."""
         if self.weight_decay == 0:
             return base
         return _with_weight_decay(base, self)
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PlasticityConfig)}
 
 
 def make_intervention(config: Any, topology: Topology, init_params: InitParams) -> Intervention:

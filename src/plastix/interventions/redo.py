@@ -34,6 +34,12 @@ from plastix.nn.topology import Params, Topology, get_path, set_path
 
 SELECTIONS = ("dormant", "random", "inverse", "scheduled")
 SCORES = ("dormant", "grama", "preact_grama", "stagnant")
+_MASK_FIELDS = {  # the diagnostics' own thresholded set for each score
+    "dormant": "dormant",
+    "grama": "grama_dormant",
+    "preact_grama": "preact_grama_dormant",
+    "stagnant": "stagnant",
+}
 _SCORE_FIELDS = {
     "dormant": "dormant_score",
     "grama": "grama_score",
@@ -47,7 +53,12 @@ class ReDoConfig:
     """ReDo settings.
 
     Attributes:
-      tau: threshold on the selection score; neurons with score ``<= tau`` are recycled.
+      tau: threshold on the selection score; neurons with score ``<= tau`` are recycled. ``None``
+        (default): the diagnostics' own threshold for that score, defined once in
+        :class:`~plastix.metrics.DiagnosticsConfig` (``tau`` for ``dormant``, ``grama_tau`` for
+        ``grama`` / ``preact_grama``, ``kappa`` / ``rho`` for ``stagnant``), so ReDo recycles
+        exactly the neurons the diagnostics report. A number recycles at another threshold than
+        the one reported (the paper's SAC: recycle τ = 0, report τ = 0.1).
       period: recycle every ``period`` updates (paper: 1,000 for DQN, 200,000 for SAC).
       selection: ``dormant`` (score <= τ), ``random`` (as many random neurons per layer),
         ``inverse`` (as many of the highest-scoring neurons), ``scheduled`` (the lowest-scoring
@@ -59,7 +70,7 @@ class ReDoConfig:
       reset_optimizer: zero the optimizer moments of touched elements (paper: yes).
     """
 
-    tau: float = 0.1
+    tau: float | None = None
     period: int = 1000
     selection: str = "dormant"
     score: str = "dormant"
@@ -68,8 +79,8 @@ class ReDoConfig:
     reset_optimizer: bool = True
 
     def __post_init__(self):
-        if self.tau < 0:
-            raise ValueError(f"ReDoConfig.tau must be >= 0, got {self.tau}")
+        if self.tau is not None and not 0 <= self.tau < float("inf"):
+            raise ValueError(f"ReDoConfig.tau must be a finite number >= 0 or None, got {self.tau}")
         if self.period < 1:
             raise ValueError(f"ReDoConfig.period must be >= 1 update, got {self.period}")
         check_choice("ReDoConfig.selection", self.selection, SELECTIONS)
@@ -86,7 +97,7 @@ def _lowest(score: Array, count: Array) -> Array:
     return rank < count
 
 
-def select_neurons(key: Array, config: ReDoConfig, score: Array, step: Array) -> Array:
+def select_neurons(key: Array, config: ReDoConfig, score: Array, step: Array, below: Array | None = None) -> Array:
     """Neurons of one layer to recycle.
 
     Args:
@@ -94,24 +105,30 @@ def select_neurons(key: Array, config: ReDoConfig, score: Array, step: Array) ->
       config: ReDo settings.
       score: ``(N,)`` selection score (lower = more dormant).
       step: current update count (used by ``scheduled``).
+      below: ``(N,)`` the diagnostics' thresholded set for this score, used when ``config.tau`` is None.
 
     Returns:
       boolean ``(N,)`` mask.
     """
-    below = score <= config.tau
-    count = jnp.sum(below)
     n = score.shape[0]
+    if config.selection == "scheduled":
+        progress = jnp.clip(step / config.schedule_steps, 0.0, 1.0)
+        fraction = config.scheduled_fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        # float32 rounding puts exact boundaries just below the integer (0.1·20·½ = 0.99999994): a
+        # tolerance far below 1/n keeps them on it
+        return _lowest(score, jnp.floor(fraction * n + 1e-4).astype(jnp.int32))
+    if config.tau is not None:
+        below = score <= config.tau
+    elif below is None:
+        raise ValueError("select_neurons: ReDoConfig.tau=None needs the diagnostics' mask `below`")
+    count = jnp.sum(below)
     if config.selection == "dormant":
         return below
     if config.selection == "inverse":
         return _lowest(-score, count)
     if config.selection == "random":
         return _lowest(jax.random.uniform(key, (n,)), count)
-    progress = jnp.clip(step / config.schedule_steps, 0.0, 1.0)
-    fraction = config.scheduled_fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    # float32 rounding puts exact boundaries just below the integer (0.1·20·½ = 0.99999994): a
-    # tolerance far below 1/n keeps them on it
-    return _lowest(score, jnp.floor(fraction * n + 1e-4).astype(jnp.int32))
+    raise ValueError(f"ReDoConfig.selection: got {config.selection!r}, allowed values are {SELECTIONS}")
 
 
 def zero_outgoing(params: Params, topology: Topology, masks: dict[str, Array]) -> Params:
@@ -182,15 +199,16 @@ def redo(config: ReDoConfig, topology: Topology, init_params: InitParams) -> Int
       topology: the neuron layers to recycle.
       init_params: ``key -> params``, a fresh draw of the network's original initializers.
     """
-    field = _SCORE_FIELDS[config.score]
+    field, mask_field = _SCORE_FIELDS[config.score], _MASK_FIELDS[config.score]
 
     def apply(key: Array, state: TrainState, scores, context) -> TrainState:
         init_key, select_key = jax.random.split(key)
         select_keys = jax.random.split(select_key, len(topology.layers))
-        masks = {
-            layer.name: select_neurons(k, config, getattr(scores.layers[layer.name], field), context.step)
-            for k, layer in zip(select_keys, topology.layers)
-        }
+        masks = {}
+        for k, layer in zip(select_keys, topology.layers):
+            layer_scores = scores.layers[layer.name]
+            below = getattr(layer_scores, mask_field)
+            masks[layer.name] = select_neurons(k, config, getattr(layer_scores, field), context.step, below)
         return recycle_neurons(state, topology, masks, init_params(init_key), config.reset_optimizer)
 
     return Intervention(_no_state, apply)

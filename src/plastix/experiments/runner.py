@@ -1,0 +1,183 @@
+"""The one resumable training-run skeleton every experiment runs on.
+
+A *run* lives in one :class:`~plastix.experiments.rundir.RunDir` and is a list of
+:class:`Stage` s (an RL cell: one stage; the supervised experiment: "train" then "fit", whose
+carry has another shape). Each stage advances a carry (a pytree of arrays: networks, optimizer,
+buffers, keys) chunk by chunk with one compiled function and returns the chunk's metric rows.
+:func:`run_stages` owns the loop every experiment used to write for itself:
+
+1. build the first carry, or restore the last checkpoint (stage, chunks done, rows so far);
+2. run a chunk, check its losses and parameters are finite (:func:`check_finite`), append its
+   rows, report progress, checkpoint every ``checkpoint_every`` chunks and at each stage switch;
+3. at the end of a stage build the next stage's carry from the last one;
+4. return the final carry and every row.
+
+:func:`complete` ends a run the same way whether it was started from Python or from the CLI:
+``metrics.parquet`` and ``DONE`` (with its checksum), then the report.
+
+Checkpoints carry ``{"stage": i, "chunks_done": d}``; the rows saved with them are exactly the
+rows of the chunks before, so a resumed run produces the same table as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from plastix.experiments.rundir import RunDir, check_finite
+
+
+def _keep(carry: Any) -> Any:
+    return carry
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One phase of a run: ``chunks`` calls of ``run_chunk`` on a carry of one shape.
+
+    Attributes:
+      name: shown in progress and error messages (``"train"``, ``"fit"``, ``"learn"``).
+      chunks: number of chunks.
+      start: ``start(previous) -> carry``: the stage's first carry from the previous stage's last
+        carry (``None`` for the first stage). Also used on shapes only, to build restore templates.
+      run_chunk: ``run_chunk(carry, chunks_done) -> (carry, rows)`` with ``rows`` a DataFrame.
+      trained: ``trained(carry) -> pytree`` checked for non-finite values after every chunk
+        (parameters and optimizer state; buffers and observations are not checked).
+      resumed: ``resumed(fresh, restored) -> carry`` after a restore (e.g. fresh emulator states
+        for host environments, which are not in the checkpoint).
+    """
+
+    name: str
+    chunks: int
+    start: Callable[[Any], Any]
+    run_chunk: Callable[[Any, int], tuple[Any, pd.DataFrame]]
+    trained: Callable[[Any], Any] = _keep
+    resumed: Callable[[Any, Any], Any] = lambda fresh, restored: restored
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run_stages` returns.
+
+    Attributes:
+      carry: the last carry (``None`` when the run had finished before and was only read back).
+      rows: every metric row so far.
+      finished: every chunk of every stage ran.
+    """
+
+    carry: Any
+    rows: pd.DataFrame
+    finished: bool
+
+
+def stacked_rows(metrics: dict, step_column: str, first_step: int, labels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Stacked metrics ``{name: (runs, steps)}`` as one row per run and step.
+
+    Args:
+      metrics: arrays with leading axes ``(runs, steps)`` (scalars per run and step).
+      step_column: name of the step counter column (``"epoch"``, ``"period"``); it counts from
+        ``first_step + 1``.
+      first_step: steps before this chunk.
+      labels: per-run columns, each ``(runs,)`` (``seed``, ``setting``, ...).
+
+    Returns:
+      ``runs · steps`` rows; float metrics as float64, others in their own dtype.
+    """
+    host = {k: np.asarray(v) for k, v in metrics.items()}
+    runs, steps = next(iter(host.values())).shape[:2]
+    table = {k: np.repeat(np.asarray(v), steps) for k, v in labels.items()}
+    table[step_column] = np.tile(np.arange(first_step + 1, first_step + steps + 1), runs)
+    for k, v in host.items():
+        table[k] = v.reshape(runs * steps).astype(np.float64 if v.dtype.kind == "f" else v.dtype)
+    return pd.DataFrame(table)
+
+
+def _template(stages: list[Stage], index: int) -> Any:
+    carry = None
+    for stage in stages[: index + 1]:
+        carry = stage.start(carry)
+    return carry
+
+
+def run_stages(
+    rundir: RunDir,
+    stages: list[Stage],
+    where: str,
+    progress: Callable[[str, int, int], None] | None = None,
+    checkpoint_every: int = 1,
+    stop_after_chunks: int | None = None,
+) -> RunResult:
+    """Run (or resume) ``stages`` in ``rundir``; see the module docstring.
+
+    Args:
+      rundir: the run directory, already :meth:`~RunDir.prepare` d.
+      stages: the run's stages, in order.
+      where: the run and its setting, for error messages.
+      progress: ``progress(stage name, chunks done, chunks total)`` after every chunk and once on
+        (re)start.
+      checkpoint_every: chunks between checkpoints (0: only at stage switches).
+      stop_after_chunks: return (as if killed) after this many chunks of this call (tests).
+
+    Raises:
+      NonFiniteError: a chunk produced a NaN / inf loss or parameter (nothing of it is saved).
+      CorruptRunError: the checkpoint or its rows fail their checksums.
+    """
+    if not stages:
+        raise ValueError("run_stages: a run needs at least one stage")
+    index, done, frames, carry = 0, 0, [], None
+    meta = rundir.checkpoint_meta()
+    if meta is not None:
+        index, done = meta.get("stage", 0), meta["chunks_done"]
+        fresh = _template(stages, index)
+        carry, rows, _ = rundir.load_checkpoint(fresh)
+        carry = stages[index].resumed(fresh, _as_device(carry))
+        frames = [rows] if len(rows) else []
+    else:
+        carry = stages[0].start(None)
+    ran = 0
+    while True:
+        stage = stages[index]
+        if progress:
+            progress(stage.name, done, stage.chunks)
+        while done < stage.chunks:
+            if stop_after_chunks is not None and ran >= stop_after_chunks:
+                return RunResult(carry, _concat(frames), False)
+            carry, rows = stage.run_chunk(carry, done)
+            check_finite(stage.trained(carry), rows, f"{where}, stage {stage.name}", rundir.last_good)
+            frames.append(rows)
+            done, ran = done + 1, ran + 1
+            last = index == len(stages) - 1 and done == stage.chunks
+            if checkpoint_every and done % checkpoint_every == 0 and not last:
+                rundir.save_checkpoint(carry, _concat(frames), {"stage": index, "chunks_done": done})
+            if progress:
+                progress(stage.name, done, stage.chunks)
+        if index == len(stages) - 1:
+            return RunResult(carry, _concat(frames), True)
+        index, done = index + 1, 0
+        carry = stages[index].start(carry)
+        rundir.save_checkpoint(carry, _concat(frames), {"stage": index, "chunks_done": 0})
+
+
+def complete(rundir: RunDir, rows: pd.DataFrame, write_report: Callable[[pd.DataFrame, str], list[str]]) -> list[str]:
+    """End a run: ``metrics.parquet`` + ``DONE`` (checksummed), then the report; returns the files written.
+
+    The metrics are marked done before the report is drawn, so a failing figure never loses a
+    finished run: ``plastix report <run_dir>`` draws it again.
+    """
+    rundir.finish(rows)
+    return [rundir.file("metrics.parquet")] + write_report(rows, rundir.path)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _as_device(tree: Any) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(jnp.asarray, tree)

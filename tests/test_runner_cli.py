@@ -1,0 +1,131 @@
+"""The one resumable runner and ``plastix run rl``: the full learner config from the command line."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from plastix import cli
+from plastix.experiments import dormant
+from plastix.experiments.rundir import RunDir, config_dict, config_from_dict
+from plastix.experiments.runner import Stage, run_stages, stacked_rows
+
+TINY_RL = [
+    "--env", "CartPole-v1",
+    "--seeds", "2",
+    "--loop.env-steps", "200",
+    "--loop.warmup-steps", "100",
+    "--loop.buffer-size", "1000",
+    "--loop.batch-size", "16",
+    "--loop.period", "50",
+    "--loop.eval-every", "2",
+    "--loop.eval-envs", "2",
+    "--loop.eval-steps", "20",
+    "--loop.scoring-batch", "32",
+    "--dqn.mlp-hidden", "16",
+    "--dqn.target-update-period", "20",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rl_run(tmp_path_factory):
+    runs = str(tmp_path_factory.mktemp("runs"))
+    args = ["run", "rl", *TINY_RL, "--plasticity.method", "redo", "--plasticity.redo.period", "100"]
+    args += ["--diagnostics.kappa", "0.2", "--diagnostics.stagnation-source", "update", "--runs-dir", runs]
+    assert cli.main(args) == 0
+    return runs, args
+
+
+def test_cli_reaches_the_whole_learner_config(rl_run):
+    runs, _ = rl_run
+    with open(os.path.join(runs, "rl", "config.json")) as f:
+        saved = json.load(f)
+    cell = saved["cell"]
+    assert saved["experiment"] == "rl"
+    assert cell["plasticity"]["method"] == "redo" and cell["plasticity"]["redo"]["period"] == 100
+    assert cell["diagnostics"]["kappa"] == 0.2 and cell["diagnostics"]["stagnation_source"] == "update"
+    assert cell["dqn"]["mlp_hidden"] == [16]
+    df = RunDir(os.path.join(runs, "rl")).metrics()
+    assert len(df) == 2 * 4 and set(df.seed) == {0, 1}
+    assert df["q/stagnant_fraction"].between(0, 1).all()
+    assert (df["updates"] == df["env_steps"]).all()  # replay ratio 1
+
+
+def test_rl_run_ends_with_report_and_report_command_redraws_it(rl_run, capsys):
+    runs, args = rl_run
+    path = os.path.join(runs, "rl")
+    for name in ("DONE", "metrics.parquet", "report.md", "eval_return.png", "cells.json"):
+        assert os.path.exists(os.path.join(path, name)), name
+    os.remove(os.path.join(path, "report.md"))
+    assert cli.main(["report", path]) == 0
+    assert os.path.exists(os.path.join(path, "report.md"))
+    assert cli.main(args) == 0  # finished: a no-op that shows the results
+    assert "is finished" in capsys.readouterr().out
+
+
+def test_python_run_ends_exactly_like_the_cli(rl_run, tmp_path):
+    runs, _ = rl_run
+    with open(os.path.join(runs, "rl", "config.json")) as f:
+        fields = json.load(f)
+    fields.pop("experiment")
+    config = config_from_dict(dormant.SingleRunConfig, {**fields, "runs_dir": str(tmp_path)})
+    df = dormant.run("rl", config)
+    cli_files = sorted(
+        f for f in os.listdir(os.path.join(runs, "rl")) if not os.path.isdir(os.path.join(runs, "rl", f))
+    )
+    py_files = sorted(f for f in os.listdir(tmp_path / "rl") if not os.path.isdir(tmp_path / "rl" / f))
+    assert py_files == cli_files
+    pd.testing.assert_frame_equal(df, RunDir(os.path.join(runs, "rl")).metrics())  # same seeds: same numbers
+
+
+def test_config_round_trips_through_json():
+    config = dormant.SingleRunConfig()
+    assert config_from_dict(dormant.SingleRunConfig, config_dict(config)) == config
+    with pytest.raises(ValueError, match="unknown fields"):
+        config_from_dict(dormant.SingleRunConfig, {"bogus": 1})
+
+
+def _counting_stages(chunks=(3, 2)):
+    """Two stages of a toy run: the carry counts chunks; stage 2 starts from 10 × stage 1's count."""
+
+    def chunk(stage):
+        def run_chunk(carry, done):
+            carry = carry + 1
+            rows = stacked_rows({"value": np.array([[carry]], np.float32)}, "chunk", done, {"seed": np.arange(1)})
+            return carry, rows.assign(stage=stage)
+
+        return run_chunk
+
+    return [
+        Stage("a", chunks[0], lambda _: np.zeros((), np.float32), chunk("a")),
+        Stage("b", chunks[1], lambda c: np.asarray(10 * c, np.float32), chunk("b")),
+    ]
+
+
+def test_runner_resumes_across_stages_to_the_same_rows(tmp_path):
+    straight = run_stages(RunDir(str(tmp_path / "s")), _counting_stages(), "toy")
+    assert straight.finished and list(straight.rows.value) == [1, 2, 3, 31, 32]
+    for kill_after in (1, 3, 4):
+        rundir = RunDir(str(tmp_path / f"k{kill_after}"))
+        partial = run_stages(rundir, _counting_stages(), "toy", stop_after_chunks=kill_after)
+        assert not partial.finished and len(partial.rows) == kill_after
+        resumed = run_stages(rundir, _counting_stages(), "toy")
+        pd.testing.assert_frame_equal(resumed.rows, straight.rows)
+
+
+def test_runner_stops_on_non_finite_chunks_without_saving_them(tmp_path):
+    from plastix.experiments.rundir import NonFiniteError
+
+    stages = _counting_stages()
+
+    def diverge(carry, done):
+        rows = stacked_rows({"loss": np.array([[np.nan]])}, "chunk", done, {"seed": np.arange(1)})
+        return carry, rows
+
+    stages[1] = Stage("b", 2, stages[1].start, diverge)
+    rundir = RunDir(str(tmp_path / "run"))
+    with pytest.raises(NonFiniteError, match="stage b"):
+        run_stages(rundir, stages, "toy")
+    assert rundir.checkpoint_meta() == {"stage": 1, "chunks_done": 0}  # the good state before the bad chunk
