@@ -436,3 +436,68 @@ def test_sac_loop_runs_on_brax_with_redo():
         assert np.all((np.asarray(metrics[name]) >= 0) & (np.asarray(metrics[name]) <= 1))
     assert all(np.all(np.isfinite(np.asarray(v))) for k, v in metrics.items() if "loss" in k)
     assert np.all(np.isfinite(np.asarray(evals["eval_return"])))
+
+
+# ---------------------------------------------------------------------------- the loop's extension points
+
+
+def test_loop_serves_a_recurrent_policy_with_its_own_replay():
+    """A toy recurrent learner: its memory counts the steps of the current episode (restarted by the
+    loop at every episode end), its action is that count, and its own replay keeps a window of the
+    last 4 vector steps per env. Every update sees the agent's batch type, not n-step transitions,
+    and after warm-up every stored action equals the step counter the env reports."""
+    from plastix.agents.off_policy import Agent, Replay
+
+    limit, window, envs = 5, 4, 2
+    spec = EnvSpec("counter", (1,), jnp.float32, num_actions=limit, max_episode_steps=limit)
+
+    def reset(key):
+        return jnp.zeros(1), jnp.zeros((), jnp.int32)
+
+    def step(key, t, action):
+        end = t + 1 >= limit
+        nxt = jnp.where(end, 0, t + 1)
+        return Timestep(
+            nxt[None].astype(jnp.float32), nxt, jnp.float32(1.0), jnp.bool_(False), end, (t + 1)[None] * 1.0
+        )
+
+    def window_replay(config, spec):
+        def init(example):
+            return jax.tree.map(lambda x: jnp.zeros((envs, window, *jnp.shape(x)), jnp.asarray(x).dtype), example)
+
+        def add(state, steps):
+            return jax.tree.map(lambda old, new: jnp.concatenate([old, new], 1)[:, -window:], state, steps)
+
+        def sample(state, key):
+            return {"obs": state.obs[..., 0], "action": state.action}
+
+        return Replay(init, add, sample, sample)
+
+    def act(key, state, obs, step, greedy, memory):
+        return memory, memory + 1
+
+    def update(key, state, batch):
+        assert batch["obs"].shape == (envs, window), "the agent's own batch"
+        mismatches = jnp.sum(batch["obs"].astype(jnp.int32) != batch["action"])
+        return state + 1, {"mismatches": mismatches.astype(jnp.float32)}
+
+    agent = Agent(
+        init=lambda key, obs: jnp.zeros((), jnp.int32),
+        act=act,
+        update=update,
+        diagnose=lambda state, batch: {},
+        intervene=lambda key, state, diags, context: state,
+        replay=window_replay,
+        init_memory=lambda n: jnp.zeros(n, jnp.int32),
+    )
+    loop = LoopConfig(
+        env_steps=48, num_envs=envs, warmup_steps=2 * window, buffer_size=64, batch_size=4, period=8, eval_every=3
+    )
+    train = make_train(loop, Env(spec, reset, step), agent)
+    carry = train.init(jax.random.split(jax.random.PRNGKey(0), 2))
+    carry, metrics, evals = train.run_chunk(carry)
+    mismatches = np.asarray(metrics["mismatches"])
+    assert mismatches[:, 0].sum() > 0, "the first period still sees warm-up's random actions"
+    np.testing.assert_array_equal(mismatches[:, 1:], 0)  # memory restarted exactly at every episode end
+    assert np.all(np.asarray(carry.agent) == 24)  # RR 1: 24 updates in the chunk's 24 env steps (3 periods of 8)
+    np.testing.assert_array_equal(evals["eval_return"], limit)  # evaluation runs the recurrent policy too

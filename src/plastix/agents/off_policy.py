@@ -16,11 +16,17 @@ updates per env step), so after N learning env steps exactly ``N · replay_ratio
 been made. Seeds are ``vmap``-ed over the whole chunk function; the host calls it once per chunk
 (to show progress and save a checkpoint) and only stores the stacked metrics it returns.
 
-Replay is a flashbax trajectory buffer holding, per parallel environment, the time series of
-``(obs, action, reward, terminated, truncated, final_obs)``; sampled sequences of length ``n + 1``
-give n-step transitions (:func:`n_step_targets`). An episode end cuts the n-step sum; after a
-*termination* nothing is bootstrapped (discount 0), after a *truncation* (time limit) the target
-bootstraps from the episode's final observation with discount ``γ^k`` (k = steps summed).
+What is stored and what a batch is belongs to the agent (:attr:`Agent.replay`, a
+:class:`Replay`); the loop only hands it every vector step as a :class:`Step` and asks for batches,
+so a recurrent learner with a replay of whole episodes reuses the schedule, the replay-ratio
+bookkeeping, the periods, diagnostics, interventions and evaluation as they are (a recurrent
+policy's memory is carried per env and restarted at episode ends, :attr:`Agent.init_memory`).
+The default, :func:`transition_replay`, is a flashbax trajectory buffer holding, per parallel
+environment, the time series of ``(obs, action, reward, terminated, truncated, final_obs)``;
+sampled sequences of length ``n + 1`` give n-step transitions (:func:`n_step_targets`). An
+episode end cuts the n-step sum; after a *termination* nothing is bootstrapped (discount 0),
+after a *truncation* (time limit) the target bootstraps from the episode's final observation with
+discount ``γ^k`` (k = steps summed).
 """
 
 from __future__ import annotations
@@ -134,14 +140,55 @@ class Agent(NamedTuple):
         with the loop's :class:`~plastix.interventions.Context` (update step, task, task switch).
       needs_scores: whether ``intervene`` reads the diagnostics (then they are computed even
         with ``diagnostics=False``).
+      replay: ``replay(loop_config, spec) -> Replay``: how env steps are stored and what a batch
+        is (``update`` and ``diagnose`` receive what its ``sample`` returns). ``None``: flat n-step
+        :class:`Transition` s (:func:`transition_replay`). An episode replay of a recurrent learner
+        goes here; the loop's schedule, replay-ratio bookkeeping, periods and evaluation stay.
+      init_memory: ``init_memory(n) -> memory`` for a recurrent policy (e.g. GRU hidden states of
+        ``n`` envs); then ``act(..., memory=memory)`` returns ``(actions, memory)``, and the loop
+        carries the memory across env steps and re-initializes it where an episode ended.
+        ``None``: a feed-forward policy (``act`` returns the actions only).
     """
 
     init: Callable[[Array, Array], Any]
     act: Callable[..., Array]
-    update: Callable[[Array, Any, Transition], tuple[Any, dict]]
-    diagnose: Callable[[Any, Transition], dict[str, Diagnostics]]
+    update: Callable[[Array, Any, Any], tuple[Any, dict]]
+    diagnose: Callable[[Any, Any], dict[str, Diagnostics]]
     intervene: Callable[[Array, Any, dict[str, Diagnostics] | None, Context], Any]
     needs_scores: bool = False
+    replay: Callable[[LoopConfig, EnvSpec], Replay] | None = None
+    init_memory: Callable[[int], Any] | None = None
+
+    def policy(self, key: Array, state: Any, obs: Array, step: Array, greedy: bool, memory: Any, done: Array):
+        """``(actions, memory)`` for ``obs (E, ...)``: the one place feed-forward and recurrent policies meet.
+
+        ``done`` ``(E,)`` marks envs whose previous step ended an episode: their memory restarts.
+        """
+        if self.init_memory is None:
+            return self.act(key, state, obs, step, greedy), memory
+        fresh = self.init_memory(obs.shape[0])
+        memory = jax.tree.map(lambda f, m: jnp.where(done.reshape((-1,) + (1,) * (m.ndim - 1)), f, m), fresh, memory)
+        return self.act(key, state, obs, step, greedy, memory=memory)
+
+    def start_memory(self, n: int) -> Any:
+        return () if self.init_memory is None else self.init_memory(n)
+
+
+class Replay(NamedTuple):
+    """How the loop stores env steps and what an update's batch is (chosen by the agent).
+
+    Attributes:
+      init: ``init(example) -> replay_state`` from one env's :class:`Step` (no batch axes).
+      add: ``add(replay_state, steps) -> replay_state`` with ``steps`` a :class:`Step` of arrays
+        ``(E, T, ...)``: T consecutive vector steps of the E parallel envs.
+      sample: ``sample(replay_state, key) -> batch`` for one update.
+      sample_scoring: ``sample_scoring(replay_state, key) -> batch`` of the diagnostics' size.
+    """
+
+    init: Callable[[Any], Any]
+    add: Callable[[Any, Any], Any]
+    sample: Callable[[Any, Array], Any]
+    sample_scoring: Callable[[Any, Array], Any]
 
 
 class Step(NamedTuple):
@@ -167,6 +214,8 @@ class Carry(NamedTuple):
     env_state: Any
     obs: Array  # (num_envs, *obs_shape)
     episode_return: Array  # (num_envs,) running return of the current episodes
+    memory: Any  # the policy's memory per env (``()`` for feed-forward agents)
+    done: Array  # (num_envs,) bool: the last step ended the env's episode
     key: Array
     env_steps: Array  # int32, learning env steps so far (warm-up excluded)
     updates: Array  # int32, gradient updates so far
@@ -287,7 +336,8 @@ class Train(NamedTuple):
       layout: the static split of the run.
       init_single / run_chunk_single: the same functions for one seed, neither jitted nor vmapped.
       evaluate: ``evaluate(agent_state, key) -> {eval_return, ...}`` for one seed (greedy episodes).
-      scoring_batch: ``scoring_batch(buffer_state, key) -> Transition`` of ``scoring_batch`` samples.
+      scoring_batch: ``scoring_batch(buffer_state, key) -> batch`` of ``scoring_batch`` samples (the
+        agent's replay decides the batch type; :class:`Transition` by default).
       host_env: the environment keeps its state on the host (Atari): seeds must be vmapped, and a
         restored carry needs fresh ``env_state`` / ``obs`` (see :mod:`plastix.envs.atari`).
     """
@@ -302,30 +352,14 @@ class Train(NamedTuple):
     host_env: bool = False
 
 
-def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None = None) -> Train:
-    """Build the jitted, seed-vmapped functions of a run of ``agent`` on ``env``.
+def transition_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
+    """Flat n-step :class:`Transition` s from a flashbax trajectory buffer (DQN, DrQ(ε), SAC).
 
-    Args:
-      config: the loop.
-      env: the training environment.
-      agent: the learner.
-      eval_env: environment of the greedy evaluation episodes (default ``env``); required, as a
-        separate object, for environments with host state (Atari).
+    Per parallel env the buffer holds the time series of :class:`Step` s; a sampled sequence of
+    ``n + 1`` steps gives one transition through :func:`n_step_targets`.
     """
     import flashbax
 
-    if eval_env is None:
-        if env.host_state:
-            raise ValueError(
-                f"{env.spec.name} keeps its state on the host: pass make_train(..., eval_env=...) "
-                "a separate Env object for evaluation (make_env(name, evaluation=True))"
-            )
-        eval_env = env
-    elif eval_env.spec.obs_shape != env.spec.obs_shape or eval_env.spec.num_actions != env.spec.num_actions:
-        raise ValueError(f"eval_env {eval_env.spec.name} does not match env {env.spec.name} (observations / actions)")
-
-    lay = layout(config)
-    spec = env.spec
     n = config.n_step
     E = config.num_envs
     capacity = config.buffer_size // E
@@ -341,9 +375,6 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         )
 
     buffer, scoring_buffer = sequence_buffer(config.batch_size), sequence_buffer(config.scoring_batch)
-    eval_steps = config.eval_steps or spec.max_episode_steps
-    vreset, vstep = jax.vmap(env.reset), jax.vmap(env.step)
-    eval_reset, eval_step = jax.vmap(eval_env.reset), jax.vmap(eval_env.step)
 
     def to_transition(seq: Step) -> Transition:
         if seq.final_obs is None:  # no final observation from this env: a truncation ends like a termination
@@ -357,16 +388,51 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             next_obs = jnp.where(from_final.reshape((-1,) + (1,) * (next_obs.ndim - 1)), final, next_obs)
         return Transition(seq.obs[:, 0], seq.action[:, 0], rewards, discounts, next_obs)
 
-    def sample(buf, buffer_state, key) -> Transition:
-        return to_transition(buf.sample(buffer_state, key).experience)
+    return Replay(
+        init=buffer.init,
+        add=buffer.add,
+        sample=lambda state, key: to_transition(buffer.sample(state, key).experience),
+        sample_scoring=lambda state, key: to_transition(scoring_buffer.sample(state, key).experience),
+    )
+
+
+def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None = None) -> Train:
+    """Build the jitted, seed-vmapped functions of a run of ``agent`` on ``env``.
+
+    Args:
+      config: the loop.
+      env: the training environment.
+      agent: the learner.
+      eval_env: environment of the greedy evaluation episodes (default ``env``); required, as a
+        separate object, for environments with host state (Atari).
+    """
+    if eval_env is None:
+        if env.host_state:
+            raise ValueError(
+                f"{env.spec.name} keeps its state on the host: pass make_train(..., eval_env=...) "
+                "a separate Env object for evaluation (make_env(name, evaluation=True))"
+            )
+        eval_env = env
+    elif eval_env.spec.obs_shape != env.spec.obs_shape or eval_env.spec.num_actions != env.spec.num_actions:
+        raise ValueError(f"eval_env {eval_env.spec.name} does not match env {env.spec.name} (observations / actions)")
+
+    lay = layout(config)
+    spec = env.spec
+    E = config.num_envs
+    replay = (agent.replay or transition_replay)(config, spec)
+    eval_steps = config.eval_steps or spec.max_episode_steps
+    vreset, vstep = jax.vmap(env.reset), jax.vmap(env.step)
+    eval_reset, eval_step = jax.vmap(eval_env.reset), jax.vmap(eval_env.step)
 
     def env_step(carry: Carry, key: Array, explore: bool):
         """One vector step; returns the stored steps and (completed return sum, completed count)."""
         k_act, k_env = jax.random.split(key)
         if explore:
-            actions = agent.act(k_act, carry.agent, carry.obs, carry.env_steps, False)
+            actions, memory = agent.policy(
+                k_act, carry.agent, carry.obs, carry.env_steps, False, carry.memory, carry.done
+            )
         else:
-            actions = random_actions(k_act, spec, E)
+            actions, memory = random_actions(k_act, spec, E), carry.memory
         ts = vstep(jax.random.split(k_env, E), carry.env_state, actions)
         done = ts.done
         ret = carry.episode_return + ts.reward
@@ -378,6 +444,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             env_state=ts.state,
             obs=ts.obs,
             episode_return=jnp.where(done, 0.0, ret),
+            memory=memory,
+            done=done,
             env_steps=carry.env_steps + (E if explore else 0),
         )
         return carry, (step, finished)
@@ -388,7 +456,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             lambda c, k: env_step(c, k, explore), carry, jax.random.split(key, length)
         )
         steps = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # (E, length, ...)
-        carry = carry._replace(buffer=buffer.add(carry.buffer, steps))
+        carry = carry._replace(buffer=replay.add(carry.buffer, steps))
         return carry, jax.tree.map(jnp.sum, finished)
 
     def init_single(key: Array) -> Carry:
@@ -405,10 +473,12 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         )
         carry = Carry(
             agent=agent.init(k_agent, obs[:1]),
-            buffer=buffer.init(example),
+            buffer=replay.init(example),
             env_state=env_state,
             obs=obs,
             episode_return=jnp.zeros(E, jnp.float32),
+            memory=agent.start_memory(E),
+            done=jnp.zeros(E, bool),
             key=k_next,
             env_steps=jnp.zeros((), jnp.int32),
             updates=jnp.zeros((), jnp.int32),
@@ -422,7 +492,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
 
         def one_update(agent_state, k):
             k_sample, k_agent = jax.random.split(k)
-            return agent.update(k_agent, agent_state, sample(buffer, carry.buffer, k_sample))
+            return agent.update(k_agent, agent_state, replay.sample(carry.buffer, k_sample))
 
         agent_state, stats = jax.lax.scan(one_update, carry.agent, jax.random.split(k_upd, lay.updates))
         carry = carry._replace(agent=agent_state, updates=carry.updates + lay.updates)
@@ -441,7 +511,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             train_return=jnp.where(episodes > 0, returns / jnp.maximum(episodes, 1), jnp.nan),
         )
         if config.diagnostics or agent.needs_scores:
-            diags = agent.diagnose(carry.agent, sample(scoring_buffer, carry.buffer, k_score))
+            diags = agent.diagnose(carry.agent, replay.sample_scoring(carry.buffer, k_score))
             if config.diagnostics:
                 for net, diag in diags.items():
                     metrics.update({f"{net}/{k}": v for k, v in summarize(diag).items()})
@@ -455,19 +525,19 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         """Greedy episodes on ``eval_envs`` fresh environments: return of each first episode."""
         k_reset, k_run = jax.random.split(key)
         obs, env_state = eval_reset(jax.random.split(k_reset, config.eval_envs))
-        zeros = jnp.zeros(config.eval_envs, jnp.float32)
+        n = config.eval_envs
+        zeros = jnp.zeros(n, jnp.float32)
 
         def step(c, k):
-            obs, env_state, ret, running = c
+            obs, env_state, ret, running, memory, done = c
             k_act, k_env = jax.random.split(k)
-            actions = agent.act(k_act, agent_state, obs, jnp.zeros((), jnp.int32), True)
-            ts = eval_step(jax.random.split(k_env, config.eval_envs), env_state, actions)
+            actions, memory = agent.policy(k_act, agent_state, obs, jnp.zeros((), jnp.int32), True, memory, done)
+            ts = eval_step(jax.random.split(k_env, n), env_state, actions)
             ret = ret + jnp.where(running, ts.reward, 0.0)
-            return (ts.obs, ts.state, ret, running & ~ts.done), None
+            return (ts.obs, ts.state, ret, running & ~ts.done, memory, ts.done), None
 
-        (_, _, ret, running), _ = jax.lax.scan(
-            step, (obs, env_state, zeros, jnp.ones(config.eval_envs, bool)), jax.random.split(k_run, eval_steps)
-        )
+        start = (obs, env_state, zeros, jnp.ones(n, bool), agent.start_memory(n), jnp.zeros(n, bool))
+        (_, _, ret, running, _, _), _ = jax.lax.scan(step, start, jax.random.split(k_run, eval_steps))
         return {"eval_return": jnp.mean(ret), "eval_episodes_finished": jnp.mean(~running)}
 
     def run_chunk_single(carry: Carry):
@@ -482,6 +552,6 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         init_single=init_single,
         run_chunk_single=run_chunk_single,
         evaluate=evaluate,
-        scoring_batch=lambda buffer_state, key: sample(scoring_buffer, buffer_state, key),
+        scoring_batch=replay.sample_scoring,
         host_env=env.host_state,
     )

@@ -155,7 +155,8 @@ def stage(config: RLConfig, train: Train | None = None) -> Stage:
 
     def resumed(fresh, restored):
         if train.host_env:  # emulator states are not in the checkpoint: continue with fresh episodes
-            return restored._replace(env_state=fresh.env_state, obs=fresh.obs, episode_return=fresh.episode_return)
+            fresh_episodes = ("env_state", "obs", "episode_return", "memory", "done")
+            return restored._replace(**{name: getattr(fresh, name) for name in fresh_episodes})
         return restored
 
     return Stage(
