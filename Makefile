@@ -29,6 +29,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/diagnostics_overhead.py
 	$(BIN)/python benchmarks/dqn_minatar_throughput.py --seeds 1 8 --chunk-periods 1
+	$(BIN)/python benchmarks/dqn_purejaxrl_settings.py --repeats 15
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
