@@ -501,3 +501,31 @@ def test_loop_serves_a_recurrent_policy_with_its_own_replay():
     np.testing.assert_array_equal(mismatches[:, 1:], 0)  # memory restarted exactly at every episode end
     assert np.all(np.asarray(carry.agent) == 24)  # RR 1: 24 updates in the chunk's 24 env steps (3 periods of 8)
     np.testing.assert_array_equal(evals["eval_return"], limit)  # evaluation runs the recurrent policy too
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: LoopConfig(replay_ratio=float("nan")), "replay_ratio must be a finite number"),
+        (lambda: LoopConfig(replay_ratio=float("inf")), "replay_ratio must be a finite number"),
+        (lambda: LoopConfig(replay_ratio=1e-9), "gives no update"),
+        (lambda: LoopConfig(env_steps=3_000_000_000), "overflows the int32"),
+        (lambda: LoopConfig(env_steps=1_000_000_000, replay_ratio=4), "overflows the int32"),
+        (lambda: RLConfig(seed=2**40), "RLConfig.seed"),
+        (lambda: RLConfig(seed=-1), "RLConfig.seed"),
+    ],
+)
+def test_loop_values_are_validated_with_the_field_name(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_brax_without_brax_names_the_extra():
+    try:
+        import brax  # noqa: F401
+
+        pytest.skip("brax is installed")
+    except ModuleNotFoundError:
+        pass
+    with pytest.raises(ValueError, match=r"\.\[brax\]"):
+        make_env("brax/hopper")

@@ -99,8 +99,21 @@ class LoopConfig:
         for field in positive:
             if getattr(self, field) < 1:
                 raise ValueError(f"LoopConfig.{field} must be >= 1, got {getattr(self, field)}")
-        if self.replay_ratio <= 0:
-            raise ValueError(f"LoopConfig.replay_ratio must be > 0, got {self.replay_ratio}")
+        if not 0 < self.replay_ratio < float("inf"):  # also refuses NaN
+            raise ValueError(f"LoopConfig.replay_ratio must be a finite number > 0, got {self.replay_ratio}")
+        k, u = replay_schedule(self.replay_ratio, self.num_envs)
+        if u < 1 or k > self.env_steps:
+            raise ValueError(
+                f"LoopConfig.replay_ratio={self.replay_ratio} with num_envs={self.num_envs} gives no update in "
+                f"env_steps={self.env_steps} (resolution 1/10,000 updates per env step)"
+            )
+        int32_max = 2**31 - 1
+        total_steps = self.env_steps + self.warmup_steps
+        if total_steps > int32_max or self.env_steps * self.replay_ratio > int32_max:
+            raise ValueError(
+                f"LoopConfig.env_steps={self.env_steps} (+ warmup_steps, × replay_ratio) overflows the int32 step "
+                f"and update counters (at most {int32_max}); split the run into several"
+            )
         if not 0 <= self.gamma <= 1:
             raise ValueError(f"LoopConfig.gamma must be in [0, 1], got {self.gamma}")
         if self.eval_steps < 0:

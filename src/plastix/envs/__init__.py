@@ -37,7 +37,12 @@ def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
     if name.startswith("brax/"):
         from plastix.envs.brax_envs import make_brax
 
-        return make_brax(name[len("brax/") :], **kwargs)
+        try:
+            return make_brax(name[len("brax/") :], **kwargs)
+        except ModuleNotFoundError as e:
+            raise ValueError(
+                f'env {name!r} needs brax, which is not installed ({e.name} missing): pip install -e ".[brax]"'
+            ) from None
     if name.startswith("atari/"):
         from plastix.envs.atari import make_atari
 

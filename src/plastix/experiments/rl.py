@@ -71,6 +71,8 @@ class RLConfig:
     def __post_init__(self):
         if self.agent not in AGENTS:
             raise ValueError(f"RLConfig.agent: got {self.agent!r}, allowed values are {AGENTS}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"RLConfig.seed must be in [0, 2**32), the PRNG key range, got {self.seed}")
         if self.seeds < 1:
             raise ValueError(f"RLConfig.seeds must be >= 1, got {self.seeds}")
         if self.checkpoint_every < 0:

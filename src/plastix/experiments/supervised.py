@@ -103,6 +103,8 @@ class SupervisedConfig:
             raise ValueError("SupervisedConfig.data_dir is required with data='cifar10' (no download)")
         if self.learning_rate <= 0 or not 0 <= self.momentum < 1:
             raise ValueError("SupervisedConfig.learning_rate must be > 0 and momentum in [0, 1)")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"SupervisedConfig.seed must be in [0, 2**32), the PRNG key range, got {self.seed}")
         if self.tau < 0:
             raise ValueError(f"SupervisedConfig.tau must be >= 0, got {self.tau}")
 
