@@ -110,11 +110,9 @@ def check_unused_flags(experiment: str, config: Any, argv: list[str]) -> None:
     from plastix.experiments import dormant
 
     if experiment == "rl":
-        unused = {
-            f"{name}": f"agent={config.cell.agent!r} / method={config.cell.plasticity.method!r}"
-            for name in config.cell.unused_settings()
-        }
-    elif experiment in dormant.ONLY_FOR or isinstance(config, dormant.DormantExperimentConfig):
+        why = f"agent={config.cell.agent!r} / method={config.cell.plasticity.method!r}"
+        unused = {name: why for name in config.cell.unused_settings()}
+    elif isinstance(config, dormant.DormantExperimentConfig):
         unused = {
             name: f"experiment {experiment}" for name, users in dormant.ONLY_FOR.items() if experiment not in users
         }

@@ -77,18 +77,21 @@ class RLConfig:
             raise ValueError(f"RLConfig.seeds must be >= 1, got {self.seeds}")
         if self.checkpoint_every < 0:
             raise ValueError(f"RLConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        for name in ("sac",) if self.agent in ("dqn", "drq") else ("dqn",):
-            if getattr(self, name) != getattr(RLConfig, name):
-                raise ValueError(
-                    f"RLConfig.{name} is set but agent={self.agent!r} does not use it (it would be ignored): "
-                    "leave it out or choose the agent that reads it"
-                )
+        other = self._other_agent_settings
+        if getattr(self, other) != getattr(RLConfig, other):
+            raise ValueError(
+                f"RLConfig.{other} is set but agent={self.agent!r} does not use it (it would be ignored): "
+                "leave it out or choose the agent that reads it"
+            )
+
+    @property
+    def _other_agent_settings(self) -> str:
+        return "sac" if self.agent in ("dqn", "drq") else "dqn"
 
     def unused_settings(self) -> tuple[str, ...]:
         """Sections this config never reads (``sac`` for DQN / DrQ(ε), ``dqn`` for SAC, and the
         plasticity settings of other methods as ``plasticity.<field>``)."""
-        other = ("sac",) if self.agent in ("dqn", "drq") else ("dqn",)
-        return other + tuple(f"plasticity.{name}" for name in self.plasticity.unused_settings())
+        return (self._other_agent_settings,) + tuple(f"plasticity.{name}" for name in self.plasticity.unused_settings())
 
 
 def build_agent(config: RLConfig):
@@ -133,9 +136,9 @@ def chunk_rows(period_metrics: dict, eval_metrics: dict, first_period: int) -> p
     return table
 
 
-def stage(config: RLConfig, train: Train | None = None) -> Stage:
+def stage(config: RLConfig) -> Stage:
     """A cell as the runner's one stage ("learn"): chunks of ``eval_every`` periods, then evaluation."""
-    train = train or build_train(_compute_key(config))
+    train = build_train(_compute_key(config))
     keys = seed_keys(config)
     if train.host_env and not config.vmap_seeds:
         raise ValueError(

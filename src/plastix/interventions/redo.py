@@ -137,6 +137,11 @@ def zero_outgoing(params: Params, topology: Topology, masks: dict[str, Array]) -
     This prunes the neurons: the network then computes what it computes with those neurons
     removed. ReDo's output after recycling equals the output of this pruned network.
     """
+    return _zero_outgoing(params, topology, masks, zeros_like_bool(params))[0]
+
+
+def _zero_outgoing(params: Params, topology: Topology, masks: dict[str, Array], touched: Params):
+    """:func:`zero_outgoing`, also marking the zeroed elements in ``touched``; returns both."""
     for layer in topology.layers:
         if layer.name not in masks:
             continue
@@ -144,7 +149,8 @@ def zero_outgoing(params: Params, topology: Topology, masks: dict[str, Array]) -
             value = get_path(params, consumer.path)
             hit = consumer.mask(masks[layer.name], value.shape)
             params = set_path(params, consumer.path, jnp.where(hit, jnp.zeros_like(value), value))
-    return params
+            touched = mark(touched, consumer.path, hit)
+    return params, touched
 
 
 def recycle_neurons(
@@ -177,14 +183,7 @@ def recycle_neurons(
             new = jnp.zeros_like(value) if piece.bias else get_path(fresh_params, piece.path)
             params = set_path(params, piece.path, jnp.where(hit, new, value))
             touched = mark(touched, piece.path, hit)
-    for layer in topology.layers:  # 2. outgoing slices: 0 in every consumer
-        if layer.name not in masks:
-            continue
-        for consumer in layer.consumers:
-            value = get_path(params, consumer.path)
-            hit = consumer.mask(masks[layer.name], value.shape)
-            params = set_path(params, consumer.path, jnp.where(hit, jnp.zeros_like(value), value))
-            touched = mark(touched, consumer.path, hit)
+    params, touched = _zero_outgoing(params, topology, masks, touched)  # 2. outgoing slices: 0 in every consumer
     opt_state = state.opt_state
     if reset_optimizer:
         opt_state = reset_optimizer_elements(state.tx, opt_state, touched)
