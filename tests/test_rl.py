@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, Transition, make_dqn, make_sac, make_train
@@ -391,9 +392,9 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path):
     resumed = run_cell(cell, str(tmp_path / "killed"))
     assert (tmp_path / "killed" / "DONE").exists()
     assert list(resumed.columns) == list(straight.columns)
-    np.testing.assert_array_equal(resumed.to_numpy(), straight.to_numpy())
+    pd.testing.assert_frame_equal(resumed, straight)
     again = run_cell(cell, str(tmp_path / "killed"))  # finished: read back, no rerun
-    np.testing.assert_array_equal(again.to_numpy(), straight.to_numpy())
+    pd.testing.assert_frame_equal(again, straight)
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.envs.base import Env, EnvSpec
+from plastix.envs.tasks import TaskSchedule
 from plastix.interventions import Context
 from plastix.metrics import Diagnostics, summarize
 
@@ -66,6 +67,9 @@ class LoopConfig:
         then counts its partial return.
       scoring_batch: transitions sampled from the buffer to score neurons.
       diagnostics: compute and log neuron diagnostics after every period.
+      tasks: a task schedule ``((task, env steps), ...)`` over the env's tasks (``Env.tasks``),
+        whose env steps add up to ``env_steps``; empty: task 0 throughout. Every period logs the
+        task in use, whether it switched and at which env step (see :class:`TaskSchedule`).
     """
 
     env_steps: int = 100_000
@@ -82,6 +86,7 @@ class LoopConfig:
     eval_steps: int = 0
     scoring_batch: int = 256
     diagnostics: bool = True
+    tasks: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         positive = (
@@ -118,6 +123,16 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.gamma must be in [0, 1], got {self.gamma}")
         if self.eval_steps < 0:
             raise ValueError(f"LoopConfig.eval_steps must be >= 0, got {self.eval_steps}")
+        if self.tasks and self.schedule.total_steps != self.env_steps:
+            raise ValueError(
+                f"LoopConfig.tasks: the segments' env steps add up to {self.schedule.total_steps}, "
+                f"but env_steps={self.env_steps}"
+            )
+
+    @property
+    def schedule(self) -> TaskSchedule:
+        """The task schedule (task 0 throughout when ``tasks`` is empty)."""
+        return TaskSchedule(self.tasks) if self.tasks else TaskSchedule.single(self.env_steps)
 
 
 class Transition(NamedTuple):
@@ -280,8 +295,12 @@ def n_step_return(rewards: Array, dones: Array, gamma: float) -> tuple[Array, Ar
     return returns, discounts
 
 
-def random_actions(key: Array, spec: EnvSpec, n: int) -> Array:
-    """``n`` uniform random actions: ``(n,)`` int32 or ``(n, action_dim)`` float32."""
+def random_actions(key: Array, spec: EnvSpec, n: int, obs: Any = None) -> Array:
+    """``n`` uniform random actions: ``(n,)`` int32 or ``(n, action_dim)`` float32; for a
+    multi-agent env ``(n, agents)`` int32, uniform over each agent's available actions (``obs.avail``)."""
+    if spec.agents:
+        logits = jnp.where(obs.avail, 0.0, -jnp.inf)
+        return jax.random.categorical(key, logits).astype(jnp.int32)
     if spec.discrete:
         return jax.random.randint(key, (n,), 0, spec.num_actions)
     return jax.random.uniform(key, (n, spec.action_dim), minval=spec.action_low, maxval=spec.action_high)
@@ -434,18 +453,26 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
     E = config.num_envs
     replay = (agent.replay or transition_replay)(config, spec)
     eval_steps = config.eval_steps or spec.max_episode_steps
-    vreset, vstep = jax.vmap(env.reset), jax.vmap(env.step)
-    eval_reset, eval_step = jax.vmap(eval_env.reset), jax.vmap(eval_env.step)
+    schedule = config.schedule
+    schedule.check(env.num_tasks, spec.name)
+    switch_steps = jnp.asarray(schedule.switch_steps or (-1,), jnp.int32)
 
-    def env_step(carry: Carry, key: Array, explore: bool):
-        """One vector step; returns the stored steps and (completed return sum, completed count)."""
-        k_act, k_env = jax.random.split(key)
+    def vector_env(env: Env, task: Array):
+        """``(reset, step)`` of ``env`` at ``task``, vmapped over parallel envs."""
+        reset, step = env.at_task(task)
+        return jax.vmap(reset), jax.vmap(step)
+
+    def env_step(carry: Carry, keys: Array, explore: bool):
+        """One vector step with ``keys = (k_act, k_env)``; returns the stored steps and (completed return
+        sum, completed count)."""
+        k_act, k_env = keys
         if explore:
             actions, memory = agent.policy(
                 k_act, carry.agent, carry.obs, carry.env_steps, False, carry.memory, carry.done
             )
         else:
-            actions, memory = random_actions(k_act, spec, E), carry.memory
+            actions, memory = random_actions(k_act, spec, E, carry.obs), carry.memory
+        _, vstep = vector_env(env, schedule.task_at(carry.env_steps))
         ts = vstep(jax.random.split(k_env, E), carry.env_state, actions)
         done = ts.done
         ret = carry.episode_return + ts.reward
@@ -463,29 +490,30 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         )
         return carry, (step, finished)
 
-    def collect(carry: Carry, key: Array, length: int, explore: bool):
-        """``length`` vector steps added to the buffer; returns (carry, (return sum, episodes))."""
-        carry, (steps, finished) = jax.lax.scan(
-            lambda c, k: env_step(c, k, explore), carry, jax.random.split(key, length)
-        )
+    def collect(carry: Carry, keys: Array, explore: bool):
+        """``len(keys)`` vector steps (``keys (length, 2, key)``) added to the buffer; returns
+        (carry, (return sum, episodes))."""
+        carry, (steps, finished) = jax.lax.scan(lambda c, k: env_step(c, k, explore), carry, keys)
         steps = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # (E, length, ...)
         carry = carry._replace(buffer=replay.add(carry.buffer, steps))
         return carry, jax.tree.map(jnp.sum, finished)
 
     def init_single(key: Array) -> Carry:
         k_agent, k_env, k_warm, k_next = jax.random.split(key, 4)
+        vreset, _ = vector_env(env, schedule.task_at(jnp.zeros((), jnp.int32)))
         obs, env_state = vreset(jax.random.split(k_env, E))
+        first = jax.tree.map(lambda x: x[0], obs)
         no = jnp.zeros((), bool)
         example = Step(
-            obs[0],
-            random_actions(k_warm, spec, 1)[0],
+            first,
+            random_actions(k_warm, spec, E, obs)[0],
             jnp.zeros((), jnp.float32),
             no,
             no,
-            obs[0] if spec.final_obs else None,
+            first if spec.final_obs else None,
         )
         carry = Carry(
-            agent=agent.init(k_agent, obs[:1]),
+            agent=agent.init(k_agent, jax.tree.map(lambda x: x[:1], obs)),
             buffer=replay.init(example),
             env_state=env_state,
             obs=obs,
@@ -496,24 +524,30 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             env_steps=jnp.zeros((), jnp.int32),
             updates=jnp.zeros((), jnp.int32),
         )
-        carry, _ = collect(carry, k_warm, lay.warmup_vector_steps, explore=False)
+        warm_keys = jax.random.split(k_warm, 2 * lay.warmup_vector_steps).reshape(
+            lay.warmup_vector_steps, 2, *k_warm.shape
+        )
+        carry, _ = collect(carry, warm_keys, explore=False)
         return carry
 
     def iteration(carry: Carry, key: Array):
-        k_env, k_upd = jax.random.split(key)
-        carry, finished = collect(carry, k_env, lay.vector_steps, explore=True)
+        # Every key of the iteration from one split: on XLA:CPU each threefry call is a small loop
+        # whose fixed cost, per vector step, is comparable to the env step itself.
+        keys = jax.random.split(key, 2 * (lay.vector_steps + lay.updates)).reshape(-1, 2, *key.shape)
+        carry, finished = collect(carry, keys[: lay.vector_steps], explore=True)
 
         def one_update(agent_state, k):
-            k_sample, k_agent = jax.random.split(k)
+            k_sample, k_agent = k
             return agent.update(k_agent, agent_state, replay.sample(carry.buffer, k_sample))
 
-        agent_state, stats = jax.lax.scan(one_update, carry.agent, jax.random.split(k_upd, lay.updates))
+        agent_state, stats = jax.lax.scan(one_update, carry.agent, keys[lay.vector_steps :])
         carry = carry._replace(agent=agent_state, updates=carry.updates + lay.updates)
         return carry, (finished, jax.tree.map(jnp.mean, stats))
 
     def period(carry: Carry, _):
         key, k_iter, k_score, k_int = jax.random.split(carry.key, 4)
         carry = carry._replace(key=key)
+        start = carry.env_steps
         carry, (finished, stats) = jax.lax.scan(iteration, carry, jax.random.split(k_iter, lay.iterations))
         returns, episodes = jax.tree.map(jnp.sum, finished)
         metrics = {k: jnp.mean(v) for k, v in stats.items()}
@@ -523,6 +557,14 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             episodes=episodes,
             train_return=jnp.where(episodes > 0, returns / jnp.maximum(episodes, 1), jnp.nan),
         )
+        # a switch at env step s means step s uses the new task; one at the period's last step
+        # boundary belongs to this period, so an intervention at its end sees it before new data
+        task = schedule.task_at(carry.env_steps)
+        in_period = (switch_steps > start) & (switch_steps <= carry.env_steps)
+        switched = jnp.any(in_period)
+        metrics.update(
+            task=task, task_switched=switched, task_switch_step=jnp.max(jnp.where(in_period, switch_steps, -1))
+        )
         if config.diagnostics or agent.needs_scores:
             diags = agent.diagnose(carry.agent, replay.sample_scoring(carry.buffer, k_score))
             if config.diagnostics:
@@ -530,12 +572,13 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
                     metrics.update({f"{net}/{k}": v for k, v in summarize(diag).items()})
         else:
             diags = None
-        context = Context.at(carry.updates)  # one task per run: no switches yet
+        context = Context.at(carry.updates, task, switched)
         carry = carry._replace(agent=agent.intervene(k_int, carry.agent, diags, context))
         return carry, metrics
 
-    def evaluate(agent_state, key: Array) -> dict:
-        """Greedy episodes on ``eval_envs`` fresh environments: return of each first episode."""
+    def evaluate_task(agent_state, key: Array, task: Array) -> dict:
+        """Greedy episodes on ``eval_envs`` fresh environments of ``task``: return of each first episode."""
+        eval_reset, eval_step = vector_env(eval_env, task)
         k_reset, k_run = jax.random.split(key)
         obs, env_state = eval_reset(jax.random.split(k_reset, config.eval_envs))
         n = config.eval_envs
@@ -553,10 +596,20 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         (_, _, ret, running, _, _), _ = jax.lax.scan(step, start, jax.random.split(k_run, eval_steps))
         return {"eval_return": jnp.mean(ret), "eval_episodes_finished": jnp.mean(~running)}
 
+    def evaluate(agent_state, key: Array, task: Array | int = 0) -> dict:
+        """:func:`evaluate_task` on ``task``; with several tasks also ``eval_return/task_k`` for every task k."""
+        out = evaluate_task(agent_state, key, jnp.asarray(task, jnp.int32))
+        if eval_env.num_tasks > 1:
+            every = jax.vmap(lambda k: evaluate_task(agent_state, key, k)["eval_return"])(
+                jnp.arange(eval_env.num_tasks, dtype=jnp.int32)
+            )
+            out.update({f"eval_return/task_{k}": every[k] for k in range(eval_env.num_tasks)})
+        return out
+
     def run_chunk_single(carry: Carry):
         carry, metrics = jax.lax.scan(period, carry, None, length=lay.periods)
         key, k_eval = jax.random.split(carry.key)
-        return carry._replace(key=key), metrics, evaluate(carry.agent, k_eval)
+        return carry._replace(key=key), metrics, evaluate(carry.agent, k_eval, schedule.task_at(carry.env_steps))
 
     return Train(
         init=jax.jit(jax.vmap(init_single)),

@@ -8,13 +8,27 @@ episode, and the observation the episode ended in is returned separately (``fina
 An episode ends by *termination* (a terminal state: no future reward, value 0) or by
 *truncation* (a time limit: the state has a value, and targets bootstrap from ``final_obs``).
 Pendulum never terminates; every one of its episode ends is a truncation.
+
+**Multi-agent environments** (``spec.agents = n > 0``) are the same three functions with a
+cooperative team: the observation is a :class:`MultiAgentObs` pytree (per-agent observations,
+the global state and the available-action masks), actions are ``(n,)`` int32, and the reward
+is the team's scalar.
+
+**Tasks as data.** An environment with several tasks (matrix games with different payoffs,
+predator-prey with other penalties, SMAX with other unit-type mixes) lists their parameters in
+``Env.tasks``, a pytree whose leaves have a leading axis of length K (one entry per task); its
+``reset(key, task=...)`` and ``step(key, state, action, task=...)`` receive one task's entry.
+The loop picks the entry with a traced index (:meth:`Env.at_task`), so a schedule of tasks
+(:class:`~plastix.envs.tasks.TaskSchedule`) switches inside one jitted run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
+import jax
 from jax import Array
 
 
@@ -33,6 +47,10 @@ class EnvSpec(NamedTuple):
       final_obs: ``step`` returns the true final observation of an ended episode. ``False`` where
         the backend discards it (Atari through ale-py's vector env): learners then treat a
         truncation like a termination (no bootstrap), which this flag makes explicit.
+      agents: number of agents of a cooperative multi-agent env (0: a single-agent env). Then
+        ``obs_shape`` is one agent's observation, ``num_actions`` one agent's actions, and the
+        observation is a :class:`MultiAgentObs`.
+      state_shape: shape of the global state of a multi-agent env (what a mixer conditions on).
     """
 
     name: str
@@ -45,10 +63,26 @@ class EnvSpec(NamedTuple):
     max_episode_steps: int = 1000
     obs_scale: float = 1.0
     final_obs: bool = True
+    agents: int = 0
+    state_shape: tuple[int, ...] = ()
 
     @property
     def discrete(self) -> bool:
         return self.num_actions > 0
+
+
+class MultiAgentObs(NamedTuple):
+    """What a multi-agent env observes at one step (for one env; the loop adds batch axes in front).
+
+    Attributes:
+      obs: ``(n, *obs_shape)`` each agent's own (partial) observation.
+      state: ``(*state_shape,)`` the global state (for centralized training only).
+      avail: ``(n, num_actions)`` bool, the actions each agent may take now.
+    """
+
+    obs: Array
+    state: Array
+    avail: Array
 
 
 class Timestep(NamedTuple):
@@ -79,6 +113,9 @@ class Timestep(NamedTuple):
 class Env(NamedTuple):
     """``reset(key) -> (obs, state)``; ``step(key, state, action) -> Timestep``.
 
+    With ``tasks`` (a pytree, leading axis = task): ``reset(key, task=t)`` and
+    ``step(key, state, action, task=t)`` with ``t`` one task's entry; see :meth:`at_task`.
+
     One environment, unbatched: ``obs`` has ``spec.obs_shape``; reward and flags are scalars
     (float32, bool); see :class:`Timestep`.
 
@@ -91,3 +128,18 @@ class Env(NamedTuple):
     reset: Callable[[Array], tuple[Array, Any]]
     step: Callable[[Array, Any, Array], Timestep]
     host_state: bool = False
+    tasks: Any = None
+
+    @property
+    def num_tasks(self) -> int:
+        """K, the number of tasks (1 for an env without ``tasks``)."""
+        if self.tasks is None:
+            return 1
+        return int(jax.tree.leaves(self.tasks)[0].shape[0])
+
+    def at_task(self, index: Array | int) -> tuple[Callable, Callable]:
+        """``(reset, step)`` of task ``index`` (a traced int32 is fine): the plain functions without tasks."""
+        if self.tasks is None:
+            return self.reset, self.step
+        task = jax.tree.map(lambda x: x[index], self.tasks)
+        return partial(self.reset, task=task), partial(self.step, task=task)
