@@ -194,7 +194,7 @@ class Agent(NamedTuple):
         """
         if self.init_memory is None:
             return self.act(key, state, obs, step, greedy), memory
-        fresh = self.init_memory(obs.shape[0])
+        fresh = self.init_memory(done.shape[0])
         memory = jax.tree.map(lambda f, m: jnp.where(done.reshape((-1,) + (1,) * (m.ndim - 1)), f, m), fresh, memory)
         return self.act(key, state, obs, step, greedy, memory=memory)
 

@@ -1,4 +1,9 @@
-"""Value-factorization mixers with hypernetwork-generated neurons: QMIX (Rashid et al. 2018).
+"""Value-factorization mixers: VDN (Sunehag et al. 2018), QMIX (Rashid et al. 2018), QPLEX (Wang et al. 2021).
+
+Every mixer is called as ``mixer(q, state, q_max, actions)`` with the chosen per-agent values
+``q (…, n)``, the global state ``state (…, S)``, each agent's greedy value ``q_max (…, n)`` and the
+joint action one-hot ``actions (…, n, A)``; VDN and QMIX read only ``q`` (and QMIX ``state``).
+Every mixer declares its neuron layers (:meth:`topology`, group ``mixer``).
 
 QMIX mixes per-agent values ``q (…, n)`` with the state ``s (…, S)`` (PyMARL2 ``nmix.py``)::
 
@@ -20,6 +25,7 @@ output layer. Zeroing those columns makes ``w2_j = |0| = 0``, so ReDo stays func
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -45,7 +51,7 @@ class QMixer(nn.Module):
     width_multiplier: float = 1.0
 
     @nn.compact
-    def __call__(self, q: Array, state: Array) -> Array:
+    def __call__(self, q: Array, state: Array, q_max: Array | None = None, actions: Array | None = None) -> Array:
         if q.shape[-1] != self.agents or q.shape[:-1] != state.shape[:-1]:
             raise ValueError(
                 f"QMixer: q must be (..., {self.agents}) and state (..., S) with equal leading axes; "
@@ -87,3 +93,72 @@ class QMixer(nn.Module):
         )
         head = ParamLayer("head", ("hyper_w2_1", "hyper_b2_1"), (), group)
         return Topology(layers, (), (head,), {group: "mixing"})
+
+
+class VDNMixer(nn.Module):
+    """VDN: ``Q_tot = Σ_i Q_i`` (no parameters, no neurons)."""
+
+    agents: int
+
+    @nn.compact
+    def __call__(self, q: Array, state: Array, q_max: Array | None = None, actions: Array | None = None) -> Array:
+        return jnp.sum(q, axis=-1)
+
+    def topology(self, group: str = "mixer") -> Topology:
+        return Topology((), (), (), {})
+
+
+def _two_layer(x: Array, hidden: int, out: int, name: str) -> Array:
+    """``Dense(out)(relu(Dense(hidden)(x)))`` with modules ``<name>_0`` (a neuron layer) and ``<name>_1``."""
+    return nn.Dense(out, name=f"{name}_1")(nn.relu(nn.Dense(hidden, name=f"{name}_0")(x)))
+
+
+class QPLEXMixer(nn.Module):
+    """QPLEX's duplex dueling mixer (PyMARL2 ``dmaq`` with weighted head and λ attention, MARL-NOTES).
+
+    Attributes:
+      agents: n.
+      actions: A, actions per agent (the λ extractor reads the joint action one-hot).
+      hidden: hidden width of every two-layer extractor (PyMARL2 ``adv_hypernet_embed``: 64).
+      heads: number of attention heads K (PyMARL2 ``num_kernel``: 4).
+      width_multiplier: scales ``hidden``.
+
+    With ``w = |w(s)| + 1e-10`` and ``v = v(s)`` (weighted head), ``V_tot = Σ_i (w_i Q_i + v_i)``,
+    ``λ_i = Σ_k |key_k(s)| · σ(agent_k(s))_i · σ(action_k([s, a]))_i`` and
+    ``A_tot = Σ_i stop_grad(w_i (Q_i − Q̄_i)) · (λ_i − 1)``; returns ``Q_tot = V_tot + A_tot``.
+    Since ``V_tot = Σ_i (w_i Q̄_i + v_i) + Σ_i A_i`` with ``A_i = w_i (Q_i − Q̄_i) ≤ 0``,
+    ``Q_tot = Σ_i (w_i Q̄_i + v_i) + Σ_i λ_i A_i`` with ``λ_i > 0``: the greedy joint action of the
+    agents maximizes ``Q_tot`` (IGM), where ``A_tot = 0``.
+    """
+
+    agents: int
+    actions: int
+    hidden: int = 64
+    heads: int = 4
+    width_multiplier: float = 1.0
+
+    @nn.compact
+    def __call__(self, q: Array, state: Array, q_max: Array | None = None, actions: Array | None = None) -> Array:
+        if q_max is None or actions is None:
+            raise ValueError("QPLEXMixer needs q_max (…, n) and the joint action one-hot actions (…, n, A)")
+        (hidden,) = _check_widths((self.hidden,), self.width_multiplier, "QPLEXMixer")
+        n = self.agents
+        w = jnp.abs(_two_layer(state, hidden, n, "w")) + 1e-10
+        v = _two_layer(state, hidden, n, "v")
+        v_tot = jnp.sum(w * q + v, axis=-1)
+        advantage = jax.lax.stop_gradient(w * (q - q_max))
+        state_action = jnp.concatenate([state, actions.reshape(*actions.shape[:-2], -1)], axis=-1)
+        lam = 0.0
+        for k in range(self.heads):
+            key = jnp.abs(_two_layer(state, hidden, 1, f"key{k}")) + 1e-10
+            agent = nn.sigmoid(_two_layer(state, hidden, n, f"agent{k}"))
+            action = nn.sigmoid(_two_layer(state_action, hidden, n, f"action{k}"))
+            lam = lam + key * agent * action
+        return v_tot + jnp.sum(advantage * (lam - 1.0), axis=-1)
+
+    def topology(self, group: str = "mixer") -> Topology:
+        """The hidden layer of every extractor (``w_0, v_0, key{k}_0, agent{k}_0, action{k}_0``)."""
+        names = ["w", "v"] + [f"{part}{k}" for k in range(self.heads) for part in ("key", "agent", "action")]
+        layers = tuple(NeuronLayer(f"{m}_0", f"{m}_0", (Consumer(f"{m}_1/kernel"),), group=group) for m in names)
+        heads = tuple(ParamLayer(f"{m}_1", (f"{m}_1",), (), group) for m in names)
+        return Topology(layers, (), heads, {group: "v_0"})
