@@ -114,3 +114,40 @@ def test_rank_measures_match_numpy_svd_on_random_features():
     assert float(pm.effective_rank(f)) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-3)
     assert int(pm.srank(f, 0.01)) == int(np.searchsorted(np.cumsum(s) / s.sum(), 0.99) + 1)
     assert float(pm.effective_rank(f.T)) == pytest.approx(float(pm.effective_rank(f)), rel=1e-3)  # wide matrices too
+
+
+def test_vmapped_eigen_solves_run_one_matrix_at_a_time_on_cpu():
+    """Batched LAPACK eigen-solves deadlock XLA:CPU's intra-op pool when two run at once (jaxlib 0.10):
+    under vmap, the diagnostics' rank measures must call LAPACK on single matrices."""
+    import re
+
+    from plastix.metrics import effective_rank, srank
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the single-matrix path is for XLA:CPU")
+    x = jax.random.normal(jax.random.key(0), (2, 32, 8))
+    y = jax.random.normal(jax.random.key(1), (2, 32, 12))
+    f = jax.jit(jax.vmap(lambda a, b: (effective_rank(a), srank(b))))
+    hlo = f.lower(x, y).compile().as_text()
+    lapack = [line for line in hlo.splitlines() if 'custom_call_target="lapack' in line]
+    assert lapack, "expected LAPACK eigen-solves in the program"
+    assert not any(re.search(r"f32\[\d+,\d+,\d+\]", line) for line in lapack), lapack
+    single = [float(effective_rank(x[i])) for i in range(2)]
+    np.testing.assert_allclose(f(x, y)[0], single, rtol=1e-5)
+
+
+def test_gru_orthogonal_initializer_is_orthonormal_and_lapack_free():
+    from plastix.nn.recurrent import orthogonal
+
+    init = orthogonal()
+    for shape in ((16, 16), (24, 8), (8, 24)):
+        q = np.asarray(init(jax.random.key(0), shape))
+        gram = q.T @ q if shape[0] >= shape[1] else q @ q.T
+        np.testing.assert_allclose(gram, np.eye(min(shape)), atol=1e-5)
+    hlo = jax.jit(jax.vmap(lambda k: init(k, (16, 16)))).lower(jax.random.split(jax.random.key(0), 2)).as_text()
+    assert "lapack" not in hlo and "householder" not in hlo.lower()
+    from plastix.nn.recurrent import GRUAgent
+
+    agent = GRUAgent(16, 3)
+    draw = jax.vmap(lambda k: agent.init(k, jnp.zeros((1, 2, 4))))
+    assert "lapack" not in jax.jit(draw).lower(jax.random.split(jax.random.key(0), 2)).as_text()

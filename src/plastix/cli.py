@@ -24,7 +24,11 @@ EXPERIMENTS = {
     "redo-ablations": "ReDo selection (dormant/random/inverse/scheduled), τ and width ablations",
     "dormant-pruning": "prune the dormant neurons of a trained DQN: evaluation return unchanged",
     "sac-dormant": "SAC with and without ReDo (τ = 0): dormant % of actor vs critic",
-    "rl": "one learner (DQN, DrQ(ε), SAC) with every setting of its config: loop, plasticity method, diagnostics",
+    "rl": "one learner (DQN, DrQ(ε), SAC, VDN/QMIX/QPLEX) with every setting of its config: loop, plasticity, "
+    "diagnostics",
+    "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games then game 1 again: "
+    "return per task, stagnant/dormant/GraMa ratios of agent network vs mixer",
+    "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with a −2 miscoordination penalty",
 }
 
 

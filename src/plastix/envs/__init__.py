@@ -1,8 +1,11 @@
-"""Environments as pure functions (:class:`Env`): gymnax (classic control, MinAtar), brax, Atari.
+"""Environments as pure functions (:class:`Env`): gymnax (classic control, MinAtar), brax, Atari,
+and the multi-agent games written here (matrix games, predator-prey).
 
 ``make_env(name)`` picks the adapter from the name: gymnax names as gymnax spells them
 (``"CartPole-v1"``, ``"Breakout-MinAtar"``), brax tasks as ``"brax/<task>"`` (``"brax/hopper"``),
-Atari 2600 games as ``"atari/<rom id>"`` (``"atari/breakout"``; needs ale-py).
+Atari 2600 games as ``"atari/<rom id>"`` (``"atari/breakout"``; needs ale-py); multi-agent:
+``"matrix-sequential"`` (the five sequential matrix games, one task each), ``"matrix/<game>"``
+(one game of :data:`~plastix.envs.matrix_games.GAMES`) and ``"predator-prey"``.
 """
 
 from __future__ import annotations
@@ -11,13 +14,22 @@ from plastix.envs.base import Env, EnvSpec, Timestep
 from plastix.envs.gymnax_envs import MINATAR, make_gymnax
 from plastix.envs.gymnax_envs import NAMES as GYMNAX_NAMES
 
+MULTI_AGENT = ("matrix-sequential", "predator-prey")
+
 
 def available_envs() -> tuple[str, ...]:
     """Every name :func:`make_env` accepts."""
     from plastix.envs.atari import available_games
     from plastix.envs.brax_envs import NAMES as BRAX_NAMES
+    from plastix.envs.matrix_games import GAMES
 
-    return GYMNAX_NAMES + tuple(f"brax/{n}" for n in BRAX_NAMES) + tuple(f"atari/{g}" for g in available_games())
+    return (
+        GYMNAX_NAMES
+        + MULTI_AGENT
+        + tuple(f"matrix/{g}" for g in GAMES)
+        + tuple(f"brax/{n}" for n in BRAX_NAMES)
+        + tuple(f"atari/{g}" for g in available_games())
+    )
 
 
 def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
@@ -34,6 +46,17 @@ def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
     """
     if name in GYMNAX_NAMES:
         return make_gymnax(name, **kwargs)
+    if name == "matrix-sequential" or name.startswith("matrix/"):
+        from plastix.envs.matrix_games import GAMES, SEQUENTIAL_GAMES, make_matrix_game
+
+        game = name[len("matrix/") :] if name.startswith("matrix/") else None
+        if game is not None and game not in GAMES:
+            raise ValueError(f"env: got {name!r}, matrix games available: {tuple(f'matrix/{g}' for g in GAMES)}")
+        return make_matrix_game(SEQUENTIAL_GAMES if game is None else GAMES[game], name=name, **kwargs)
+    if name == "predator-prey":
+        from plastix.envs.predator_prey import make_predator_prey
+
+        return make_predator_prey(name=name, **kwargs)
     if name.startswith("brax/"):
         from plastix.envs.brax_envs import make_brax
 

@@ -20,15 +20,16 @@ tests: Nature-CNN updates take tens of ms each on a CPU).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
 from typing import Literal
 
-import jax
 import pandas as pd
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
+from plastix.experiments.marl import MARL_EXPERIMENTS, MIXER_CHOICES, marl_cells, report_section
 from plastix.experiments.rl import RLConfig, build_train, run_cell
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete
@@ -56,7 +57,10 @@ class DormantExperimentConfig:
       vmap_seeds: run the seeds of a cell together with ``vmap``.
       tau: τ of the dormant threshold reported (and used by ReDo).
       replay_ratios: replay ratios of ``dqn-replay-ratio`` (a subset runs fewer cells).
-      methods: interventions of ``dqn-replay-ratio``, from ``none``, ``redo``, ``reset``, ``weight_decay``.
+      methods: interventions of ``dqn-replay-ratio`` (default all of ``none``, ``redo``, ``reset``,
+        ``weight_decay``) and of the MARL experiments (default ``none``, ``redo``, ``reset``).
+      mixers: value factorizations of the MARL experiments (``matrix-sequential``,
+        ``predator-prey``), from ``vdn``, ``qmix``, ``qplex`` (default all three).
     """
 
     name: str = ""
@@ -68,7 +72,8 @@ class DormantExperimentConfig:
     vmap_seeds: bool = True
     tau: float = 0.1
     replay_ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ()
+    mixers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.scale not in ("small", "paper"):
@@ -78,9 +83,12 @@ class DormantExperimentConfig:
         if not self.replay_ratios or any(r <= 0 for r in self.replay_ratios):
             raise ValueError(f"replay_ratios must be positive numbers, got {self.replay_ratios}")
         bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
+        if bad:
             raise ValueError(f"DormantExperimentConfig.methods: got {self.methods}, allowed values are {METHODS}")
-        for field in ("methods", "replay_ratios"):
+        bad = [m for m in self.mixers if m not in MIXER_CHOICES]
+        if bad:
+            raise ValueError(f"DormantExperimentConfig.mixers: got {self.mixers}, allowed values are {MIXER_CHOICES}")
+        for field in ("methods", "replay_ratios", "mixers"):
             values = getattr(self, field)
             if len(set(values)) != len(values):
                 raise ValueError(f"DormantExperimentConfig.{field}: duplicate entries in {values}")
@@ -120,7 +128,11 @@ def single_cells(config: SingleRunConfig) -> list[tuple[dict, RLConfig]]:
     return [({"agent": config.cell.agent, "method": config.cell.plasticity.method}, config.cell)]
 
 
-ONLY_FOR = {"replay_ratios": ("dqn-replay-ratio",), "methods": ("dqn-replay-ratio",)}
+ONLY_FOR = {
+    "replay_ratios": ("dqn-replay-ratio",),
+    "methods": ("dqn-replay-ratio", *MARL_EXPERIMENTS),
+    "mixers": MARL_EXPERIMENTS,
+}
 """Fields read by some experiments only: setting them for another experiment is an error."""
 
 
@@ -227,7 +239,7 @@ def replay_ratio_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLCo
     """``dqn-replay-ratio``: RR ∈ {0.25, 0.5, 1, 2} × {none, ReDo, Reset, weight decay} (Figure 10)."""
     cells = []
     for rr in config.replay_ratios:
-        for method in config.methods:
+        for method in config.methods or METHODS:
             cells.append(
                 (
                     {"rr": rr, "method": method},
@@ -326,15 +338,10 @@ def sac_cells(config: DormantExperimentConfig) -> list[tuple[dict, RLConfig]]:
             eval_envs=4,
         )
         sac, redo_period = SACConfig(hidden=(64, 64), optimizer=OptimizerConfig("adam", 1e-3)), 2_500
-    # XLA:CPU (jax 0.10) deadlocks on the vmapped SAC + ReDo program: seeds run one by one there
-    vmap = config.vmap_seeds and jax.default_backend() != "cpu"
     cells = []
     for method in ("none", "redo"):
         p = PlasticityConfig(method, **({"redo": ReDoConfig(tau=0.0, period=redo_period)} if method == "redo" else {}))
-        cell = dataclasses.replace(
-            _cell(config, env=env, agent="sac", loop=loop, sac=sac, plasticity=p), vmap_seeds=vmap
-        )
-        cells.append(({"method": method}, cell))
+        cells.append(({"method": method}, _cell(config, env=env, agent="sac", loop=loop, sac=sac, plasticity=p)))
     return cells
 
 
@@ -345,6 +352,14 @@ EXPERIMENTS: dict[str, tuple[Callable, str]] = {
     "dormant-pruning": (pruning_cells, "prune the dormant neurons of a trained DQN: return unchanged"),
     "sac-dormant": (sac_cells, "SAC with and without ReDo: dormant % of actor vs critic"),
     "rl": (single_cells, "one learner, every setting of its config from the command line"),
+    "matrix-sequential": (
+        functools.partial(marl_cells, "matrix-sequential"),
+        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again",
+    ),
+    "predator-prey": (
+        functools.partial(marl_cells, "predator-prey"),
+        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2",
+    ),
 }
 
 
@@ -428,6 +443,8 @@ def _labels(experiment: str) -> list[str]:
         "dormant-pruning": ["agent"],
         "sac-dormant": ["method"],
         "rl": ["agent", "method"],
+        "matrix-sequential": ["mixer", "method"],
+        "predator-prey": ["mixer", "method"],
     }[experiment]
 
 
@@ -506,6 +523,8 @@ def write_report(
         axes[0][0].legend(frameon=False, fontsize=7)
         files.append(save_figure(fig, os.path.join(path, "dormant_per_layer.png")))
     rows = summary(experiment, df)
+    marl_files, marl_lines = report_section(experiment, df, path) if experiment in MARL_EXPERIMENTS else ([], [])
+    files += marl_files
     if experiment == "dqn-replay-ratio":
         fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
         for method in dict.fromkeys(r["method"] for r in rows):
@@ -539,7 +558,8 @@ def write_report(
         cells += [format_estimate(r[k], percent="dormant" in k) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
     n_min = min(r[k].n for r in rows for k in ["iqm_return", *extra])
-    lines += ["", few_seeds_note(n_min), *[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
+    lines += ["", *marl_lines, few_seeds_note(n_min)]
+    lines += [*[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
     report = os.path.join(path, "report.md")
     with open(report, "w") as f:
         f.write("\n".join(lines))

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, make_dqn, make_sac, make_train
+from plastix.agents.marl import MARLConfig, make_marl
 from plastix.agents.off_policy import Train
 from plastix.envs import make_env
 from plastix.experiments.rundir import RunDir
@@ -33,7 +34,9 @@ from plastix.experiments.runner import Stage, run_stages, stacked_rows
 from plastix.interventions import PlasticityConfig
 from plastix.metrics import DiagnosticsConfig
 
-AGENTS = ("dqn", "drq", "sac")
+AGENTS = ("dqn", "drq", "sac", "vdn", "qmix", "qplex")
+SECTIONS = {"dqn": "dqn", "drq": "dqn", "sac": "sac", "vdn": "marl", "qmix": "marl", "qplex": "marl"}
+"""The settings section each agent reads (the others must stay at their defaults)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,9 @@ class RLConfig:
 
     Attributes:
       env: environment name (see ``plastix.envs.available_envs()``).
-      agent: ``dqn``, ``drq`` (DQN settings + random shifts; see ``drq_epsilon_config``) or ``sac``.
+      agent: ``dqn``, ``drq`` (DQN settings + random shifts; see ``drq_epsilon_config``), ``sac``, or
+        the multi-agent value factorizations ``vdn``, ``qmix``, ``qplex`` (one learner, the mixer
+        named by the agent; multi-agent envs such as ``matrix-sequential``, ``predator-prey``).
       loop: the off-policy loop (replay ratio, steps, period F, evaluation).
       plasticity: the plasticity method (a registry name), its trigger and settings, weight decay;
         the same for every agent.
@@ -50,6 +55,7 @@ class RLConfig:
         ReDo (τ, GraMa τ, κ / ρ, stagnation source ``grad`` or ``update``).
       dqn: DQN / DrQ(ε) settings (used by ``dqn`` and ``drq``).
       sac: SAC settings (used by ``sac``).
+      marl: value-factorization settings (used by ``vdn``, ``qmix``, ``qplex``; its ``mixer`` is the agent).
       seeds: independent seeds run together with ``vmap``.
       seed: base seed; seed i uses ``fold_in(PRNGKey(seed), i)``.
       checkpoint_every: chunks between orbax checkpoints (0: never).
@@ -57,12 +63,13 @@ class RLConfig:
     """
 
     env: str = "Breakout-MinAtar"
-    agent: Literal["dqn", "drq", "sac"] = "dqn"
+    agent: Literal["dqn", "drq", "sac", "vdn", "qmix", "qplex"] = "dqn"
     loop: LoopConfig = LoopConfig()
     plasticity: PlasticityConfig = PlasticityConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     dqn: DQNConfig = DQNConfig()
     sac: SACConfig = SACConfig()
+    marl: MARLConfig = MARLConfig()
     seeds: int = 3
     seed: int = 0
     checkpoint_every: int = 1
@@ -77,21 +84,28 @@ class RLConfig:
             raise ValueError(f"RLConfig.seeds must be >= 1, got {self.seeds}")
         if self.checkpoint_every < 0:
             raise ValueError(f"RLConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        other = self._other_agent_settings
-        if getattr(self, other) != getattr(RLConfig, other):
-            raise ValueError(
-                f"RLConfig.{other} is set but agent={self.agent!r} does not use it (it would be ignored): "
-                "leave it out or choose the agent that reads it"
-            )
+        if SECTIONS[self.agent] == "marl":
+            if self.marl.mixer not in (self.agent, MARLConfig.mixer):
+                raise ValueError(
+                    f"RLConfig.marl.mixer={self.marl.mixer!r} contradicts agent={self.agent!r}: "
+                    "the agent names the mixer"
+                )
+            object.__setattr__(self, "marl", dataclasses.replace(self.marl, mixer=self.agent))
+        for other in self._other_agent_settings:
+            if getattr(self, other) != getattr(RLConfig, other):
+                raise ValueError(
+                    f"RLConfig.{other} is set but agent={self.agent!r} does not use it (it would be ignored): "
+                    "leave it out or choose the agent that reads it"
+                )
 
     @property
-    def _other_agent_settings(self) -> str:
-        return "sac" if self.agent in ("dqn", "drq") else "dqn"
+    def _other_agent_settings(self) -> tuple[str, ...]:
+        return tuple(sorted(set(SECTIONS.values()) - {SECTIONS[self.agent]}))
 
     def unused_settings(self) -> tuple[str, ...]:
-        """Sections this config never reads (``sac`` for DQN / DrQ(ε), ``dqn`` for SAC, and the
-        plasticity settings of other methods as ``plasticity.<field>``)."""
-        return (self._other_agent_settings,) + tuple(f"plasticity.{name}" for name in self.plasticity.unused_settings())
+        """Sections this config never reads (the other agents' sections, e.g. ``sac`` and ``marl``
+        for DQN, and the plasticity settings of other methods as ``plasticity.<field>``)."""
+        return self._other_agent_settings + tuple(f"plasticity.{name}" for name in self.plasticity.unused_settings())
 
 
 def build_agent(config: RLConfig):
@@ -100,6 +114,9 @@ def build_agent(config: RLConfig):
     shared = {"plasticity": config.plasticity, "diagnostics": config.diagnostics}
     if config.agent == "sac":
         agent, _, topologies = make_sac(env.spec, config.sac, config.loop.period, **shared)
+    elif SECTIONS[config.agent] == "marl":
+        agent, _, topology = make_marl(env.spec, config.marl, config.loop.gamma, config.loop.period, **shared)
+        topologies = {"marl": topology}
     else:
         agent, _, topology = make_dqn(env.spec, config.dqn, config.loop.period, **shared)
         topologies = {"q": topology}

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
 from plastix.metrics.neurons import EPS
+
+
+@jax.custom_batching.custom_vmap
+def eigvalsh(matrix: Array) -> Array:
+    """Eigenvalues (ascending) of a symmetric ``(n, n)`` matrix; under ``vmap`` on CPU one matrix at a time.
+
+    A batched LAPACK eigen-solve (what ``vmap`` over seeds makes of ``jnp.linalg.eigvalsh``) fans
+    out into XLA:CPU's intra-op thread pool from a thread of that pool and waits for it; two such
+    calls at once (the diagnostics of two networks, e.g. SAC's actor and critic) occupy every
+    thread of a 2-core machine's pool and the run deadlocks (jaxlib 0.10, ``jax::ParallelBatchMap``).
+    On CPU the batch is therefore a ``lax.map`` of single solves, which never enter the pool; other
+    backends keep the batched solver.
+    """
+    return jnp.linalg.eigvalsh(matrix, symmetrize_input=False)
+
+
+@eigvalsh.def_vmap
+def _eigvalsh_batched(axis_size: int, in_batched: list[bool], matrix: Array):
+    (batched,) = in_batched
+    if not batched:
+        return eigvalsh(matrix), False
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(eigvalsh, matrix), True
+    return jnp.linalg.eigvalsh(matrix, symmetrize_input=False), True
 
 
 def _singular_values(features: Array) -> Array:
@@ -19,7 +44,7 @@ def _singular_values(features: Array) -> Array:
     if features.ndim != 2:
         raise ValueError(f"expected features of shape (batch, dim), got {features.shape}")
     gram = features.T @ features if features.shape[1] <= features.shape[0] else features @ features.T
-    eigenvalues = jnp.linalg.eigvalsh(gram, symmetrize_input=False)
+    eigenvalues = eigvalsh(gram)
     return jnp.sqrt(jnp.clip(eigenvalues, 0.0, None))[::-1]
 
 

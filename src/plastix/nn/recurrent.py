@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -31,6 +32,42 @@ GRU_BIASES = ("ir", "iz", "in", "hn")
 
 def _identity(x: Array) -> Array:
     return x
+
+
+def orthogonal(scale: float = 1.0):
+    """A Haar-random orthogonal initializer computed in plain ``jnp`` (no LAPACK call).
+
+    Gram–Schmidt (twice, for stability) of a Gaussian matrix's columns is its QR factor with a
+    positive diagonal, the same distribution as ``jax.nn.initializers.orthogonal``. Flax's GRU
+    draws its recurrent kernels with LAPACK's QR; interventions that re-draw initial parameters
+    inside a seed-vmapped run (ReDo, Reset) then make a *batched* QR, whose LAPACK kernel fans out
+    into XLA:CPU's intra-op thread pool from a thread of that pool and waits: with two concurrent
+    QRs on a 2-core machine every pool thread waits and the run deadlocks (jaxlib 0.10,
+    ``jax::ParallelBatchMap``). This initializer avoids the call.
+
+    Returns:
+      ``init(key, shape (rows, cols), dtype) -> (rows, cols)`` with orthonormal columns (rows ≥
+      cols) or rows (rows < cols), times ``scale``.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) != 2:
+            raise ValueError(f"orthogonal: needs a 2-D shape, got {shape}")
+        rows, cols = shape
+        tall, short = max(rows, cols), min(rows, cols)
+        a = jax.random.normal(key, (tall, short), jnp.float32)
+
+        def column(j, q):
+            v = a[:, j]
+            for _ in range(2):  # classical Gram–Schmidt, repeated ("twice is enough")
+                v = v - q @ (q.T @ v)
+            return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+        q = jax.lax.fori_loop(0, short, column, jnp.zeros((tall, short), jnp.float32))
+        q = q if rows >= cols else q.T
+        return (scale * q).astype(dtype)
+
+    return init
 
 
 def gru_layer(
@@ -85,7 +122,7 @@ class GRUAgent(nn.Module):
         if h0 is None:
             h0 = jnp.zeros(obs.shape[1:-1] + (width,), x.dtype)
         rnn = nn.RNN(
-            nn.GRUCell(width, name="gru"),
+            nn.GRUCell(width, recurrent_kernel_init=orthogonal(), name="gru"),
             time_major=True,
             return_carry=True,
             variable_axes={CAPTURE: 0, PERTURB: 0},

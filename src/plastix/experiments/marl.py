@@ -1,0 +1,227 @@
+"""The multi-agent experiments (stagnant-neuron paper): value factorization under task switches.
+
+``matrix-sequential``: the five sequential matrix games (:mod:`plastix.envs.matrix_games`), one
+after the other, then the first again; every evaluation plays every game, so the report shows the
+return per task around each switch and how well task 1 is learned again at the end.
+``predator-prey``: relative overgeneralization (:mod:`plastix.envs.predator_prey`) with a −2
+miscoordination penalty and a 200-step time limit.
+
+Each runs VDN, QMIX and QPLEX (``mixers``) × interventions ``none``, ``redo``, ``reset``
+(``methods``); the diagnostics give stagnant, dormant and GraMa fractions of the agent network
+and of the mixer separately (``marl/group/agent/...``, ``marl/group/mixer/...``) and together.
+The cells are :class:`~plastix.experiments.rl.RLConfig` s like every other RL experiment (same
+runner, checkpoints and resume); this module only chooses their settings and adds the MARL part
+of the report (task-switch markers, agent vs mixer neuron ratios, return per task).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from plastix.agents import LoopConfig
+from plastix.agents.marl import MARLConfig
+from plastix.envs.matrix_games import sequential_schedule
+from plastix.experiments.rl import RLConfig
+from plastix.interventions import PlasticityConfig, ReDoConfig, ResetConfig
+from plastix.metrics import DiagnosticsConfig
+
+MARL_EXPERIMENTS = ("matrix-sequential", "predator-prey")
+MIXER_CHOICES = ("vdn", "qmix", "qplex")
+MARL_METHODS = ("none", "redo", "reset")
+RATIOS = {"stagnant": "stagnant_fraction", "dormant": "dormant_fraction", "GraMa": "grama_fraction"}
+
+
+def _period(paper: bool, experiment: str) -> int:
+    return 50 if experiment == "matrix-sequential" and not paper else 200 if paper else 20
+
+
+def marl_plasticity(method: str, period: int, reset_every: int) -> PlasticityConfig:
+    """ReDo on every neuron layer of agent network and mixer every ``period`` updates (at the
+    diagnostics' τ), or a reset of the last layer of each network every ``reset_every`` updates."""
+    if method == "redo":
+        return PlasticityConfig("redo", redo=ReDoConfig(period=period))
+    if method == "reset":
+        return PlasticityConfig("reset", reset=ResetConfig(1, reset_every))
+    if method == "none":
+        return PlasticityConfig()
+    raise ValueError(f"DormantExperimentConfig.methods: got {method!r}, allowed values for MARL are {MARL_METHODS}")
+
+
+def matrix_loop(config, paper: bool) -> LoopConfig:
+    """8 envs (8 one-step episodes per vector step), one update per vector step (PyMARL2: one
+    update per 8 episodes). small: 2,000 env steps per task (250 updates), F = 50 updates;
+    paper: 20,000 env steps per task, F = 200."""
+    per_task = (config.env_steps // 6) if config.env_steps else (20_000 if paper else 2_000)
+    period = _period(paper, "matrix-sequential")
+    steps_per_period = period * 8
+    per_task = max(steps_per_period, per_task // steps_per_period * steps_per_period)
+    schedule = sequential_schedule(per_task)
+    return LoopConfig(
+        env_steps=schedule.total_steps,
+        num_envs=8,
+        replay_ratio=1 / 8,
+        warmup_steps=256,
+        buffer_size=5_000,
+        batch_size=128 if paper else 32,
+        period=period,
+        eval_every=per_task // steps_per_period,
+        eval_envs=8,
+        scoring_batch=128 if paper else 64,
+        tasks=schedule.segments,
+    )
+
+
+def predator_prey_loop(config, paper: bool) -> LoopConfig:
+    """8 envs of 200-step episodes, one update (a batch of episodes) per 8 episodes collected
+    (PyMARL2). small: 40,000 env steps, batch 8 episodes, F = 20 updates; paper: 1M env steps
+    (WQMIX's t_max), batch 32, F = 200 updates."""
+    steps = config.env_steps or (1_000_000 if paper else 40_000)
+    period = _period(paper, "predator-prey")
+    per_period = period * 1_600
+    steps = max(per_period, steps // per_period * per_period)
+    return LoopConfig(
+        env_steps=steps,
+        num_envs=8,
+        replay_ratio=1 / 1_600,
+        warmup_steps=1_600,
+        buffer_size=200 * (5_000 if paper else 64) + 8,
+        batch_size=32 if paper else 8,
+        period=period,
+        eval_every=max(1, steps // per_period // 10),
+        eval_envs=8,
+        scoring_batch=32 if paper else 8,
+    )
+
+
+def marl_cells(experiment: str, config) -> list[tuple[dict, RLConfig]]:
+    """``mixers × methods`` cells of ``experiment`` (see the module docstring)."""
+    paper = config.scale == "paper"
+    mixers = config.mixers or MIXER_CHOICES
+    methods = config.methods or MARL_METHODS
+    if experiment == "matrix-sequential":
+        loop, env = matrix_loop(config, paper), "matrix-sequential"
+        marl = MARLConfig(epsilon_decay_steps=2_000 if paper else 1_000, td_lambda=0.0)  # one-step episodes
+    else:
+        loop, env = predator_prey_loop(config, paper), "predator-prey"
+        marl = MARLConfig(epsilon_decay_steps=100_000 if paper else 20_000)
+    if config.env and config.env != env:
+        raise ValueError(f"DormantExperimentConfig.env: {experiment} runs on {env}, got {config.env!r}")
+    total_updates = int(loop.env_steps * loop.replay_ratio)
+    seeds = config.seeds or (5 if paper else 2)
+    cells = []
+    for mixer in mixers:
+        for method in methods:
+            cell = RLConfig(
+                env=env,
+                agent=mixer,
+                loop=loop,
+                marl=marl,
+                plasticity=marl_plasticity(
+                    method, loop.period, max(loop.period, total_updates // 4 // loop.period * loop.period)
+                ),
+                diagnostics=DiagnosticsConfig(tau=config.tau),
+                seeds=seeds,
+                vmap_seeds=config.vmap_seeds,
+            )
+            cells.append(({"mixer": mixer, "method": method}, cell))
+    return cells
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def switch_steps(df: pd.DataFrame) -> list[int]:
+    """Env steps of the task switches logged by the loop."""
+    if "task_switched" not in df:
+        return []
+    steps = df.loc[df.task_switched.astype(bool), "task_switch_step"]
+    return sorted(int(s) for s in steps.unique() if s >= 0)
+
+
+def mark_switches(ax, steps: list[int]) -> None:
+    for s in steps:
+        ax.axvline(s, color="0.4", lw=0.8, ls="--", zorder=0)
+
+
+def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[str], list[str]]:
+    """MARL figures and tables: ``(files, markdown lines)``."""
+    import matplotlib.pyplot as plt
+
+    from plastix.report import format_estimate, mean_ci, plot_curves, save_figure
+
+    files, lines = [], []
+    switches = switch_steps(df)
+    settings = list(dict.fromkeys(df["setting"]))
+    # neuron ratios, agent network vs mixer
+    fig, axes = plt.subplots(2, len(settings), figsize=(3.6 * len(settings), 6.2), squeeze=False)
+    for j, setting in enumerate(settings):
+        part = df[df.setting == setting]
+        for i, group in enumerate(("agent", "mixer")):
+            cols = {name: f"marl/group/{group}/{field}" for name, field in RATIOS.items()}
+            if not all(c in part for c in cols.values()):
+                continue
+            long = part.melt(
+                id_vars=["seed", "env_steps"], value_vars=list(cols.values()), var_name="ratio", value_name="v"
+            )
+            long["ratio"] = long["ratio"].map({c: n for n, c in cols.items()})
+            plot_curves(axes[i][j], long, "v", hue="ratio", x="env_steps", scale=100, order=list(RATIOS))
+            mark_switches(axes[i][j], switches)
+            axes[i][j].set_title(f"{setting}: {group}", fontsize=9)
+            axes[i][j].set_ylabel("% of neurons")
+    axes[0][0].legend(frameon=False, fontsize=7)
+    files.append(save_figure(fig, os.path.join(path, "neuron_ratios_agent_vs_mixer.png")))
+    # return per task
+    task_cols = sorted(c for c in df.columns if c.startswith("eval_return/task_"))
+    if task_cols:
+        fig, axes = plt.subplots(1, len(task_cols), figsize=(3.4 * len(task_cols), 3.2), squeeze=False)
+        for ax, col in zip(axes[0], task_cols):
+            part = df.dropna(subset=[col])
+            plot_curves(ax, part, col, hue="setting", x="env_steps")
+            mark_switches(ax, switches)
+            ax.set_title(col.replace("eval_return/", ""), fontsize=10)
+            ax.set_ylabel("greedy return")
+        axes[0][0].legend(frameon=False, fontsize=6)
+        files.append(save_figure(fig, os.path.join(path, "return_per_task.png")))
+    # tables: neuron ratios at the end, and task 1 first vs revisited
+    final = df[df.period == df.period.max()]
+    lines += [
+        "### Neuron ratios at the end of training (mean [95% CI] over seeds)",
+        "",
+        "| setting | " + " | ".join(f"{g} {r}" for g in ("agent", "mixer") for r in RATIOS) + " |",
+        "|---|" + "---|" * (2 * len(RATIOS)),
+    ]
+    for setting in settings:
+        part = final[final.setting == setting]
+        cells = [
+            format_estimate(mean_ci(part[f"marl/group/{g}/{f}"].to_numpy()), percent=True)
+            if f"marl/group/{g}/{f}" in part
+            else "–"
+            for g in ("agent", "mixer")
+            for f in RATIOS.values()
+        ]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if task_cols and switches:
+        first_end = switches[0]
+        lines += [
+            "### Task 1: learned first vs re-learned at the end (greedy return, mean [95% CI] over seeds)",
+            "",
+            "| setting | task 1 at its first switch | task 1 at the end | end − first |",
+            "|---|---|---|---|",
+        ]
+        col = task_cols[0]
+        for setting in settings:
+            part = df[(df.setting == setting)].dropna(subset=[col])
+            at_switch = part[part.env_steps == first_end].set_index("seed")[col]
+            at_end = part[part.env_steps == part.env_steps.max()].set_index("seed")[col]
+            seeds = at_switch.index.intersection(at_end.index)
+            first, end = at_switch[seeds].to_numpy(), at_end[seeds].to_numpy()
+            lines.append(
+                f"| {setting} | {format_estimate(mean_ci(first))} | {format_estimate(mean_ci(end))} | "
+                f"{format_estimate(mean_ci(end - first))} |"
+            )
+        lines.append("")
+    lines += [f"Task switches at env steps {switches}." if switches else "", ""]
+    return files, lines
