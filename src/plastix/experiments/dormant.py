@@ -392,7 +392,10 @@ def run(
     rundir = RunDir(root)
     rundir.prepare(config, experiment)
     if rundir.finished:
-        return rundir.metrics()
+        df = rundir.metrics()
+        if not os.path.exists(os.path.join(root, "report.md")):  # e.g. the report failed after DONE
+            write_report(experiment, config, df, root)
+        return df
     _record_cells(root, cells)
     frames = []
     for i, (labels, cell) in enumerate(cells):
@@ -557,7 +560,7 @@ def write_report(
         cells = [str(r[k]) for k in by] + [format_estimate(r["iqm_return"])]
         cells += [format_estimate(r[k], percent="dormant" in k) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
-    n_min = min(r[k].n for r in rows for k in ["iqm_return", *extra])
+    n_min = min((r[k].n for r in rows for k in ["iqm_return", *extra] if r[k].n > 0), default=0)
     lines += ["", *marl_lines, few_seeds_note(n_min)]
     lines += [*[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
     report = os.path.join(path, "report.md")

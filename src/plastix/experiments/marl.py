@@ -140,6 +140,22 @@ def switch_steps(df: pd.DataFrame) -> list[int]:
     return sorted(int(s) for s in steps.unique() if s >= 0)
 
 
+def group_column(part: pd.DataFrame, group: str, field: str) -> str:
+    """The column of ``field`` for ``group``; a learner whose mixer has no neurons (VDN) logs its
+    agent network as the whole network (``marl/<field>``)."""
+    column = f"marl/group/{group}/{field}"
+    if column in part and part[column].notna().any():
+        return column
+    whole = f"marl/{field}"
+    if (
+        group == "agent"
+        and whole in part
+        and not any(c.startswith("marl/layer/mixer/") and part[c].notna().any() for c in part)
+    ):
+        return whole
+    return column
+
+
 def mark_switches(ax, steps: list[int]) -> None:
     for s in steps:
         ax.axvline(s, color="0.4", lw=0.8, ls="--", zorder=0)
@@ -159,8 +175,9 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
     for j, setting in enumerate(settings):
         part = df[df.setting == setting]
         for i, group in enumerate(("agent", "mixer")):
-            cols = {name: f"marl/group/{group}/{field}" for name, field in RATIOS.items()}
-            if not all(c in part for c in cols.values()):
+            cols = {name: group_column(part, group, field) for name, field in RATIOS.items()}
+            if not all(c in part and part[c].notna().any() for c in cols.values()):
+                axes[i][j].set_title(f"{setting}: {group} (no neurons)", fontsize=9)
                 continue
             long = part.melt(
                 id_vars=["seed", "env_steps"], value_vars=list(cols.values()), var_name="ratio", value_name="v"
@@ -195,8 +212,8 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
     for setting in settings:
         part = final[final.setting == setting]
         cells = [
-            format_estimate(mean_ci(part[f"marl/group/{g}/{f}"].to_numpy()), percent=True)
-            if f"marl/group/{g}/{f}" in part
+            format_estimate(mean_ci(part[group_column(part, g, f)].to_numpy()), percent=True)
+            if group_column(part, g, f) in part
             else "–"
             for g in ("agent", "mixer")
             for f in RATIOS.values()

@@ -27,8 +27,8 @@ def plot_curves(
     """
     groups = order if order is not None else sorted(df[hue].unique())
     for i, group in enumerate(groups):
-        part = df[df[hue] == group]
-        if part.empty:
+        part = df[df[hue] == group].dropna(subset=[y])
+        if part.empty:  # e.g. a layer that this setting's network does not have
             continue
         table = part.pivot_table(index="seed", columns=x, values=y) * scale
         mean, low, high = curve_ci(table.to_numpy())
