@@ -237,3 +237,26 @@ def test_vmap_over_seeds_equals_separate_runs():
         _, alone, _ = single_chunk(single_init(keys[s]))
         for name in ("loss", "train_return", "marl/group/mixer/dormant_fraction", "marl/stagnant_fraction"):
             np.testing.assert_allclose(together[name][s], alone[name], rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def test_kill_and_resume_gives_identical_metrics(tmp_path):
+    """A MARL cell on the shared runner: killed after one chunk, resumed, same rows as a straight run."""
+    import pandas as pd
+
+    from plastix.experiments.rl import RLConfig, run_cell
+
+    loop = LoopConfig(env_steps=240, num_envs=8, replay_ratio=1 / 8, warmup_steps=64, buffer_size=512, batch_size=8,
+                      period=5, eval_every=1, eval_envs=2, scoring_batch=8, tasks=((0, 120), (1, 120)))  # fmt: skip
+    from plastix.interventions import PlasticityConfig, ReDoConfig
+
+    cell = RLConfig(
+        env="matrix-sequential", agent="qmix", loop=loop, marl=MARLConfig(**TINY), seeds=2,
+        plasticity=PlasticityConfig("redo", redo=ReDoConfig(period=10)),
+    )  # fmt: skip
+    straight = run_cell(cell, str(tmp_path / "straight"))
+    partial = run_cell(cell, str(tmp_path / "killed"), stop_after_chunks=2)
+    assert len(partial) < len(straight)
+    resumed = run_cell(cell, str(tmp_path / "killed"))
+    pd.testing.assert_frame_equal(resumed, straight)
+    assert straight["task_switch_step"].max() == 120
+    assert {"marl/group/agent/stagnant_fraction", "marl/group/mixer/grama_fraction"} <= set(straight.columns)

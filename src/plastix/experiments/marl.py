@@ -75,9 +75,10 @@ def matrix_loop(config, paper: bool) -> LoopConfig:
 
 def predator_prey_loop(config, paper: bool) -> LoopConfig:
     """8 envs of 200-step episodes, one update (a batch of episodes) per 8 episodes collected
-    (PyMARL2). small: 40,000 env steps, batch 8 episodes, F = 20 updates; paper: 1M env steps
-    (WQMIX's t_max), batch 32, F = 200 updates."""
-    steps = config.env_steps or (1_000_000 if paper else 40_000)
+    (PyMARL2). small: 160,000 env steps (100 updates: shows the pipeline and the neuron ratios
+    in minutes on a CPU, far too short to learn the task), batch 8 episodes, F = 20 updates;
+    paper: 1M env steps (WQMIX's t_max), batch 32, F = 200 updates."""
+    steps = config.env_steps or (1_000_000 if paper else 160_000)
     period = _period(paper, "predator-prey")
     per_period = period * 1_600
     steps = max(per_period, steps // per_period * per_period)
