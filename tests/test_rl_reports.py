@@ -141,4 +141,4 @@ def test_cells_json_records_what_really_runs(tmp_path):
     record = json.loads((tmp_path / "cells.json").read_text())
     assert set(record) == {"method-none", "method-redo"}
     assert all(c["config"]["vmap_seeds"] is False for c in record.values())
-    assert all(c["vmap_seeds"] for _, c in dormant.sac_cells(dormant.DormantExperimentConfig()))
+    assert all(c.vmap_seeds for _, c in dormant.sac_cells(dormant.DormantExperimentConfig()))
