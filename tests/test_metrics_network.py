@@ -91,3 +91,13 @@ def test_diagnose_jit_vmap_equivalence_and_determinism(setup):
     again = jax.jit(jax.vmap(run))(params)
     for key in batched:
         np.testing.assert_array_equal(batched[key], again[key])
+
+
+def test_overlap_coefficient_by_hand():
+    from plastix.metrics.network import overlap_coefficient
+
+    a = jnp.array([True, True, False, False, True])
+    b = jnp.array([True, False, False, True, False])
+    assert float(overlap_coefficient(a, b)) == 0.5  # |A∩B| = 1, min(|A|, |B|) = 2
+    assert float(overlap_coefficient(a, a & b)) == 1.0  # a subset overlaps fully
+    assert np.isnan(float(overlap_coefficient(a, jnp.zeros(5, bool))))  # undefined for an empty set

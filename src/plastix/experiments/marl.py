@@ -221,6 +221,26 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
         ]
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     lines.append("")
+    pairs = {"stagnant∩dormant": "overlap_stagnant_dormant", "stagnant∩GraMa": "overlap_stagnant_grama",
+             "dormant∩GraMa": "overlap_dormant_grama"}  # fmt: skip
+    if any(f"marl/group/{g}/{f}" in final for g in ("agent", "mixer") for f in pairs.values()):
+        lines += [
+            "### Overlap coefficients |A∩B| / min(|A|, |B|) of the neuron sets at the end (mean [95% CI])",
+            "",
+            "| setting | " + " | ".join(f"{g} {p}" for g in ("agent", "mixer") for p in pairs) + " |",
+            "|---|" + "---|" * (2 * len(pairs)),
+        ]
+        for setting in settings:
+            part = final[final.setting == setting]
+            cells = [
+                format_estimate(mean_ci(part[f"marl/group/{g}/{f}"].to_numpy()))
+                if f"marl/group/{g}/{f}" in part
+                else "–"
+                for g in ("agent", "mixer")
+                for f in pairs.values()
+            ]
+            lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+        lines.append("")
     if task_cols and switches:
         first_end = switches[0]
         lines += [

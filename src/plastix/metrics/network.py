@@ -86,6 +86,30 @@ class GroupDiagnostics(NamedTuple):
     active_fraction: Array
     effective_rank: Array
     srank: Array
+    overlap_stagnant_dormant: Array
+    overlap_stagnant_grama: Array
+    overlap_dormant_grama: Array
+
+
+OVERLAPS = {
+    "overlap_stagnant_dormant": ("stagnant", "dormant"),
+    "overlap_stagnant_grama": ("stagnant", "grama_dormant"),
+    "overlap_dormant_grama": ("dormant", "grama_dormant"),
+}
+"""Overlap coefficients reported per group: field → the two neuron masks compared."""
+
+
+def overlap_coefficient(a: Array, b: Array) -> Array:
+    """``|A ∩ B| / min(|A|, |B|)`` of two boolean neuron masks (1: one set contains the other);
+    NaN when either set is empty (the coefficient is undefined there)."""
+    smaller = jnp.minimum(jnp.sum(a), jnp.sum(b))
+    return jnp.where(smaller > 0, jnp.sum(a & b) / jnp.maximum(smaller, 1), jnp.nan)
+
+
+def group_overlaps(layers: Mapping[str, LayerDiagnostics]) -> dict[str, Array]:
+    """The :data:`OVERLAPS` of the neurons of ``layers`` taken together."""
+    masks = {m: jnp.concatenate([getattr(layer, m) for layer in layers.values()]) for m in MASK_FIELDS}
+    return {field: overlap_coefficient(masks[a], masks[b]) for field, (a, b) in OVERLAPS.items()}
 
 
 class Diagnostics(NamedTuple):
@@ -233,6 +257,7 @@ def diagnose(
             **{frac: network_fraction(members, mask) for mask, frac in FRACTION_FIELDS.items()},
             effective_rank=effective_rank(features),
             srank=srank(features, config.srank_delta),
+            **group_overlaps(members),
         )
     first = next(iter(groups.values()))
     return Diagnostics(
