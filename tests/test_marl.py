@@ -260,3 +260,19 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     pd.testing.assert_frame_equal(resumed, straight)
     assert straight["task_switch_step"].max() == 120
     assert {"marl/group/agent/stagnant_fraction", "marl/group/mixer/grama_fraction"} <= set(straight.columns)
+
+
+@pytest.mark.parametrize("experiment", ["matrix-sequential", "predator-prey", "smax-task-drift", "smax-3s-vs-5z"])
+@pytest.mark.parametrize("scale", ["small", "paper"])
+def test_marl_experiment_cells_are_valid_runs(experiment, scale):
+    """Every cell of every MARL experiment passes the loop's and the replay's checks (nothing compiled)."""
+    from plastix.experiments import dormant
+    from plastix.experiments.rl import build_agent
+
+    if experiment.startswith("smax"):
+        pytest.importorskip("jaxmarl")
+    cells = dormant.EXPERIMENTS[experiment][0](dormant.DormantExperimentConfig(scale=scale, mixers=("qmix",)))
+    assert [labels["method"] for labels, _ in cells] == ["none", "redo", "reset"]
+    env, agent, _ = build_agent(cells[0][1])
+    make_train(cells[0][1].loop, env, agent)
+    assert cells[0][1].loop.env_steps == sum(n for _, n in cells[0][1].loop.tasks) or not cells[0][1].loop.tasks

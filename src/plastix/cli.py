@@ -29,6 +29,10 @@ EXPERIMENTS = {
     "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games then game 1 again: "
     "return per task, stagnant/dormant/GraMa ratios of agent network vs mixer",
     "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with a −2 miscoordination penalty",
+    "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 (jaxmarl), unit-type mix drifting from "
+    "SMACv2's protoss mix to a zerg-like mix",
+    "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence",
+    "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z",
 }
 
 

@@ -5,7 +5,9 @@ and the multi-agent games written here (matrix games, predator-prey).
 (``"CartPole-v1"``, ``"Breakout-MinAtar"``), brax tasks as ``"brax/<task>"`` (``"brax/hopper"``),
 Atari 2600 games as ``"atari/<rom id>"`` (``"atari/breakout"``; needs ale-py); multi-agent:
 ``"matrix-sequential"`` (the five sequential matrix games, one task each), ``"matrix/<game>"``
-(one game of :data:`~plastix.envs.matrix_games.GAMES`) and ``"predator-prey"``.
+(one game of :data:`~plastix.envs.matrix_games.GAMES`), ``"predator-prey"``, and SMAX (jaxmarl):
+``"smax-drift"`` (5-unit SMACv2-style battles, unit-type mix drifting over 5 tasks),
+``"smax-sequential"`` (5 fixed compositions) and ``"smax/<map>"`` (e.g. ``"smax/3s_vs_5z"``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from plastix.envs.base import Env, EnvSpec, Timestep
 from plastix.envs.gymnax_envs import MINATAR, make_gymnax
 from plastix.envs.gymnax_envs import NAMES as GYMNAX_NAMES
 
-MULTI_AGENT = ("matrix-sequential", "predator-prey")
+MULTI_AGENT = ("matrix-sequential", "predator-prey", "smax-drift", "smax-sequential", "smax/3s_vs_5z")
 
 
 def available_envs() -> tuple[str, ...]:
@@ -53,6 +55,14 @@ def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
         if game is not None and game not in GAMES:
             raise ValueError(f"env: got {name!r}, matrix games available: {tuple(f'matrix/{g}' for g in GAMES)}")
         return make_matrix_game(SEQUENTIAL_GAMES if game is None else GAMES[game], name=name, **kwargs)
+    if name in ("smax-drift", "smax-sequential") or name.startswith("smax/"):
+        from plastix.envs.smax import SEQUENTIAL_COMPOSITIONS, drift_mixes, make_smax
+
+        if name == "smax-drift":
+            return make_smax("smacv2_5_units", drift_mixes(5), name=name, **kwargs)
+        if name == "smax-sequential":
+            return make_smax("smacv2_5_units", SEQUENTIAL_COMPOSITIONS, name=name, **kwargs)
+        return make_smax(name[len("smax/") :], name=name, **kwargs)
     if name == "predator-prey":
         from plastix.envs.predator_prey import make_predator_prey
 

@@ -360,6 +360,18 @@ EXPERIMENTS: dict[str, tuple[Callable, str]] = {
         functools.partial(marl_cells, "predator-prey"),
         "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2",
     ),
+    "smax-task-drift": (
+        functools.partial(marl_cells, "smax-task-drift"),
+        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting protoss → zerg-like",
+    ),
+    "smax-sequential": (
+        functools.partial(marl_cells, "smax-sequential"),
+        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence",
+    ),
+    "smax-3s-vs-5z": (
+        functools.partial(marl_cells, "smax-3s-vs-5z"),
+        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z",
+    ),
 }
 
 
@@ -448,6 +460,9 @@ def _labels(experiment: str) -> list[str]:
         "rl": ["agent", "method"],
         "matrix-sequential": ["mixer", "method"],
         "predator-prey": ["mixer", "method"],
+        "smax-task-drift": ["mixer", "method"],
+        "smax-sequential": ["mixer", "method"],
+        "smax-3s-vs-5z": ["mixer", "method"],
     }[experiment]
 
 

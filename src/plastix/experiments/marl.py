@@ -27,7 +27,8 @@ from plastix.experiments.rl import RLConfig
 from plastix.interventions import PlasticityConfig, ReDoConfig, ResetConfig
 from plastix.metrics import DiagnosticsConfig
 
-MARL_EXPERIMENTS = ("matrix-sequential", "predator-prey")
+MARL_EXPERIMENTS = ("matrix-sequential", "predator-prey", "smax-task-drift", "smax-sequential", "smax-3s-vs-5z")
+SMAX_ENVS = {"smax-task-drift": "smax-drift", "smax-sequential": "smax-sequential", "smax-3s-vs-5z": "smax/3s_vs_5z"}
 MIXER_CHOICES = ("vdn", "qmix", "qplex")
 MARL_METHODS = ("none", "redo", "reset")
 RATIOS = {"stagnant": "stagnant_fraction", "dormant": "dormant_fraction", "GraMa": "grama_fraction"}
@@ -96,6 +97,32 @@ def predator_prey_loop(config, paper: bool) -> LoopConfig:
     )
 
 
+def smax_loop(config, paper: bool, tasks: int) -> LoopConfig:
+    """8 envs of ≤ 100-step battles, one update per 8 episodes' worth of env steps (RR 1/800).
+    small: 80,000 env steps (100 updates: the pipeline and the neuron ratios in minutes on a CPU,
+    far too short to learn), batch 8 episodes, F = 20 updates; paper: 2M env steps, batch 32,
+    F = 200. With tasks, the run is split evenly between them (whole periods)."""
+    steps = config.env_steps or (2_000_000 if paper else 80_000)
+    period = 200 if paper else 20
+    per_period = period * 800
+    per_task = max(per_period, steps // max(tasks, 1) // per_period * per_period)
+    schedule = tuple((t, per_task) for t in range(tasks)) if tasks else ()
+    total = per_task * tasks if tasks else max(per_period, steps // per_period * per_period)
+    return LoopConfig(
+        env_steps=total,
+        num_envs=8,
+        replay_ratio=1 / 800,
+        warmup_steps=816,  # one whole battle (≤ 101 steps) per env before learning
+        buffer_size=101 * (5_000 if paper else 64) + 8,
+        batch_size=32 if paper else 8,
+        period=period,
+        eval_every=max(1, per_task // per_period) if tasks else max(1, total // per_period // 10),
+        eval_envs=8,
+        scoring_batch=32 if paper else 8,
+        tasks=schedule,
+    )
+
+
 def marl_cells(experiment: str, config) -> list[tuple[dict, RLConfig]]:
     """``mixers × methods`` cells of ``experiment`` (see the module docstring)."""
     paper = config.scale == "paper"
@@ -104,6 +131,13 @@ def marl_cells(experiment: str, config) -> list[tuple[dict, RLConfig]]:
     if experiment == "matrix-sequential":
         loop, env = matrix_loop(config, paper), "matrix-sequential"
         marl = MARLConfig(epsilon_decay_steps=2_000 if paper else 1_000, td_lambda=0.0)  # one-step episodes
+    elif experiment in SMAX_ENVS:
+        from plastix.envs import make_env
+
+        env = SMAX_ENVS[experiment]
+        tasks = make_env(env).num_tasks if env != "smax/3s_vs_5z" else 0
+        loop = smax_loop(config, paper, tasks)
+        marl = MARLConfig(epsilon_decay_steps=100_000 if paper else 20_000)
     else:
         loop, env = predator_prey_loop(config, paper), "predator-prey"
         marl = MARLConfig(epsilon_decay_steps=100_000 if paper else 20_000)

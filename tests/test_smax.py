@@ -1,0 +1,51 @@
+"""SMAX adapter: unit-type mixes and start modes as task data, enemies mirror allies, time limit vs termination."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("jaxmarl")
+
+from plastix.envs.smax import UNIT_TYPES, make_smax  # noqa: E402
+
+ZERGLINGS = np.eye(len(UNIT_TYPES))[UNIT_TYPES.index("zergling")]
+STALKERS = np.eye(len(UNIT_TYPES))[UNIT_TYPES.index("stalker")]
+
+
+@pytest.fixture(scope="module")
+def env():
+    return make_smax("smacv2_5_units", np.stack([ZERGLINGS, STALKERS]), p_surround=np.array([1.0, 0.0]))
+
+
+def test_unit_types_follow_the_task_and_enemies_mirror_allies(env):
+    assert env.num_tasks == 2 and env.spec.agents == 5 and env.spec.num_actions == 10
+    for task, kind in ((0, "zergling"), (1, "stalker")):
+        reset, _ = env.at_task(jnp.int32(task))
+        obs, state = jax.jit(reset)(jax.random.key(task))
+        types = np.asarray(state.state.unit_types)
+        assert types.tolist() == [UNIT_TYPES.index(kind)] * 10
+        assert obs.obs.shape == (5, *env.spec.obs_shape) and obs.avail.dtype == bool
+    mixed = make_smax("smacv2_5_units", np.array([[0, 0, 0.5, 0.5, 0, 0]]))
+    _, state = jax.jit(mixed.at_task(0)[0])(jax.random.key(3))
+    types = np.asarray(state.state.unit_types)
+    assert np.array_equal(types[:5], types[5:]) and set(types.tolist()) <= {2, 3}
+
+
+def test_time_limit_is_a_truncation_and_the_env_resets(env):
+    reset, step = env.at_task(jnp.int32(1))
+    obs, state = jax.jit(reset)(jax.random.key(0))
+    late = state.replace(state=state.state.replace(step=jnp.int32(env.spec.max_episode_steps - 1)))  # the last step
+    stay = jnp.ones(5, jnp.int32)  # a movement action, nobody fights
+    ts = jax.jit(step)(jax.random.key(1), late, stay)
+    assert bool(ts.truncated) and not bool(ts.terminated)
+    earlier = state.replace(state=state.state.replace(step=jnp.int32(env.spec.max_episode_steps - 2)))
+    assert not bool(jax.jit(step)(jax.random.key(1), earlier, stay).truncated)
+    assert int(ts.state.state.step) == 0  # a fresh battle
+
+
+def test_3s_vs_5z_keeps_its_fixed_units():
+    env = make_smax("3s_vs_5z")
+    assert env.tasks is None and env.spec.agents == 3
+    _, state = jax.jit(env.reset)(jax.random.key(0))
+    assert np.asarray(state.state.unit_types).tolist() == [2, 2, 2, 3, 3, 3, 3, 3]
