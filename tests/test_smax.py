@@ -1,4 +1,5 @@
-"""SMAX adapter: unit-type mixes and start modes as task data, enemies mirror allies, time limit vs termination."""
+"""jaxmarl adapters: SMAX (unit-type mixes and start modes as task data, enemies mirror allies, time limit vs
+termination) and MPE simple_spread."""
 
 import jax
 import jax.numpy as jnp
@@ -49,3 +50,18 @@ def test_3s_vs_5z_keeps_its_fixed_units():
     assert env.tasks is None and env.spec.agents == 3
     _, state = jax.jit(env.reset)(jax.random.key(0))
     assert np.asarray(state.state.unit_types).tolist() == [2, 2, 2, 3, 3, 3, 3, 3]
+
+
+def test_mpe_simple_spread_is_a_time_limited_cooperative_task():
+    from plastix.envs import make_env
+
+    env = make_env("mpe/simple_spread")
+    assert env.spec.agents == 3 and env.spec.num_actions == 5 and env.spec.max_episode_steps == 26
+    obs, state = env.reset(jax.random.key(0))
+    assert obs.obs.shape == (3, 18) and obs.state.shape == (54,) and bool(obs.avail.all())
+    step = jax.jit(env.step)
+    for t in range(env.spec.max_episode_steps):
+        ts = step(jax.random.key(t), state, jnp.zeros(3, jnp.int32))
+        state = ts.state
+        assert not bool(ts.terminated)
+        assert bool(ts.truncated) == (t == env.spec.max_episode_steps - 1)

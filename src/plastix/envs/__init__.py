@@ -7,7 +7,8 @@ Atari 2600 games as ``"atari/<rom id>"`` (``"atari/breakout"``; needs ale-py); m
 ``"matrix-sequential"`` (the five sequential matrix games, one task each), ``"matrix/<game>"``
 (one game of :data:`~plastix.envs.matrix_games.GAMES`), ``"predator-prey"``, and SMAX (jaxmarl):
 ``"smax-drift"`` (5-unit SMACv2-style battles, unit-type mix drifting over 5 tasks),
-``"smax-sequential"`` (5 fixed compositions) and ``"smax/<map>"`` (e.g. ``"smax/3s_vs_5z"``).
+``"smax-sequential"`` (5 fixed compositions), ``"smax/<map>"`` (e.g. ``"smax/3s_vs_5z"``) and
+``"mpe/simple_spread"`` (jaxmarl's MPE, a quick cooperative sanity task).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from plastix.envs.base import Env, EnvSpec, Timestep
 from plastix.envs.gymnax_envs import MINATAR, make_gymnax
 from plastix.envs.gymnax_envs import NAMES as GYMNAX_NAMES
 
-MULTI_AGENT = ("matrix-sequential", "predator-prey", "smax-drift", "smax-sequential", "smax/3s_vs_5z")
+MULTI_AGENT = (
+    "matrix-sequential",
+    "predator-prey",
+    "smax-drift",
+    "smax-sequential",
+    "smax/3s_vs_5z",
+    "mpe/simple_spread",
+)
 
 
 def available_envs() -> tuple[str, ...]:
@@ -63,6 +71,10 @@ def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
         if name == "smax-sequential":
             return make_smax("smacv2_5_units", SEQUENTIAL_COMPOSITIONS, name=name, **kwargs)
         return make_smax(name[len("smax/") :], name=name, **kwargs)
+    if name == "mpe/simple_spread":
+        from plastix.envs.mpe import make_mpe
+
+        return make_mpe("MPE_simple_spread_v3", name=name, **kwargs)
     if name == "predator-prey":
         from plastix.envs.predator_prey import make_predator_prey
 

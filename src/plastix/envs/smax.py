@@ -67,7 +67,8 @@ def make_smax(
       p_surround: probability of SMACv2's *surround* start (else *reflect*), per task or shared.
       name: the spec's name (default ``smax/<scenario>``).
     """
-    with contextlib.redirect_stdout(io.StringIO()):  # jaxmarl prints about optional submodules on import
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # jaxmarl's import chatter
         from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
         from jaxmarl.environments.smax.distributions import ReflectPositionDistribution, SurroundPositionDistribution
 
