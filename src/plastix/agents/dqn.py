@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.agents.off_policy import Agent, Transition
+from plastix.agents.off_policy import Agent, Transition, linear_epsilon
 from plastix.envs.base import EnvSpec
 from plastix.interventions import (
     OptimizerConfig,
@@ -135,12 +135,6 @@ class DQNState(NamedTuple):
 
     online: TrainState
     target: Any
-
-
-def linear_epsilon(config: DQNConfig, step: Array) -> Array:
-    """ε after ``step`` learning env steps: linear from ``epsilon_start`` to ``epsilon_end``."""
-    frac = jnp.clip(step / config.epsilon_decay_steps, 0.0, 1.0)
-    return config.epsilon_start + frac * (config.epsilon_end - config.epsilon_start)
 
 
 def td_targets(q_next_target: Array, q_next_online: Array | None, reward: Array, discount: Array) -> Array:

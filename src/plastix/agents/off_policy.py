@@ -295,6 +295,13 @@ def n_step_return(rewards: Array, dones: Array, gamma: float) -> tuple[Array, Ar
     return returns, discounts
 
 
+def linear_epsilon(config: Any, step: Array) -> Array:
+    """ε after ``step`` learning env steps: linear from ``config.epsilon_start`` to ``config.epsilon_end``
+    over ``config.epsilon_decay_steps`` (any config with those fields: DQN, the MARL learner)."""
+    frac = jnp.clip(step / config.epsilon_decay_steps, 0.0, 1.0)
+    return config.epsilon_start + frac * (config.epsilon_end - config.epsilon_start)
+
+
 def random_actions(key: Array, spec: EnvSpec, n: int, obs: Any = None) -> Array:
     """``n`` uniform random actions: ``(n,)`` int32 or ``(n, action_dim)`` float32; for a
     multi-agent env ``(n, agents)`` int32, uniform over each agent's available actions (``obs.avail``)."""

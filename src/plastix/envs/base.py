@@ -24,11 +24,15 @@ The loop picks the entry with a traced index (:meth:`Env.at_task`), so a schedul
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax import Array
 
 
@@ -108,6 +112,32 @@ class Timestep(NamedTuple):
     def done(self) -> Array:
         """The episode ended (terminated or truncated)."""
         return self.terminated | self.truncated
+
+
+@contextlib.contextmanager
+def quiet_output():
+    """Silence file descriptors 1 and 2 (e.g. a library that prints while it is imported, such as jaxmarl,
+    whose import also rebinds ``sys.stdout`` so that ``contextlib.redirect_stdout`` misses it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def select_reset(done: Array, fresh: Any, current: Any) -> Any:
+    """``fresh`` where the episode ended (``done``), else ``current`` (any pytree): the automatic reset."""
+    return jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, current)
 
 
 class Env(NamedTuple):

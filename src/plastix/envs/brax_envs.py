@@ -8,10 +8,9 @@ brax physics are slow to compile and to run on a CPU: use a GPU for anything but
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from plastix.envs.base import Env, EnvSpec, Timestep
+from plastix.envs.base import Env, EnvSpec, Timestep, select_reset
 
 NAMES = ("halfcheetah", "hopper", "walker2d", "ant", "inverted_pendulum", "inverted_double_pendulum", "reacher")
 BACKENDS = ("mjx", "generalized", "positional", "spring")
@@ -49,7 +48,7 @@ def make_brax(task: str, backend: str = "positional", episode_length: int = 1000
         terminated = done & ~truncated
         fresh = env.reset(key)
         fresh.info.update({k: v for k, v in reached.info.items() if k not in fresh.info})
-        following = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, reached)
+        following = select_reset(done, fresh, reached)
         return Timestep(
             following.obs, following, reached.reward.astype(jnp.float32), terminated, truncated, reached.obs
         )

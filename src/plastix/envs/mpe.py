@@ -10,19 +10,15 @@ concatenated. Episodes never terminate; they are cut by the time limit (a trunca
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import jax
 import jax.numpy as jnp
 
-from plastix.envs.base import Env, EnvSpec, MultiAgentObs, Timestep
+from plastix.envs.base import Env, EnvSpec, MultiAgentObs, Timestep, quiet_output, select_reset
 
 
 def make_mpe(scenario: str = "MPE_simple_spread_v3", name: str | None = None) -> Env:
     """The jaxmarl MPE env ``scenario`` (discrete actions)."""
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # jaxmarl's import chatter
+    with quiet_output():  # jaxmarl prints about optional submodules while it is imported
         from jaxmarl import make
 
     env = make(scenario)
@@ -44,8 +40,7 @@ def make_mpe(scenario: str = "MPE_simple_spread_v3", name: str | None = None) ->
         done = dones["__all__"]
         final = observe(obs)
         fresh_obs, fresh = reset(k_reset)
-        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, state)
-        obs = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh_obs, final)
+        state, obs = select_reset(done, (fresh, fresh_obs), (state, final))
         reward = jnp.mean(jnp.stack([rewards[a] for a in agents])).astype(jnp.float32)
         return Timestep(obs, state, reward, jnp.zeros((), bool), jnp.asarray(done, bool), final)
 

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from plastix.envs.base import Env, EnvSpec, MultiAgentObs, Timestep
+from plastix.envs.base import Env, EnvSpec, MultiAgentObs, Timestep, select_reset
 
 MOVES = jnp.array([[-1, 0], [0, 1], [1, 0], [0, -1], [0, 0]], jnp.int32)  # up, right, down, left, stay
 STAY, CATCH = 4, 5
@@ -209,8 +209,7 @@ def make_predator_prey(config: PredatorPreyConfig = PredatorPreyConfig(), name: 
         final = rules.observe(state)
         fresh = rules.initial_state(k_reset)
         done = terminated | truncated
-        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, state)
-        obs = jax.tree.map(lambda a, b: jnp.where(done, a, b), rules.observe(fresh), final)
+        state, obs = select_reset(done, (fresh, rules.observe(fresh)), (state, final))
         return Timestep(obs, state, reward, terminated, truncated, final)
 
     return Env(rules.spec, reset, step, tasks={"penalty": jnp.asarray(config.penalties, jnp.float32)})

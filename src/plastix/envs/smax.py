@@ -25,14 +25,11 @@ Reward is jaxmarl's: enemy health lost (normalized) plus a win bonus.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix.envs.base import Env, EnvSpec, MultiAgentObs, Timestep
+from plastix.envs.base import Env, EnvSpec, MultiAgentObs, Timestep, quiet_output, select_reset
 
 UNIT_TYPES = ("marine", "marauder", "stalker", "zealot", "zergling", "hydralisk")
 PROTOSS_MIX = (0.0, 0.1, 0.45, 0.45, 0.0, 0.0)
@@ -67,8 +64,7 @@ def make_smax(
       p_surround: probability of SMACv2's *surround* start (else *reflect*), per task or shared.
       name: the spec's name (default ``smax/<scenario>``).
     """
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # jaxmarl's import chatter
+    with quiet_output():  # jaxmarl prints about optional submodules while it is imported
         from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
         from jaxmarl.environments.smax.distributions import ReflectPositionDistribution, SurroundPositionDistribution
 
@@ -126,8 +122,7 @@ def make_smax(
         terminated = done & one_team_dead
         final = observe(state)
         fresh_obs, fresh = reset(k_reset, task)
-        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, state)
-        obs = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh_obs, final)
+        state, obs = select_reset(done, (fresh, fresh_obs), (state, final))
         reward = jnp.asarray(rewards[agents[0]], jnp.float32)
         return Timestep(obs, state, reward, terminated, done & ~terminated, final)
 

@@ -29,6 +29,7 @@ from typing import Literal
 import pandas as pd
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
+from plastix.experiments.marl import DESCRIPTIONS as MARL_DESCRIPTIONS
 from plastix.experiments.marl import MARL_EXPERIMENTS, MIXER_CHOICES, marl_cells, report_section
 from plastix.experiments.rl import RLConfig, build_train, run_cell
 from plastix.experiments.rundir import RunDir, check_run_name
@@ -352,26 +353,7 @@ EXPERIMENTS: dict[str, tuple[Callable, str]] = {
     "dormant-pruning": (pruning_cells, "prune the dormant neurons of a trained DQN: return unchanged"),
     "sac-dormant": (sac_cells, "SAC with and without ReDo: dormant % of actor vs critic"),
     "rl": (single_cells, "one learner, every setting of its config from the command line"),
-    "matrix-sequential": (
-        functools.partial(marl_cells, "matrix-sequential"),
-        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again",
-    ),
-    "predator-prey": (
-        functools.partial(marl_cells, "predator-prey"),
-        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2",
-    ),
-    "smax-task-drift": (
-        functools.partial(marl_cells, "smax-task-drift"),
-        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting protoss → zerg-like",
-    ),
-    "smax-sequential": (
-        functools.partial(marl_cells, "smax-sequential"),
-        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence",
-    ),
-    "smax-3s-vs-5z": (
-        functools.partial(marl_cells, "smax-3s-vs-5z"),
-        "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z",
-    ),
+    **{name: (functools.partial(marl_cells, name), text) for name, text in MARL_DESCRIPTIONS.items()},
 }
 
 
@@ -458,11 +440,7 @@ def _labels(experiment: str) -> list[str]:
         "dormant-pruning": ["agent"],
         "sac-dormant": ["method"],
         "rl": ["agent", "method"],
-        "matrix-sequential": ["mixer", "method"],
-        "predator-prey": ["mixer", "method"],
-        "smax-task-drift": ["mixer", "method"],
-        "smax-sequential": ["mixer", "method"],
-        "smax-3s-vs-5z": ["mixer", "method"],
+        **{name: ["mixer", "method"] for name in MARL_EXPERIMENTS},
     }[experiment]
 
 

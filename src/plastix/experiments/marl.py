@@ -27,11 +27,25 @@ from plastix.experiments.rl import RLConfig
 from plastix.interventions import PlasticityConfig, ReDoConfig, ResetConfig
 from plastix.metrics import DiagnosticsConfig
 
-MARL_EXPERIMENTS = ("matrix-sequential", "predator-prey", "smax-task-drift", "smax-sequential", "smax-3s-vs-5z")
 SMAX_ENVS = {"smax-task-drift": "smax-drift", "smax-sequential": "smax-sequential", "smax-3s-vs-5z": "smax/3s_vs_5z"}
 MIXER_CHOICES = ("vdn", "qmix", "qplex")
 MARL_METHODS = ("none", "redo", "reset")
 RATIOS = {"stagnant": "stagnant_fraction", "dormant": "dormant_fraction", "GraMa": "grama_fraction"}
+OVERLAPS = {
+    "stagnant∩dormant": "overlap_stagnant_dormant",
+    "stagnant∩GraMa": "overlap_stagnant_grama",
+    "dormant∩GraMa": "overlap_dormant_grama",
+}
+DESCRIPTIONS = {
+    "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again",
+    "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2",
+    "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting "
+    "protoss → zerg-like",
+    "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence",
+    "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z",
+}
+"""One line per MARL experiment (``plastix list`` and the reports)."""
+MARL_EXPERIMENTS = tuple(DESCRIPTIONS)
 
 
 def _period(paper: bool, experiment: str) -> int:
@@ -191,6 +205,28 @@ def group_column(part: pd.DataFrame, group: str, field: str) -> str:
     return column
 
 
+def group_table(title: str, final: pd.DataFrame, settings: list[str], fields: dict, percent: bool = False) -> list:
+    """Markdown lines: one row per setting, one column per (group, ``fields`` label), mean [95% CI] over seeds."""
+    from plastix.report import format_estimate, mean_ci
+
+    lines = [
+        f"### {title} (mean [95% CI] over seeds)",
+        "",
+        "| setting | " + " | ".join(f"{g} {label}" for g in ("agent", "mixer") for label in fields) + " |",
+        "|---|" + "---|" * (2 * len(fields)),
+    ]
+    for setting in settings:
+        part = final[final.setting == setting]
+        cells = []
+        for group in ("agent", "mixer"):
+            for field in fields.values():
+                column = group_column(part, group, field)
+                present = column in part
+                cells.append(format_estimate(mean_ci(part[column].to_numpy()), percent=percent) if present else "–")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def mark_switches(ax, steps: list[int]) -> None:
     for s in steps:
         ax.axvline(s, color="0.4", lw=0.8, ls="--", zorder=0)
@@ -238,43 +274,10 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
         files.append(save_figure(fig, os.path.join(path, "return_per_task.png")))
     # tables: neuron ratios at the end, and task 1 first vs revisited
     final = df[df.period == df.period.max()]
-    lines += [
-        "### Neuron ratios at the end of training (mean [95% CI] over seeds)",
-        "",
-        "| setting | " + " | ".join(f"{g} {r}" for g in ("agent", "mixer") for r in RATIOS) + " |",
-        "|---|" + "---|" * (2 * len(RATIOS)),
-    ]
-    for setting in settings:
-        part = final[final.setting == setting]
-        cells = [
-            format_estimate(mean_ci(part[group_column(part, g, f)].to_numpy()), percent=True)
-            if group_column(part, g, f) in part
-            else "–"
-            for g in ("agent", "mixer")
-            for f in RATIOS.values()
-        ]
-        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-    lines.append("")
-    pairs = {"stagnant∩dormant": "overlap_stagnant_dormant", "stagnant∩GraMa": "overlap_stagnant_grama",
-             "dormant∩GraMa": "overlap_dormant_grama"}  # fmt: skip
-    if any(f"marl/group/{g}/{f}" in final for g in ("agent", "mixer") for f in pairs.values()):
-        lines += [
-            "### Overlap coefficients |A∩B| / min(|A|, |B|) of the neuron sets at the end (mean [95% CI])",
-            "",
-            "| setting | " + " | ".join(f"{g} {p}" for g in ("agent", "mixer") for p in pairs) + " |",
-            "|---|" + "---|" * (2 * len(pairs)),
-        ]
-        for setting in settings:
-            part = final[final.setting == setting]
-            cells = [
-                format_estimate(mean_ci(part[f"marl/group/{g}/{f}"].to_numpy()))
-                if f"marl/group/{g}/{f}" in part
-                else "–"
-                for g in ("agent", "mixer")
-                for f in pairs.values()
-            ]
-            lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += group_table("Neuron ratios at the end of training", final, settings, RATIOS, percent=True)
+    if any(f"marl/group/{g}/{f}" in final for g in ("agent", "mixer") for f in OVERLAPS.values()):
+        title = "Overlap coefficients |A∩B| / min(|A|, |B|) of the neuron sets at the end"
+        lines += group_table(title, final, settings, OVERLAPS)
     if task_cols and switches:
         first_end = switches[0]
         lines += [

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.agents.episode_replay import EpisodeBatch, episode_replay
-from plastix.agents.off_policy import Agent
+from plastix.agents.off_policy import Agent, linear_epsilon
 from plastix.envs.base import EnvSpec, MultiAgentObs
 from plastix.interventions import (
     OptimizerConfig,
@@ -41,6 +41,7 @@ from plastix.interventions import (
 )
 from plastix.metrics import DiagnosticsConfig, diagnose
 from plastix.nn.mixers import QMixer, QPLEXMixer, VDNMixer
+from plastix.nn.mlp import _check_widths
 from plastix.nn.recurrent import GRUAgent
 from plastix.nn.topology import Topology
 
@@ -217,22 +218,17 @@ def make_marl(
         params = init_params(key)
         return MARLState(TrainState.create(params, tx, intervention.init(params), keep_last_update=keep_update), params)
 
-    def epsilon(step):
-        frac = jnp.clip(step / config.epsilon_decay_steps, 0.0, 1.0)
-        return config.epsilon_start + frac * (config.epsilon_end - config.epsilon_start)
+    (width,) = _check_widths((config.hidden,), config.width_multiplier, "MARLConfig")
 
     def init_memory(e: int):
-        return (jnp.zeros((e, n, agent_net_width()), jnp.float32), jnp.zeros((e, n, A), jnp.float32))
-
-    def agent_net_width():
-        return max(1, int(round(config.hidden * config.width_multiplier)))
+        return (jnp.zeros((e, n, width), jnp.float32), jnp.zeros((e, n, A), jnp.float32))
 
     def act(key, state: MARLState, obs: MultiAgentObs, step, greedy: bool, memory):
         h, last = memory
         inputs = agent_inputs(obs.obs.astype(jnp.float32), last)[None]  # (1, E, n, D')
         q, h = net.apply({"params": state.online.params}, inputs, h, method=FactorizedQ.agent_q)
         q = jnp.where(obs.avail, q[0], -jnp.inf)
-        eps = config.epsilon_eval if greedy else epsilon(step)
+        eps = config.epsilon_eval if greedy else linear_epsilon(config, step)
         k_explore, k_action = jax.random.split(key)
         explore = jax.random.uniform(k_explore, q.shape[:-1]) < eps
         random_action = jax.random.categorical(k_action, jnp.where(obs.avail, 0.0, -jnp.inf))
@@ -256,11 +252,14 @@ def make_marl(
             swap(batch.valid),
         )
 
-    def targets(state: MARLState, inputs, global_state, avail, reward, terminated, valid):
+    def targets(state: MARLState, inputs, global_state, avail, reward, terminated, valid, q_online=None):
+        """TD(λ) targets; ``q_online``: the online agent values over ``inputs`` if already computed."""
         q_target, _ = net.apply({"params": state.target}, inputs, method=FactorizedQ.agent_q)
         chooser = q_target
         if config.double_q:
-            chooser, _ = net.apply({"params": state.online.params}, inputs, method=FactorizedQ.agent_q)
+            if q_online is None:
+                q_online, _ = net.apply({"params": state.online.params}, inputs, method=FactorizedQ.agent_q)
+            chooser = jax.lax.stop_gradient(q_online)
         greedy = jnp.argmax(jnp.where(avail, chooser, -jnp.inf), -1)[1:]
         v_next = net.apply(
             {"params": state.target}, q_target[1:], greedy, global_state[1:], avail[1:], method=FactorizedQ.mixed
@@ -273,10 +272,10 @@ def make_marl(
 
     def update(key, state: MARLState, batch: EpisodeBatch):
         inputs, global_state, avail, actions, reward, terminated, valid = time_major(batch)
-        g = targets(state, inputs, global_state, avail, reward, terminated, valid)
 
-        def loss_fn(params):
+        def loss_fn(params):  # one online forward serves the loss and the double-Q argmax
             q, _ = net.apply({"params": params}, inputs, method=FactorizedQ.agent_q)
+            g = targets(state, inputs, global_state, avail, reward, terminated, valid, q_online=q)
             q_tot = net.apply(
                 {"params": params}, q[:-1], actions, global_state[:-1], avail[:-1], method=FactorizedQ.mixed
             )
