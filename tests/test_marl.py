@@ -2,6 +2,7 @@
 steps, task switches inside the jitted run, vmap equivalence and a small solvable game."""
 
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -276,3 +277,34 @@ def test_marl_experiment_cells_are_valid_runs(experiment, scale):
     env, agent, _ = build_agent(cells[0][1])
     make_train(cells[0][1].loop, env, agent)
     assert cells[0][1].loop.env_steps == sum(n for _, n in cells[0][1].loop.tasks) or not cells[0][1].loop.tasks
+
+
+def test_marl_report_tables_match_hand_computed_values(tmp_path):
+    """Before/after-switch ratios, end-of-training ratios and task-1 revisit, on a hand-made log."""
+    import pandas as pd
+
+    from plastix.experiments.marl import report_section
+
+    rows = []
+    for seed, base in ((0, 0.1), (1, 0.3)):
+        for i, steps in enumerate((10, 20, 30, 40)):
+            v = base + 0.1 * i + (0.2 if steps > 20 else 0.0)  # seed 0: .1 .2 | .5 .6; seed 1: .3 .4 | .7 .8
+            row = {"setting": "qmix/none", "seed": seed, "env_steps": steps, "period": i,
+                   "task_switched": steps == 20, "task_switch_step": 20 if steps == 20 else -1,
+                   "eval_return/task_0": float(steps), "eval_return/task_1": 0.0}  # fmt: skip
+            for field in ("stagnant_fraction", "dormant_fraction", "grama_fraction"):
+                row[f"marl/group/agent/{field}"] = v
+                row[f"marl/group/mixer/{field}"] = 2 * v
+                row[f"marl/{field}"] = 1.5 * v
+            rows.append(row)
+    files, lines = report_section("matrix-sequential", pd.DataFrame(rows), str(tmp_path))
+    text = "\n".join(lines)
+    assert all(os.path.exists(f) for f in files)
+    switch_row = next(ln for ln in text.split("### Neuron ratios just before")[1].splitlines() if ln.startswith("| qmix"))
+    # agent: before mean(.2, .4) = 30%, after mean(.5, .7) = 60%; mixer 2×, all 1.5×
+    assert switch_row.split(" | ")[1:4] == ["30.0 → 60.0"] * 3
+    assert switch_row.split(" | ")[4] == "60.0 → 120.0"
+    assert switch_row.split(" | ")[7] == "45.0 → 90.0"
+    revisit = next(ln for ln in text.split("### Task 1")[1].splitlines() if ln.startswith("| qmix"))
+    assert revisit.split(" | ")[1].startswith("20") and revisit.split(" | ")[2].startswith("40")
+    assert "Task switches at env steps [20]." in text

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Annotated, Any, NamedTuple, Union
 
+from plastix.experiments.marl import DESCRIPTIONS as MARL_DESCRIPTIONS
+
 EXPERIMENTS = {
     "supervised": "Sokar et al. 2023 §3.1: dormant neurons under fixed vs shuffled labels, then fitting new targets",
     "dqn-dormant-growth": "dormant % over training for DQN and DrQ(ε) on MinAtar, per layer (Figs. 1/2)",
@@ -26,13 +28,7 @@ EXPERIMENTS = {
     "sac-dormant": "SAC with and without ReDo (τ = 0): dormant % of actor vs critic",
     "rl": "one learner (DQN, DrQ(ε), SAC, VDN/QMIX/QPLEX) with every setting of its config: loop, plasticity, "
     "diagnostics",
-    "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games then game 1 again: "
-    "return per task, stagnant/dormant/GraMa ratios of agent network vs mixer",
-    "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with a −2 miscoordination penalty",
-    "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 (jaxmarl), unit-type mix drifting from "
-    "SMACv2's protoss mix to a zerg-like mix",
-    "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence",
-    "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z",
+    **MARL_DESCRIPTIONS,
 }
 
 

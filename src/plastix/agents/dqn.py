@@ -26,6 +26,7 @@ from plastix.interventions import (
     OptimizerConfig,
     PlasticityConfig,
     TrainState,
+    create_train_state,
     make_intervention,
     make_optimizer,
 )
@@ -177,20 +178,21 @@ def make_dqn(
     def preprocess(obs):
         return obs.astype(jnp.float32) * spec.obs_scale
 
-    def apply_variables(variables, obs, **kwargs):  # flax's apply signature, for diagnostics
-        return net.apply(variables, preprocess(obs), **kwargs)
-
-    def apply(params, obs):
-        return apply_variables({"params": params}, obs)
-
     def init_params(key):
         return net.init(key, jnp.zeros((1, *spec.obs_shape), jnp.float32))["params"]
 
     intervention = make_intervention(plasticity, topology, init_params)
+    net_apply = intervention.forward(net.apply)  # every forward pass, online and target, sees the intervention
+
+    def apply_variables(variables, obs, **kwargs):  # flax's apply signature, for diagnostics
+        return net_apply(variables, preprocess(obs), **kwargs)
+
+    def apply(params, obs):
+        return apply_variables({"params": params}, obs)
 
     def init(key, obs):
-        params = init_params(key)
-        return DQNState(TrainState.create(params, tx, intervention.init(params), keep_last_update=keep_update), params)
+        online = create_train_state(intervention, init_params(key), tx, keep_update)
+        return DQNState(online, online.params)
 
     def act(key, state: DQNState, obs, step, greedy: bool):
         q = apply(state.online.params, obs)

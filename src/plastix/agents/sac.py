@@ -25,7 +25,14 @@ from jax import Array
 
 from plastix.agents.off_policy import Agent, Transition
 from plastix.envs.base import EnvSpec
-from plastix.interventions import OptimizerConfig, PlasticityConfig, TrainState, make_intervention, make_optimizer
+from plastix.interventions import (
+    OptimizerConfig,
+    PlasticityConfig,
+    TrainState,
+    create_train_state,
+    make_intervention,
+    make_optimizer,
+)
 from plastix.metrics import DiagnosticsConfig, diagnose
 from plastix.nn import MLP
 from plastix.nn.topology import Topology
@@ -161,12 +168,6 @@ def make_sac(
     def flat(obs):
         return obs.reshape(obs.shape[0], -1).astype(jnp.float32) * spec.obs_scale
 
-    def apply_actor(params, obs):
-        return actor.apply({"params": params}, obs)
-
-    def apply_critic(params, x):
-        return critic.apply({"params": params}, x)
-
     def init_actor(key):
         return actor.init(key, jnp.zeros((1, obs_dim)))["params"]
 
@@ -177,17 +178,21 @@ def make_sac(
         "actor": make_intervention(plasticity, topologies["actor"], init_actor),
         "critic": make_intervention(plasticity, topologies["critic"], init_critic),
     }
+    actor_apply = interventions["actor"].forward(actor.apply)  # the interventions' forward passes
+    critic_apply = interventions["critic"].forward(critic.apply)
+
+    def apply_actor(params, obs):
+        return actor_apply({"params": params}, obs)
+
+    def apply_critic(params, x):
+        return critic_apply({"params": params}, x)
 
     def init(key, obs):
         k_actor, k_critic = jax.random.split(key)
-        pa, pc = init_actor(k_actor), init_critic(k_critic)
+        actor_state = create_train_state(interventions["actor"], init_actor(k_actor), tx, keep_update)
+        critic_state = create_train_state(interventions["critic"], init_critic(k_critic), tx, keep_update)
         log_alpha = jnp.log(jnp.asarray(config.init_temperature, jnp.float32))
-        return SACState(
-            TrainState.create(pa, tx, interventions["actor"].init(pa), keep_last_update=keep_update),
-            TrainState.create(pc, tx, interventions["critic"].init(pc), keep_last_update=keep_update),
-            TrainState.create(log_alpha, alpha_tx),
-            pc,
-        )
+        return SACState(actor_state, critic_state, TrainState.create(log_alpha, alpha_tx), critic_state.params)
 
     def act(key, state: SACState, obs, step, greedy: bool):
         out = apply_actor(state.actor.params, flat(obs))
@@ -238,7 +243,7 @@ def make_sac(
         return {
             "actor": diagnose(
                 topologies["actor"],
-                actor.apply,
+                actor_apply,
                 state.actor.params,
                 s,
                 lambda out: actor_loss_fn(out, s, state.critic.params, alpha, key)[0],
@@ -247,7 +252,7 @@ def make_sac(
             ),
             "critic": diagnose(
                 topologies["critic"],
-                critic.apply,
+                critic_apply,
                 state.critic.params,
                 sa,
                 lambda q: critic_loss_fn(q, y),

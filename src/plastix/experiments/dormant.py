@@ -30,7 +30,7 @@ import pandas as pd
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
 from plastix.experiments.marl import DESCRIPTIONS as MARL_DESCRIPTIONS
-from plastix.experiments.marl import MARL_EXPERIMENTS, MIXER_CHOICES, marl_cells, report_section
+from plastix.experiments.marl import MARL_EXPERIMENTS, MARL_METHOD_CHOICES, MIXER_CHOICES, marl_cells, report_section
 from plastix.experiments.rl import RLConfig, build_train, run_cell
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete
@@ -59,7 +59,10 @@ class DormantExperimentConfig:
       tau: τ of the dormant threshold reported (and used by ReDo).
       replay_ratios: replay ratios of ``dqn-replay-ratio`` (a subset runs fewer cells).
       methods: interventions of ``dqn-replay-ratio`` (default all of ``none``, ``redo``, ``reset``,
-        ``weight_decay``) and of the MARL experiments (default ``none``, ``redo``, ``reset``).
+        ``weight_decay``) and of the MARL experiments (default ``none``, ``redo``, ``reset``; also
+        ``regrama``, ``injection``, ``knife`` and the KNIFE ablations ``knife-all``,
+        ``knife-dormant``, ``knife-random``, ``knife-no-compensation``, ``knife-no-freeze``,
+        ``knife-copy``; ``all`` = every one of them).
       mixers: value factorizations of the MARL experiments (``matrix-sequential``,
         ``predator-prey``), from ``vdn``, ``qmix``, ``qplex`` (default all three).
     """
@@ -83,9 +86,10 @@ class DormantExperimentConfig:
             raise ValueError("seeds and env_steps must be >= 0 (0 = the scale's default)")
         if not self.replay_ratios or any(r <= 0 for r in self.replay_ratios):
             raise ValueError(f"replay_ratios must be positive numbers, got {self.replay_ratios}")
-        bad = [m for m in self.methods if m not in METHODS]
+        allowed = tuple(dict.fromkeys(METHODS + MARL_METHOD_CHOICES))
+        bad = [m for m in self.methods if m not in allowed]
         if bad:
-            raise ValueError(f"DormantExperimentConfig.methods: got {self.methods}, allowed values are {METHODS}")
+            raise ValueError(f"DormantExperimentConfig.methods: got {self.methods}, allowed values are {allowed}")
         bad = [m for m in self.mixers if m not in MIXER_CHOICES]
         if bad:
             raise ValueError(f"DormantExperimentConfig.mixers: got {self.mixers}, allowed values are {MIXER_CHOICES}")

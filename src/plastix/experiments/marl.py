@@ -7,7 +7,9 @@ return per task around each switch and how well task 1 is learned again at the e
 miscoordination penalty and a 200-step time limit.
 
 Each runs VDN, QMIX and QPLEX (``mixers``) × interventions ``none``, ``redo``, ``reset``
-(``methods``); the diagnostics give stagnant, dormant and GraMa fractions of the agent network
+(``methods``; the stagnant-neuron study adds ``regrama``, ``injection`` (plasticity injection of
+the output heads), ``knife`` and the KNIFE ablations, ``--methods all`` runs every one of them;
+KNIFE and injection act at each task switch, or every quarter of the run without tasks); the diagnostics give stagnant, dormant and GraMa fractions of the agent network
 and of the mixer separately (``marl/group/agent/...``, ``marl/group/mixer/...``) and together.
 The cells are :class:`~plastix.experiments.rl.RLConfig` s like every other RL experiment (same
 runner, checkpoints and resume); this module only chooses their settings and adds the MARL part
@@ -24,7 +26,7 @@ from plastix.agents import LoopConfig
 from plastix.agents.marl import MARLConfig
 from plastix.envs.matrix_games import sequential_schedule
 from plastix.experiments.rl import RLConfig
-from plastix.interventions import PlasticityConfig, ReDoConfig, ResetConfig
+from plastix.interventions import InjectionConfig, KnifeConfig, PlasticityConfig, ReDoConfig, ResetConfig
 from plastix.metrics import DiagnosticsConfig
 
 SMAX_ENVS = {"smax-task-drift": "smax-drift", "smax-sequential": "smax-sequential", "smax-3s-vs-5z": "smax/3s_vs_5z"}
@@ -37,12 +39,17 @@ OVERLAPS = {
     "dormant∩GraMa": "overlap_dormant_grama",
 }
 DESCRIPTIONS = {
-    "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again",
-    "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2",
+    "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again "
+    "(small: 2 min on a 2-core CPU; --scale paper: 5 seeds × 120k env steps per cell, GPU time not yet measured)",
+    "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2 "
+    "(--scale paper: 5 seeds × 1M env steps per cell, GPU time not yet measured)",
     "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting "
-    "protoss → zerg-like",
-    "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence",
-    "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z",
+    "protoss → zerg-like (small: ~7 min on a 2-core CPU; --scale paper: 5 seeds × 2M env steps per cell, "
+    "≈ 2 h on a 2-core CPU from the measured 12.6k env-steps/s, GPU time not yet measured)",
+    "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence "
+    "(--scale paper: 5 seeds × 2M env steps per cell, ≈ 2 h on a 2-core CPU, GPU time not yet measured)",
+    "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z (--scale paper: 5 seeds × 2M env "
+    "steps per cell, ≈ 1.1 h on a 2-core CPU from the measured 22k env-steps/s, GPU time not yet measured)",
 }
 """One line per MARL experiment (``plastix list`` and the reports)."""
 MARL_EXPERIMENTS = tuple(DESCRIPTIONS)
@@ -52,16 +59,56 @@ def _period(paper: bool, experiment: str) -> int:
     return 50 if experiment == "matrix-sequential" and not paper else 200 if paper else 20
 
 
-def marl_plasticity(method: str, period: int, reset_every: int) -> PlasticityConfig:
-    """ReDo on every neuron layer of agent network and mixer every ``period`` updates (at the
-    diagnostics' τ), or a reset of the last layer of each network every ``reset_every`` updates."""
+STUDY_METHODS = ("none", "redo", "regrama", "reset", "injection", "knife")
+"""The stagnant-neuron study's comparison (``--methods all`` adds the KNIFE ablations)."""
+KNIFE_ABLATIONS = {
+    "knife-all": {"selection": "all"},  # layer-level injection (paper Fig. 7a)
+    "knife-dormant": {"selection": "dormant"},
+    "knife-random": {"selection": "random"},
+    "knife-no-compensation": {"compensation": False},
+    "knife-no-freeze": {"freeze_knowledge": False},
+    "knife-copy": {"active_init": "copy"},
+}
+MARL_METHOD_CHOICES = STUDY_METHODS + tuple(KNIFE_ABLATIONS) + ("all",)
+KNIFE_SLOTS = 2
+"""Injection slots per neuron in the experiments (a neuron can be injected at two switches)."""
+
+
+def expand_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """``methods`` with ``all`` expanded to the study and its ablations; empty: none, ReDo, Reset."""
+    if not methods:
+        return MARL_METHODS
+    out = []
+    for m in methods:
+        out += list(STUDY_METHODS + tuple(KNIFE_ABLATIONS)) if m == "all" else [m]
+    return tuple(dict.fromkeys(out))
+
+
+def marl_plasticity(method: str, period: int, every: int, tasks: bool = False) -> PlasticityConfig:
+    """The intervention of one MARL cell.
+
+    ReDo / ReGraMa on every neuron layer of agent network and mixer every ``period`` updates (at
+    the diagnostics' thresholds); a reset of the last layer of each network every ``every``
+    updates; KNIFE (stagnant neurons, ``KNIFE_SLOTS`` slots) and plasticity injection (output heads)
+    at each task switch, or every ``every`` updates when the run has no task schedule.
+    """
+    trigger = "task_switch" if tasks else "period"
     if method == "redo":
         return PlasticityConfig("redo", redo=ReDoConfig(period=period))
+    if method == "regrama":
+        return PlasticityConfig("redo", redo=ReDoConfig(period=period, score="grama"))
     if method == "reset":
-        return PlasticityConfig("reset", reset=ResetConfig(1, reset_every))
+        return PlasticityConfig("reset", reset=ResetConfig(1, every))
+    if method == "injection":
+        return PlasticityConfig("injection", trigger, injection=InjectionConfig(period=every, slots=KNIFE_SLOTS))
+    if method == "knife" or method in KNIFE_ABLATIONS:
+        knife = KnifeConfig(slots=KNIFE_SLOTS, period=every, **KNIFE_ABLATIONS.get(method, {}))
+        return PlasticityConfig("knife", trigger, knife=knife)
     if method == "none":
         return PlasticityConfig()
-    raise ValueError(f"DormantExperimentConfig.methods: got {method!r}, allowed values for MARL are {MARL_METHODS}")
+    raise ValueError(
+        f"DormantExperimentConfig.methods: got {method!r}, allowed values for MARL are {MARL_METHOD_CHOICES}"
+    )
 
 
 def matrix_loop(config, paper: bool) -> LoopConfig:
@@ -141,7 +188,7 @@ def marl_cells(experiment: str, config) -> list[tuple[dict, RLConfig]]:
     """``mixers × methods`` cells of ``experiment`` (see the module docstring)."""
     paper = config.scale == "paper"
     mixers = config.mixers or MIXER_CHOICES
-    methods = config.methods or MARL_METHODS
+    methods = expand_methods(config.methods)
     if experiment == "matrix-sequential":
         loop, env = matrix_loop(config, paper), "matrix-sequential"
         marl = MARLConfig(epsilon_decay_steps=2_000 if paper else 1_000, td_lambda=0.0)  # one-step episodes
@@ -168,7 +215,10 @@ def marl_cells(experiment: str, config) -> list[tuple[dict, RLConfig]]:
                 loop=loop,
                 marl=marl,
                 plasticity=marl_plasticity(
-                    method, loop.period, max(loop.period, total_updates // 4 // loop.period * loop.period)
+                    method,
+                    loop.period,
+                    max(loop.period, total_updates // 4 // loop.period * loop.period),
+                    tasks=bool(loop.tasks),
                 ),
                 diagnostics=DiagnosticsConfig(tau=config.tau),
                 seeds=seeds,
@@ -189,9 +239,15 @@ def switch_steps(df: pd.DataFrame) -> list[int]:
     return sorted(int(s) for s in steps.unique() if s >= 0)
 
 
+GROUPS = ("agent", "mixer", "all")
+"""Column groups of the MARL tables: agent network, mixer, and both together."""
+
+
 def group_column(part: pd.DataFrame, group: str, field: str) -> str:
-    """The column of ``field`` for ``group``; a learner whose mixer has no neurons (VDN) logs its
-    agent network as the whole network (``marl/<field>``)."""
+    """The column of ``field`` for ``group`` (``all``: the whole network, ``marl/<field>``); a
+    learner whose mixer has no neurons (VDN) logs its agent network as the whole network."""
+    if group == "all":
+        return f"marl/{field}"
     column = f"marl/group/{group}/{field}"
     if column in part and part[column].notna().any():
         return column
@@ -212,17 +268,99 @@ def group_table(title: str, final: pd.DataFrame, settings: list[str], fields: di
     lines = [
         f"### {title} (mean [95% CI] over seeds)",
         "",
-        "| setting | " + " | ".join(f"{g} {label}" for g in ("agent", "mixer") for label in fields) + " |",
-        "|---|" + "---|" * (2 * len(fields)),
+        "| setting | " + " | ".join(f"{g} {label}" for g in GROUPS for label in fields) + " |",
+        "|---|" + "---|" * (len(GROUPS) * len(fields)),
     ]
     for setting in settings:
         part = final[final.setting == setting]
         cells = []
-        for group in ("agent", "mixer"):
+        for group in GROUPS:
             for field in fields.values():
                 column = group_column(part, group, field)
                 present = column in part
                 cells.append(format_estimate(mean_ci(part[column].to_numpy()), percent=percent) if present else "–")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def around_switches(part: pd.DataFrame, column: str, switches: list[int]) -> tuple[float, float]:
+    """Mean of ``column`` just before and just after the task switches, over seeds and switches.
+
+    *Before* a switch at env step s is the last diagnostics at or before s (the network trained on the
+    old task only, scored on its data, before the period's intervention); *after* is the first one
+    past s (``F`` updates on a replay filling with the new task). Per seed, both are averaged over
+    the switches that have both; then over seeds. NaN where no switch has both.
+    """
+    before, after = [], []
+    for _, run in part.dropna(subset=[column]).groupby("seed"):
+        steps = run.env_steps.to_numpy()
+        values = run[column].to_numpy()
+        pairs = [
+            (values[steps <= s][steps[steps <= s].argmax()], values[steps > s][steps[steps > s].argmin()])
+            for s in switches
+            if (steps <= s).any() and (steps > s).any()
+        ]
+        if pairs:
+            before.append(sum(b for b, _ in pairs) / len(pairs))
+            after.append(sum(a for _, a in pairs) / len(pairs))
+    if not before:
+        return float("nan"), float("nan")
+    return sum(before) / len(before), sum(after) / len(after)
+
+
+def switch_table(df: pd.DataFrame, settings: list[str], switches: list[int]) -> list[str]:
+    """Markdown lines: neuron ratios just before → just after the task switches (:func:`around_switches`)."""
+    lines = [
+        "### Neuron ratios just before → just after the task switches (%, mean over seeds and switches)",
+        "",
+        "| setting | " + " | ".join(f"{g} {label}" for g in GROUPS for label in RATIOS) + " |",
+        "|---|" + "---|" * (len(GROUPS) * len(RATIOS)),
+    ]
+    for setting in settings:
+        part = df[df.setting == setting]
+        cells = []
+        for group in GROUPS:
+            for field in RATIOS.values():
+                column = group_column(part, group, field)
+                b, a = around_switches(part, column, switches) if column in part else (float("nan"),) * 2
+                cells.append("–" if b != b else f"{100 * b:.1f} → {100 * a:.1f}")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -> list[str]:
+    """Markdown lines: settings ranked by IQM [95% stratified bootstrap CI] of the final greedy return
+    and, with tasks, of the final return on the first task (re-visited at the end of the sequence)."""
+    from plastix.report import final_values, format_estimate, iqm_ci
+
+    columns = {"final return": "eval_return"} | ({"task 1 at the end": task_cols[0]} if task_cols else {})
+    estimates = {}
+    for label, column in columns.items():
+        if column not in df:
+            continue
+        final = final_values(df, column, ["setting"])
+        scores = {s: final.loc[final.setting == s, column].to_numpy()[:, None] for s in settings}
+        estimates[label] = iqm_ci({s: v for s, v in scores.items() if len(v)})
+    if not estimates:
+        return []
+    first = next(iter(estimates))
+    order = sorted(estimates[first], key=lambda s: -estimates[first][s].value)
+    ranks = {
+        label: {s: r + 1 for r, s in enumerate(sorted(e, key=lambda s: -e[s].value))} for label, e in estimates.items()
+    }
+    lines = [
+        f"### Methods ranked by {first} (IQM [95% stratified bootstrap CI] over seeds)",
+        "",
+        "| setting | " + " | ".join(f"{label} | rank" for label in estimates) + " |",
+        "|---|" + "---|---|" * len(estimates),
+    ]
+    for setting in order:
+        cells = [
+            f"{format_estimate(estimates[label][setting], digits=2)} | {ranks[label][setting]}"
+            if setting in estimates[label]
+            else "– | –"
+            for label in estimates
+        ]
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -272,12 +410,15 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
             ax.set_ylabel("greedy return")
         axes[0][0].legend(frameon=False, fontsize=6)
         files.append(save_figure(fig, os.path.join(path, "return_per_task.png")))
-    # tables: neuron ratios at the end, and task 1 first vs revisited
+    # tables: ranking, neuron ratios at the end, around the switches, and task 1 first vs revisited
+    lines += ranking_table(df, settings, task_cols)
     final = df[df.period == df.period.max()]
     lines += group_table("Neuron ratios at the end of training", final, settings, RATIOS, percent=True)
     if any(f"marl/group/{g}/{f}" in final for g in ("agent", "mixer") for f in OVERLAPS.values()):
         title = "Overlap coefficients |A∩B| / min(|A|, |B|) of the neuron sets at the end"
         lines += group_table(title, final, settings, OVERLAPS)
+    if switches:
+        lines += switch_table(df, settings, switches)
     if task_cols and switches:
         first_end = switches[0]
         lines += [

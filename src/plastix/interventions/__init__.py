@@ -13,12 +13,15 @@ from plastix.interventions.base import (
     Intervention,
     TrainState,
     Trigger,
+    create_train_state,
     every,
     no_intervention,
     reset_optimizer_elements,
     tree_select,
     triggered,
 )
+from plastix.interventions.injection import InjectionConfig, plasticity_injection
+from plastix.interventions.knife import KnifeConfig, knife
 from plastix.interventions.methods import (
     REGISTRY,
     Method,
@@ -38,6 +41,7 @@ __all__ = [
     "InitParams",
     "Intervention",
     "TrainState",
+    "create_train_state",
     "Context",
     "Trigger",
     "TRIGGERS",
@@ -51,6 +55,10 @@ __all__ = [
     "recycle_neurons",
     "select_neurons",
     "zero_outgoing",
+    "KnifeConfig",
+    "knife",
+    "InjectionConfig",
+    "plasticity_injection",
     "ResetConfig",
     "reset",
     "ShrinkPerturbConfig",

@@ -135,13 +135,42 @@ def _keep(state: TrainState) -> TrainState:
     return state
 
 
+def _no_extension(params: Params) -> tuple[Params, None]:
+    return params, None
+
+
+def _same_forward(apply_fn: Callable) -> Callable:
+    return apply_fn
+
+
 class Intervention(NamedTuple):
-    """``init(params) -> state``, ``apply(key, train_state, scores, context) -> train_state`` and
-    ``on_update(train_state) -> train_state`` (called by the learner after every optimizer update)."""
+    """The pure functions of one intervention.
+
+    Attributes:
+      init: ``init(params) -> state`` (kept in ``TrainState.intervention_state``).
+      apply: ``apply(key, train_state, scores, context) -> train_state``.
+      on_update: ``on_update(train_state) -> train_state``, called by the learner after every
+        optimizer update (identity by default).
+      extend: ``extend(params) -> (params, trainable or None)``: parameters the method pre-allocates
+        (KNIFE's injection slots) and the initial trainable mask; identity by default.
+      forward: ``forward(apply_fn) -> apply_fn``: how the method changes the network's forward pass
+        (KNIFE adds its slots' units); identity by default. Learners run every forward pass through it.
+    """
 
     init: Callable[[Params], Any]
     apply: Callable[[Array, TrainState, Any, Context], TrainState]
     on_update: Callable[[TrainState], TrainState] = _keep
+    extend: Callable[[Params], tuple[Params, Params | None]] = _no_extension
+    forward: Callable[[Callable], Callable] = _same_forward
+
+
+def create_train_state(
+    intervention: Intervention, params: Params, tx: optax.GradientTransformation, keep_last_update: bool = False
+) -> TrainState:
+    """The train state of a fresh network under ``intervention``: its ``extend``ed parameters and
+    trainable mask, the optimizer state and the intervention state (what every learner starts from)."""
+    params, trainable = intervention.extend(params)
+    return TrainState.create(params, tx, intervention.init(params), trainable, keep_last_update)
 
 
 def _no_state(params: Params) -> tuple:

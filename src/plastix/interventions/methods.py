@@ -28,6 +28,8 @@ from plastix.interventions.base import (
     no_intervention,
     triggered,
 )
+from plastix.interventions.injection import InjectionConfig, plasticity_injection
+from plastix.interventions.knife import KnifeConfig, knife
 from plastix.interventions.redo import ReDoConfig, redo
 from plastix.interventions.reset import ResetConfig, reset
 from plastix.interventions.shrink_perturb import ShrinkPerturbConfig, shrink_perturb
@@ -45,6 +47,8 @@ class Method:
       build: ``build(settings, topology, init_params) -> Intervention`` or ``None`` (optimizer-only).
       needs_scores: the intervention reads the diagnostics (they are then computed every period).
       optimizer: ``optimizer(base, plasticity) -> OptimizerConfig`` or ``None`` (optimizer unchanged).
+      default_trigger: the trigger of ``PlasticityConfig.trigger="default"`` (``period``: every
+        ``<settings>.period`` updates; ``task_switch`` for the methods made for task switches).
     """
 
     name: str
@@ -52,6 +56,7 @@ class Method:
     build: Callable[[Any, Topology, InitParams], Intervention] | None = None
     needs_scores: bool = False
     optimizer: Callable[[OptimizerConfig, Any], OptimizerConfig] | None = None
+    default_trigger: str = "period"
 
 
 REGISTRY: dict[str, Method] = {}
@@ -74,6 +79,8 @@ register_method(Method("redo", "redo", redo, needs_scores=True))
 register_method(Method("reset", "reset", reset))
 register_method(Method("shrink_perturb", "shrink_perturb", shrink_perturb))
 register_method(Method("weight_decay", None, optimizer=_with_weight_decay))
+register_method(Method("knife", "knife", knife, needs_scores=True, default_trigger="task_switch"))
+register_method(Method("injection", "injection", plasticity_injection, default_trigger="task_switch"))
 
 
 def method_names() -> tuple[str, ...]:
@@ -88,26 +95,33 @@ class PlasticityConfig:
 
     Attributes:
       method: a registry name: ``none``, ``redo`` (recycle dormant neurons), ``reset`` (last
-        layers), ``shrink_perturb`` or ``weight_decay`` (L2 on the optimizer only).
+        layers), ``shrink_perturb``, ``weight_decay`` (L2 on the optimizer only), ``knife``
+        (neuron injection) or ``injection`` (plasticity injection of the output heads).
       trigger: when the intervention runs: ``period`` (every ``<method>.period`` updates),
-        ``task_switch`` (at the end of a period in which the task switched) or ``both``.
+        ``task_switch`` (at the end of a period in which the task switched), ``both``, or
+        ``default``: the method's own (``task_switch`` for ``knife`` and ``injection``, ``period``
+        for the others).
       redo: ReDo settings (used with ``method="redo"``).
       reset: Reset settings (used with ``method="reset"``).
       shrink_perturb: Shrink & Perturb settings (used with ``method="shrink_perturb"``).
+      knife: KNIFE settings (used with ``method="knife"``).
+      injection: plasticity-injection settings (used with ``method="injection"``).
       weight_decay: L2 weight decay of the optimizer (paper's best for DQN: 1e-5); 0 = off. With
         ``method="weight_decay"`` it must be > 0; with any other method it combines with it.
     """
 
     method: str = "none"
-    trigger: str = "period"
+    trigger: str = "default"
     redo: ReDoConfig = ReDoConfig()
     reset: ResetConfig = ResetConfig()
     shrink_perturb: ShrinkPerturbConfig = ShrinkPerturbConfig()
+    knife: KnifeConfig = KnifeConfig()
+    injection: InjectionConfig = InjectionConfig()
     weight_decay: float = 0.0
 
     def __post_init__(self):
         check_choice("PlasticityConfig.method", self.method, method_names())
-        check_choice("PlasticityConfig.trigger", self.trigger, TRIGGERS)
+        check_choice("PlasticityConfig.trigger", self.trigger, ("default",) + TRIGGERS)
         if not self.weight_decay >= 0 or self.weight_decay == float("inf"):
             raise ValueError(f"PlasticityConfig.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.method == "weight_decay" and self.weight_decay == 0:
@@ -141,7 +155,12 @@ class PlasticityConfig:
     def period(self) -> int | None:
         """Updates between two periodic applications (``None``: no periodic intervention)."""
         settings = self.intervention
-        return None if settings is None or self.trigger == "task_switch" else settings.period
+        return None if settings is None or self.resolved_trigger == "task_switch" else settings.period
+
+    @property
+    def resolved_trigger(self) -> str:
+        """``trigger``, with ``default`` replaced by the method's own default."""
+        return self.spec.default_trigger if self.trigger == "default" else self.trigger
 
     @property
     def needs_scores(self) -> bool:
@@ -184,7 +203,7 @@ def make_intervention(config: Any, topology: Topology, init_params: InitParams) 
         settings = config.intervention
         if settings is None:
             return no_intervention()
-        trigger = Trigger.named(config.trigger, settings.period)
+        trigger = Trigger.named(config.resolved_trigger, settings.period)
         return triggered(config.spec.build(settings, topology, init_params), trigger)
     for method in REGISTRY.values():
         if (

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.nn.mlp import _check_widths
-from plastix.nn.topology import Topology
+from plastix.nn.topology import Neurons, Topology
 
 
 class ConvNet(nn.Module):
@@ -58,7 +58,7 @@ class ConvNet(nn.Module):
             x = nn.relu(nn.Conv(c, (k, k), (s, s), padding=self.padding, name=f"conv_{i}")(x))
         x = jnp.reshape(x, (x.shape[0], -1))  # NHWC flatten: row = (h * W + w) * C + c
         for i, width in enumerate(dense):
-            x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
+            x = Neurons(width, name=f"dense_{i}")(x)
         return nn.Dense(self.out, name="output")(x)
 
     def topology(self) -> Topology:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.nn.mlp import _check_widths
-from plastix.nn.topology import Consumer, NeuronLayer, ParamLayer, Probe, Slice, Topology
+from plastix.nn.topology import Consumer, NeuronLayer, Neurons, ParamLayer, Probe, Slice, Topology
 
 
 class QMixer(nn.Module):
@@ -58,13 +58,13 @@ class QMixer(nn.Module):
                 f"got {q.shape} and {state.shape}"
             )
         embed, hyper = _check_widths((self.embed, self.hypernet_hidden), self.width_multiplier, "QMixer")
-        w1 = nn.Dense(self.agents * embed, name="hyper_w1_1")(nn.relu(nn.Dense(hyper, name="hyper_w1_0")(state)))
+        w1 = nn.Dense(self.agents * embed, name="hyper_w1_1")(Neurons(hyper, name="hyper_w1_0")(state))
         w1 = jnp.abs(w1).reshape(*state.shape[:-1], self.agents, embed)
         b1 = nn.Dense(embed, name="hyper_b1")(state)
         z = Probe(name="mixing")(jnp.einsum("...n,...ne->...e", q, w1) + b1)
         hidden = nn.elu(z)
-        w2 = jnp.abs(nn.Dense(embed, name="hyper_w2_1")(nn.relu(nn.Dense(hyper, name="hyper_w2_0")(state))))
-        b2 = nn.Dense(1, name="hyper_b2_1")(nn.relu(nn.Dense(embed, name="hyper_b2_0")(state)))[..., 0]
+        w2 = jnp.abs(nn.Dense(embed, name="hyper_w2_1")(Neurons(hyper, name="hyper_w2_0")(state)))
+        b2 = nn.Dense(1, name="hyper_b2_1")(Neurons(embed, name="hyper_b2_0")(state))[..., 0]
         return jnp.sum(hidden * w2, axis=-1) + b2
 
     def topology(self, group: str = "mixer") -> Topology:
@@ -110,7 +110,7 @@ class VDNMixer(nn.Module):
 
 def _two_layer(x: Array, hidden: int, out: int, name: str) -> Array:
     """``Dense(out)(relu(Dense(hidden)(x)))`` with modules ``<name>_0`` (a neuron layer) and ``<name>_1``."""
-    return nn.Dense(out, name=f"{name}_1")(nn.relu(nn.Dense(hidden, name=f"{name}_0")(x)))
+    return nn.Dense(out, name=f"{name}_1")(Neurons(hidden, name=f"{name}_0")(x))
 
 
 class QPLEXMixer(nn.Module):

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
-from plastix.nn.topology import Topology
+from plastix.nn.topology import Neurons, Topology
 
 
 def _check_widths(widths: Sequence[int], width_multiplier: float, field: str) -> list[int]:
@@ -38,7 +38,7 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         x = jnp.reshape(x, (x.shape[0], -1))
         for i, width in enumerate(_check_widths(self.hidden, self.width_multiplier, "MLP")):
-            x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
+            x = Neurons(width, name=f"hidden_{i}")(x)
         if self.out is not None:
             x = nn.Dense(self.out, name="output")(x)
         return x

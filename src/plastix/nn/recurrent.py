@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.nn.mlp import _check_widths
-from plastix.nn.topology import CAPTURE, PERTURB, NeuronLayer, ParamLayer, Path, Slice, Topology, _as_path
+from plastix.nn.topology import CAPTURE, PERTURB, NeuronLayer, Neurons, ParamLayer, Path, Slice, Topology, _as_path
 
 GRU_INPUT_GATES = ("ir", "iz", "in")
 GRU_HIDDEN_GATES = ("hr", "hz", "hn")
@@ -118,7 +118,7 @@ class GRUAgent(nn.Module):
         if obs.ndim < 3:
             raise ValueError(f"GRUAgent expects time-major (T, *batch, D) observations, got shape {obs.shape}")
         (width,) = _check_widths((self.hidden,), self.width_multiplier, "GRUAgent")
-        x = nn.relu(nn.Dense(width, name="fc1")(obs))
+        x = Neurons(width, name="fc1")(obs)
         if h0 is None:
             h0 = jnp.zeros(obs.shape[1:-1] + (width,), x.dtype)
         rnn = nn.RNN(

@@ -15,7 +15,7 @@ import flax.linen as nn
 from jax import Array
 
 from plastix.nn.mlp import _check_widths
-from plastix.nn.topology import Consumer, NeuronLayer, ParamLayer, Topology
+from plastix.nn.topology import Consumer, NeuronLayer, Neurons, ParamLayer, Topology
 
 
 class ImpalaResNet(nn.Module):
@@ -48,7 +48,7 @@ class ImpalaResNet(nn.Module):
                 y = nn.Conv(c, (3, 3), padding="SAME", name=f"s{s}_b{b}_conv_a")(nn.relu(x))
                 x = x + nn.Conv(c, (3, 3), padding="SAME", name=f"s{s}_b{b}_conv_b")(nn.relu(y))
         x = nn.relu(x).reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(dense, name="dense_0")(x))
+        x = Neurons(dense, name="dense_0")(x)
         return nn.Dense(self.out, name="output")(x)
 
     def topology(self) -> Topology:

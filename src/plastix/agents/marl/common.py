@@ -36,6 +36,7 @@ from plastix.interventions import (
     OptimizerConfig,
     PlasticityConfig,
     TrainState,
+    create_train_state,
     make_intervention,
     make_optimizer,
 )
@@ -213,10 +214,11 @@ def make_marl(
         return net.init(key, inputs, actions, state, jnp.ones((1, 1, n, A), bool))["params"]
 
     intervention = make_intervention(plasticity, topology, init_params)
+    apply = intervention.forward(net.apply)  # every forward pass, online and target, sees the intervention
 
     def init(key, obs):
-        params = init_params(key)
-        return MARLState(TrainState.create(params, tx, intervention.init(params), keep_last_update=keep_update), params)
+        online = create_train_state(intervention, init_params(key), tx, keep_update)
+        return MARLState(online, online.params)
 
     (width,) = _check_widths((config.hidden,), config.width_multiplier, "MARLConfig")
 
@@ -226,7 +228,7 @@ def make_marl(
     def act(key, state: MARLState, obs: MultiAgentObs, step, greedy: bool, memory):
         h, last = memory
         inputs = agent_inputs(obs.obs.astype(jnp.float32), last)[None]  # (1, E, n, D')
-        q, h = net.apply({"params": state.online.params}, inputs, h, method=FactorizedQ.agent_q)
+        q, h = apply({"params": state.online.params}, inputs, h, method=FactorizedQ.agent_q)
         q = jnp.where(obs.avail, q[0], -jnp.inf)
         eps = config.epsilon_eval if greedy else linear_epsilon(config, step)
         k_explore, k_action = jax.random.split(key)
@@ -254,14 +256,14 @@ def make_marl(
 
     def targets(state: MARLState, inputs, global_state, avail, reward, terminated, valid, q_online=None):
         """TD(λ) targets; ``q_online``: the online agent values over ``inputs`` if already computed."""
-        q_target, _ = net.apply({"params": state.target}, inputs, method=FactorizedQ.agent_q)
+        q_target, _ = apply({"params": state.target}, inputs, method=FactorizedQ.agent_q)
         chooser = q_target
         if config.double_q:
             if q_online is None:
-                q_online, _ = net.apply({"params": state.online.params}, inputs, method=FactorizedQ.agent_q)
+                q_online, _ = apply({"params": state.online.params}, inputs, method=FactorizedQ.agent_q)
             chooser = jax.lax.stop_gradient(q_online)
         greedy = jnp.argmax(jnp.where(avail, chooser, -jnp.inf), -1)[1:]
-        v_next = net.apply(
+        v_next = apply(
             {"params": state.target}, q_target[1:], greedy, global_state[1:], avail[1:], method=FactorizedQ.mixed
         )
         return jax.lax.stop_gradient(lambda_returns(reward, terminated, valid, v_next, gamma, config.td_lambda))
@@ -274,11 +276,9 @@ def make_marl(
         inputs, global_state, avail, actions, reward, terminated, valid = time_major(batch)
 
         def loss_fn(params):  # one online forward serves the loss and the double-Q argmax
-            q, _ = net.apply({"params": params}, inputs, method=FactorizedQ.agent_q)
+            q, _ = apply({"params": params}, inputs, method=FactorizedQ.agent_q)
             g = targets(state, inputs, global_state, avail, reward, terminated, valid, q_online=q)
-            q_tot = net.apply(
-                {"params": params}, q[:-1], actions, global_state[:-1], avail[:-1], method=FactorizedQ.mixed
-            )
+            q_tot = apply({"params": params}, q[:-1], actions, global_state[:-1], avail[:-1], method=FactorizedQ.mixed)
             return masked_loss(q_tot, g, valid), q_tot
 
         (loss, q_tot), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
@@ -294,7 +294,7 @@ def make_marl(
         scoring_inputs = (inputs[:-1], actions, global_state[:-1], avail[:-1])
 
         def apply_fn(variables, x, **kwargs):
-            return net.apply(variables, *x, **kwargs)
+            return apply(variables, *x, **kwargs)
 
         online = state.online
         return {

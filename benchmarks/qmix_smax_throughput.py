@@ -1,0 +1,142 @@
+"""QMIX on SMAX: env-steps/s for 1, 8, 32 vmapped seeds, the share of time in diagnostics, and a
+mode at JaxMARL's ``ql_rnn_smax`` settings, measured side by side in one process.
+
+Settings (``--settings``):
+
+- ``pymarl2`` (default): PyMARL2's QMIX — 8 envs, one update of 32 whole episodes per 800 env steps
+  (8 battles of ≤ 100 steps), GRU 64, mixer embed 32, hypernetworks 64, F = 20 updates. The replay
+  holds 200 battles per seed (not PyMARL2's 5,000) so that 32 seeds fit in this machine's memory;
+  sampling cost does not depend on the capacity.
+- ``jaxmarl``: JaxMARL's ``ql_rnn_smax`` (MARL-NOTES): 3s_vs_5z only, 16 envs, 8 updates of 32
+  sequences per 16 × 128 env steps, GRU 512, mixer embed 64, hypernetworks 256, target every 10
+  updates, 10,240 warm-up steps, buffer 5,000 battles; diagnostics off (JaxMARL has none). JaxMARL
+  samples 128-step chunks, plastix whole padded battles (≤ 101 steps + final observation).
+  JaxMARL's own QMIX is not installable here (its baselines are not in the jaxmarl wheel and
+  plastix copies no code); MARL-NOTES records 223 env-steps/s for it at these settings on the same
+  2-core CPU type, which ``--jaxmarl-reference`` takes as the denominator of the printed ratio.
+
+Measurements (each compiled once, then timed ``--repeats`` times, median):
+
+1. Scaling: per environment (``smax/3s_vs_5z`` and the 5-unit ``smax-drift``) and seed count, the
+   wall time of one chunk (``--chunk-periods`` periods + one 8-episode greedy evaluation), as
+   total and per-seed env-steps/s, diagnostics on every period.
+2. Diagnostics share (pymarl2 settings, ``--overhead-seeds`` seeds): the same chunk with and
+   without diagnostics, timed alternately; share = 1 − without / with.
+
+Usage: python benchmarks/qmix_smax_throughput.py [--settings pymarl2|jaxmarl] [--seeds 1 8 32]
+Record what you measured in benchmarks/RESULTS.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import jax
+from dqn_minatar_throughput import time_chunks
+
+from plastix.agents import LoopConfig, make_train
+from plastix.agents.marl import MARLConfig, make_marl
+from plastix.envs import make_env
+from plastix.interventions import OptimizerConfig
+
+ENVS = ("smax/3s_vs_5z", "smax-drift")
+BATTLE = 101  # env steps of the longest SMAX battle (jaxmarl counts the limit step too)
+
+
+def settings(name: str, chunk_periods: int, diagnostics: bool) -> tuple[LoopConfig, MARLConfig]:
+    """``(loop, learner)`` of ``name`` (module docstring) with ``chunk_periods`` periods per chunk."""
+    if name == "pymarl2":
+        period, per_update = 20, 800
+        loop = LoopConfig(
+            env_steps=period * per_update * chunk_periods * 100,
+            num_envs=8,
+            replay_ratio=1 / per_update,
+            warmup_steps=8 * BATTLE,
+            buffer_size=BATTLE * 200 + 8,
+            batch_size=32,
+            period=period,
+            eval_every=chunk_periods,
+            eval_envs=8,
+            scoring_batch=32,
+            diagnostics=diagnostics,
+        )
+        return loop, MARLConfig()
+    if name == "jaxmarl":
+        period, per_collect = 8, 16 * 128
+        loop = LoopConfig(
+            env_steps=per_collect * chunk_periods * 100,
+            num_envs=16,
+            replay_ratio=period / per_collect,
+            warmup_steps=10_240,
+            buffer_size=BATTLE * 5_000 + 16,
+            batch_size=32,
+            period=period,
+            eval_every=chunk_periods,
+            eval_envs=8,
+            scoring_batch=32,
+            diagnostics=diagnostics,
+        )
+        learner = MARLConfig(
+            hidden=512,
+            mixing_embed=64,
+            hypernet_hidden=256,
+            target_update_period=10,
+            optimizer=OptimizerConfig("adam", 5e-5, max_grad_norm=10.0),
+        )
+        return loop, learner
+    raise ValueError(f"--settings: got {name!r}, allowed values are ('pymarl2', 'jaxmarl')")
+
+
+def build(env_name: str, seeds: int, name: str, chunk_periods: int, diagnostics: bool):
+    """Compiled-on-first-call ``(train, carry)`` of QMIX on ``env_name`` with ``seeds`` vmapped seeds."""
+    env = make_env(env_name)
+    loop, learner = settings(name, chunk_periods, diagnostics)
+    agent, _, _ = make_marl(env.spec, learner, loop.gamma, loop.period)
+    train = make_train(loop, env, agent)
+    return train, train.init(jax.random.split(jax.random.PRNGKey(0), seeds)), loop
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", default="pymarl2", choices=("pymarl2", "jaxmarl"))
+    parser.add_argument("--envs", nargs="+", default=list(ENVS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--chunk-periods", type=int, default=2)
+    parser.add_argument("--overhead-seeds", type=int, default=8)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--jaxmarl-reference", type=float, default=223.0, help="JaxMARL QMIX env-steps/s")
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    print(f"jax {jax.__version__} on {device.device_kind} ({platform.processor() or platform.machine()})")
+    envs = ["smax/3s_vs_5z"] if args.settings == "jaxmarl" else args.envs
+    print(f"\n1. scaling, {args.settings} settings, diagnostics {'off' if args.settings == 'jaxmarl' else 'on'}")
+    for env_name in envs:
+        for seeds in args.seeds:
+            print(f"{env_name}, seeds={seeds}", flush=True)
+            train, carry, loop = build(env_name, seeds, args.settings, args.chunk_periods, args.settings == "pymarl2")
+            (t,) = time_chunks([(train, carry)], args.repeats)
+            steps = loop.period * args.chunk_periods / loop.replay_ratio
+            per_seed = steps / t
+            print(
+                f"  chunk of {steps:,.0f} env steps and {loop.period * args.chunk_periods} updates per seed: "
+                f"{t:.2f} s → {seeds * per_seed:,.0f} env-steps/s in total, {per_seed:,.0f} per seed; "
+                f"10M env steps would take {1e7 / per_seed / 3600:.1f} h"
+            )
+            if args.settings == "jaxmarl":
+                print(f"  vs JaxMARL's QMIX at {args.jaxmarl_reference:g} env-steps/s: {per_seed / args.jaxmarl_reference:.2f}×")
+    if args.settings == "pymarl2" and not args.skip_overhead:
+        s = args.overhead_seeds
+        print(f"\n2. diagnostics share at {s} seeds (smax-drift), with vs without, alternating")
+        plain = build("smax-drift", s, "pymarl2", args.chunk_periods, False)[:2]
+        full = build("smax-drift", s, "pymarl2", args.chunk_periods, True)[:2]
+        t_plain, t_full = time_chunks([plain, full], args.repeats)
+        print(
+            f"  without {t_plain:.2f} s, with {t_full:.2f} s per chunk: ratio {t_full / t_plain:.3f}, "
+            f"diagnostics share {1 - t_plain / t_full:.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Injection slots: extra units added to a layer's output without changing the network's function.
+
+The shared machinery of KNIFE (:mod:`plastix.interventions.knife`, one neuron at a time) and of
+plasticity injection (Nikishin et al. 2023, a whole output layer at once). A *target* is a dense
+layer ``h = σ(x @ W + b)`` with ``D`` inputs and ``N`` units: a neuron layer built with
+:class:`~plastix.nn.topology.Neurons` (activation inside the module) or a linear output head
+(``nn.Dense``, σ = identity). Each of its units gets ``K`` pre-allocated *slots*; a used slot k of
+unit i adds ::
+
+    h_i += gate[k, i] · (σ(x·U[k, :, i] + v[k, i]) − σ(x·U⁰[k, :, i] + v⁰[k, i]))
+
+where ``U, v`` is the *active* unit (trainable) and ``U⁰, v⁰`` the *compensation* unit, a frozen
+copy of the active one made at injection, so right after an injection both terms cancel exactly
+and every output of the network is unchanged. The slots live in the parameter tree under
+``params["plastix_injection"][<module path>]`` (``kernel (K, D, N)``, ``bias (K, N)``,
+``comp_kernel``, ``comp_bias``, ``gate (K, N)`` of 0/1), so target networks, checkpoints and the
+optimizer see them like any parameter; which elements train is the train state's element-wise
+trainable mask (:class:`~plastix.interventions.base.TrainState`): compensation units and gates never
+train, an active unit trains from its injection on, and the injected unit's previous weights (the
+*knowledge*: its original incoming weights and any earlier active slot) are frozen from then on.
+
+The learner's forward pass adds the slots through :func:`injection_forward`, which intercepts the
+target modules' ``__call__`` (``Intervention.forward``); nothing in the networks changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from plastix.interventions.base import Intervention, TrainState, _no_state, reset_optimizer_elements, zeros_like_bool
+from plastix.nn.topology import Neurons, Params, Path, Slice, Topology, _tag, get_path, has_path, set_path
+
+SLOTS = "plastix_injection"
+"""Top-level key of the parameter tree under which the injection slots live."""
+SLOT_PARAMS = ("kernel", "bias", "comp_kernel", "comp_bias", "gate")
+
+
+def _identity(x: Array) -> Array:
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One dense layer that can receive injected units.
+
+    Attributes:
+      name: the topology's layer name (a neuron layer, or an output head's module).
+      module: path of the module whose ``__call__`` returns ``h``.
+      activation: σ (identity for a linear head).
+      neuron: a neuron layer (module must be :class:`~plastix.nn.topology.Neurons`) or a linear head.
+    """
+
+    name: str
+    module: Path
+    activation: Callable[[Array], Array]
+    neuron: bool
+
+    @property
+    def kernel(self) -> Path:
+        return self.module + ("kernel",)
+
+    @property
+    def bias(self) -> Path:
+        return self.module + ("bias",)
+
+
+def neuron_targets(topology: Topology, names: Sequence[str] = ()) -> tuple[Target, ...]:
+    """Dense neuron layers of ``topology`` (all of them, or those named in ``names``).
+
+    Raises:
+      ValueError: a name that is not a layer, or a layer that is not dense, naming the allowed values.
+    """
+    dense = [layer for layer in topology.layers if layer.kind == "dense"]
+    allowed = tuple(layer.name for layer in dense)
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"layers: {name!r} is not a dense neuron layer; allowed values are {allowed}")
+    chosen = [layer for layer in dense if not names or layer.name in names]
+    return tuple(Target(layer.name, layer.module, layer.activation, True) for layer in chosen)
+
+
+def head_targets(topology: Topology, names: Sequence[str] = ()) -> tuple[Target, ...]:
+    """Linear output heads (modules of the parameter layers that feed nothing), or those named."""
+    heads = {_tag(m): m for p in topology.param_layers if not p.feeds for m in p.params}
+    for name in names:
+        if name not in heads:
+            raise ValueError(f"layers: {name!r} is not an output head module; allowed values are {tuple(heads)}")
+    return tuple(Target(n, m, _identity, False) for n, m in heads.items() if not names or n in names)
+
+
+def add_slots(params: Params, targets: Sequence[Target], slots: int) -> tuple[Params, Params]:
+    """``params`` with ``slots`` empty injection slots per unit of every target, and the initial
+    trainable mask (everything trains except the slots, which train only once injected)."""
+    if slots < 1:
+        raise ValueError(f"slots: got {slots}, must be >= 1 (injection slots per unit)")
+    if SLOTS in params:
+        raise ValueError(f"the parameter tree already has {SLOTS!r}: only one injection method per network")
+    trainable = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+    tree, frozen = {}, {}
+    for t in targets:
+        kernel = get_path(params, t.kernel)
+        if kernel.ndim != 2:
+            raise ValueError(f"layer {t.name}: injection needs a dense kernel (D, N), got shape {kernel.shape}")
+        d, n = kernel.shape
+        zeros = {
+            "kernel": jnp.zeros((slots, d, n), kernel.dtype),
+            "bias": jnp.zeros((slots, n), kernel.dtype),
+            "comp_kernel": jnp.zeros((slots, d, n), kernel.dtype),
+            "comp_bias": jnp.zeros((slots, n), kernel.dtype),
+            "gate": jnp.zeros((slots, n), kernel.dtype),
+        }
+        for key, value in zeros.items():
+            tree = _set(tree, t.module + (key,), value)
+            frozen = _set(frozen, t.module + (key,), jnp.zeros(value.shape, bool))
+    return {**params, SLOTS: tree}, {**trainable, SLOTS: frozen}
+
+
+def _set(tree: dict, path: Path, value) -> dict:
+    if len(path) == 1:
+        return {**tree, path[0]: value}
+    return {**tree, path[0]: _set(tree.get(path[0], {}), path[1:], value)}
+
+
+def injection_forward(targets: Sequence[Target], compensation: bool = True):
+    """``wrap(apply_fn) -> apply_fn`` that adds every target's used slots to its output ``h``.
+
+    ``apply_fn(variables, *inputs, **kwargs)`` is a Flax apply; the slots are read from
+    ``variables["params"]`` (:data:`SLOTS`), so online and target parameters each use their own.
+    Without ``compensation`` (an ablation) the ``−σ(U⁰…)`` term is left out.
+    """
+    by_module = {t.module: t for t in targets}
+
+    def wrap(apply_fn):
+        def apply(variables, *inputs, **kwargs):
+            slots = variables.get("params", {}).get(SLOTS)
+            if slots is None:
+                return apply_fn(variables, *inputs, **kwargs)
+
+            def interceptor(next_fun, f_args, f_kwargs, context):
+                out = next_fun(*f_args, **f_kwargs)
+                target = by_module.get(tuple(context.module.path))
+                if target is None or context.method_name != "__call__":
+                    return out
+                if target.neuron and not isinstance(context.module, Neurons):
+                    raise ValueError(
+                        f"injection into layer {target.name}: its module {type(context.module).__name__} returns "
+                        "z, not h = σ(z); build dense neuron layers with plastix.nn.Neurons"
+                    )
+                s = get_path(slots, target.module)
+                x = f_args[0]
+
+                def units(kernel: str, bias: str) -> Array:  # (..., K, N)
+                    return target.activation(jnp.einsum("...d,kdn->...kn", x, s[kernel]) + s[bias])
+
+                active = units("kernel", "bias")
+                if compensation:
+                    active = active - units("comp_kernel", "comp_bias")
+                return out + jnp.sum(s["gate"] * active, axis=-2)
+
+            with nn.intercept_methods(interceptor):
+                return apply_fn(variables, *inputs, **kwargs)
+
+        return apply
+
+    return wrap
+
+
+def inject(
+    state: TrainState,
+    target: Target,
+    units: Array,
+    fresh: Params | None,
+    freeze_knowledge: bool = True,
+) -> TrainState:
+    """Inject one new active unit (and its compensation copy) into each selected unit of ``target``.
+
+    Each unit in ``units`` (bool ``(N,)``) with a free slot gets, in its first free slot k, an active
+    unit with the incoming weights of ``fresh`` (``fresh[target.kernel]``, bias 0; ``None``: a copy of
+    the unit's current original weights and bias) and an identical frozen compensation unit; its gate
+    opens. Its knowledge (original incoming weights and earlier slots) is frozen when
+    ``freeze_knowledge``. The optimizer moments of the new slot start at zero. Units without a free
+    slot are left as they are. Shapes never change; with no unit selected the state is unchanged.
+    """
+    params, trainable = state.params, state.trainable
+    s = get_path(params[SLOTS], target.module)
+    k_slots, _, _ = s["kernel"].shape
+    used = s["gate"] > 0  # (K, N)
+    has_free = ~jnp.all(used, axis=0)
+    first_free = jnp.argmax(~used, axis=0)
+    chosen = units & has_free
+    new_slot = (jnp.arange(k_slots)[:, None] == first_free[None, :]) & chosen[None, :]  # (K, N)
+    if fresh is None:
+        w_new, b_new = get_path(params, target.kernel), get_path(params, target.bias)
+    else:
+        w_new = get_path(fresh, target.kernel)
+        b_new = jnp.zeros_like(get_path(params, target.bias))
+    hit_k = new_slot[:, None, :]
+    updated = {
+        "kernel": jnp.where(hit_k, w_new[None], s["kernel"]),
+        "comp_kernel": jnp.where(hit_k, w_new[None], s["comp_kernel"]),
+        "bias": jnp.where(new_slot, b_new[None], s["bias"]),
+        "comp_bias": jnp.where(new_slot, b_new[None], s["comp_bias"]),
+        "gate": jnp.where(new_slot, jnp.ones_like(s["gate"]), s["gate"]),
+    }
+    touched = zeros_like_bool(params)
+    for key, value in updated.items():
+        params = set_path(params, (SLOTS, *target.module, key), value)
+    knowledge = used & chosen[None, :] if freeze_knowledge else jnp.zeros_like(used)  # earlier slots freeze
+    for key, hit, old in (("kernel", hit_k, knowledge[:, None, :]), ("bias", new_slot, knowledge)):
+        path = (SLOTS, *target.module, key)
+        hit = jnp.broadcast_to(hit, get_path(params, path).shape)
+        touched = set_path(touched, path, hit)  # the new active unit: trains, moments start at zero
+        trainable = set_path(trainable, path, (get_path(trainable, path) & ~old) | hit)
+    if freeze_knowledge:  # the unit's original incoming weights
+        for path, bias in ((target.kernel, False), (target.bias, True)):
+            if has_path(params, path):
+                hit = Slice(path, bias=bias).mask(chosen, get_path(params, path).shape)
+                trainable = set_path(trainable, path, get_path(trainable, path) & ~hit)
+    opt_state = reset_optimizer_elements(state.tx, state.opt_state, touched)
+    return state.replace(params=params, opt_state=opt_state).with_trainable(trainable)
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectionConfig:
+    """Plasticity injection (Nikishin et al. 2023): a new trainable copy of the output heads.
+
+    At each trigger every unit of the chosen heads is injected (:func:`inject`): the current head
+    is frozen, a freshly initialized trainable head is added and a frozen copy of it subtracted, so
+    the outputs are unchanged and learning continues in the new head.
+
+    Attributes:
+      period: updates between injections with ``trigger="period"`` or ``"both"``.
+      layers: head modules to inject into (default: every output head of the topology).
+      slots: how many injections each head can take.
+    """
+
+    period: int = 1000
+    layers: tuple[str, ...] = ()
+    slots: int = 1
+
+    def __post_init__(self):
+        if self.period < 1:
+            raise ValueError(f"InjectionConfig.period must be >= 1 update, got {self.period}")
+        if self.slots < 1:
+            raise ValueError(f"InjectionConfig.slots: got {self.slots}, must be >= 1 (injections per head)")
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+
+def plasticity_injection(config: InjectionConfig, topology: Topology, init_params) -> Intervention:
+    """Plasticity injection as an :class:`Intervention` (``make_intervention`` adds its trigger)."""
+    try:
+        targets = head_targets(topology, config.layers)
+    except ValueError as e:
+        raise ValueError(f"InjectionConfig.{e}") from None
+    if not targets:
+        raise ValueError("InjectionConfig: the topology declares no output head (ParamLayer that feeds nothing)")
+
+    def extend(params):
+        return add_slots(params, targets, config.slots)
+
+    def apply(key: Array, state: TrainState, scores, context) -> TrainState:
+        fresh = init_params(key)
+        for target in targets:
+            n = get_path(state.params, target.kernel).shape[-1]
+            state = inject(state, target, jnp.ones(n, bool), fresh)
+        return state
+
+    return Intervention(_no_state, apply, extend=extend, forward=injection_forward(targets))

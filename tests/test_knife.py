@@ -1,0 +1,237 @@
+"""KNIFE and plasticity injection on the QMIX / QPLEX learner's network (agent network + mixer):
+function preservation at every injection (a second one included), frozen parts bit-identical,
+fresh optimizer moments, no-op masks, jit / vmap equivalence, config errors."""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from plastix.agents.marl import FactorizedQ, MARLConfig, make_mixer
+from plastix.envs.base import EnvSpec
+from plastix.interventions import (
+    Context,
+    InjectionConfig,
+    KnifeConfig,
+    PlasticityConfig,
+    create_train_state,
+    knife,
+    make_intervention,
+    plasticity_injection,
+)
+from plastix.interventions.injection import SLOTS
+from plastix.nn.recurrent import GRUAgent
+from plastix.nn.topology import Topology, get_path
+
+N_AGENTS, A, D, S, T, B = 3, 4, 5, 6, 4, 2
+CONTEXT = Context.at(10, 1, True)
+
+
+def build(mixer="qmix"):
+    """``(net, topology, init_params, inputs)`` of a tiny agent network + mixer."""
+    spec = EnvSpec("toy", (D,), jnp.float32, num_actions=A, agents=N_AGENTS, state_shape=(S,))
+    config = MARLConfig(mixer=mixer, hidden=8, mixing_embed=4, hypernet_hidden=8, qplex_heads=2)
+    net = FactorizedQ(GRUAgent(8, A), make_mixer(spec, config))
+    topology = Topology.merge(
+        net.agent.topology().prefixed("agent", group="agent"), net.mixer.topology().prefixed("mixer", group="mixer")
+    )
+    k = jax.random.split(jax.random.key(0), 3)
+    inputs = (
+        jax.random.normal(k[0], (T, B, N_AGENTS, D + N_AGENTS + A)),
+        jax.random.randint(k[1], (T, B, N_AGENTS), 0, A),
+        jax.random.normal(k[2], (T, B, S)),
+        jnp.ones((T, B, N_AGENTS, A), bool),
+    )
+
+    def init_params(key):
+        return net.init(key, *inputs)["params"]
+
+    return net, topology, init_params, inputs
+
+
+def outputs(apply, params, inputs):
+    """Agent Qs ``(T, B, n, A)`` and ``Q_tot (T, B)``."""
+    q, _ = apply({"params": params}, inputs[0], method=FactorizedQ.agent_q)
+    return q, apply({"params": params}, *inputs)
+
+
+def random_scores(key, topology, params, p=0.5):
+    """Diagnostics stand-in: random stagnant / dormant / GraMa masks per neuron layer."""
+    layers = {}
+    for layer, k in zip(topology.layers, jax.random.split(key, len(topology.layers))):
+        n = layer.size(params)
+        m = jax.random.uniform(k, (3, n)) < p
+        layers[layer.name] = SimpleNamespace(stagnant=m[0], dormant=m[1], grama_dormant=m[2])
+    return SimpleNamespace(layers=layers)
+
+
+def train_steps(state, apply, inputs, steps=10, seed=0):
+    """``steps`` Adam steps on a random regression of ``Q_tot``."""
+    target = jax.random.normal(jax.random.key(seed), inputs[2].shape[:2])
+    for _ in range(steps):
+        grads = jax.grad(lambda p: jnp.mean((apply({"params": p}, *inputs) - target) ** 2))(state.params)
+        state = state.apply_gradients(grads)
+    return state
+
+
+@pytest.fixture(scope="module", params=["qmix", "qplex"])
+def learner(request):
+    return build(request.param)
+
+
+@pytest.mark.parametrize("selection", ["stagnant", "random", "all"])
+def test_knife_preserves_every_output_at_first_and_second_injection(learner, selection):
+    net, topology, init_params, inputs = learner
+    method = knife(KnifeConfig(slots=2, selection=selection), topology, init_params)
+    apply = method.forward(net.apply)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    assert jax.tree.map(np.array, outputs(apply, state.params, inputs)) is not None
+    # the slots add nothing before any injection: bit-identical to the plain network
+    plain = outputs(net.apply, {k: v for k, v in state.params.items() if k != SLOTS}, inputs)
+    for a, b in zip(outputs(apply, state.params, inputs), plain):
+        np.testing.assert_array_equal(a, b)
+    for round_ in range(2):
+        before = outputs(apply, state.params, inputs)
+        scores = random_scores(jax.random.key(10), topology, state.params)  # same neurons: injected twice
+        state = method.apply(jax.random.key(20 + round_), state, scores, CONTEXT)
+        for a, b in zip(outputs(apply, state.params, inputs), before):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+        state = train_steps(state, apply, inputs, seed=round_)  # active ≠ compensation before the next one
+    gate = get_path(state.params, (SLOTS, "agent", "fc1", "gate"))
+    if selection != "random":  # the same neurons were selected twice
+        assert float(gate[1].sum()) > 0 and bool((gate[1] <= gate[0]).all()), "no neuron was injected a second time"
+
+
+def test_frozen_parts_stay_bit_identical_and_active_ones_train(learner):
+    net, topology, init_params, inputs = learner
+    method = knife(KnifeConfig(slots=1, selection="stagnant"), topology, init_params)
+    apply = method.forward(net.apply)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    scores = random_scores(jax.random.key(3), topology, state.params)
+    state = method.apply(jax.random.key(4), state, scores, CONTEXT)
+    chosen = scores.layers["agent/fc1"].stagnant
+    assert bool(chosen.any()) and not bool(chosen.all())
+    kernel, slot = ("agent", "fc1", "kernel"), (SLOTS, "agent", "fc1")
+    w0 = get_path(state.params, kernel)
+    slots0 = get_path(state.params, slot)
+    # optimizer moments of the injected slot start at zero
+    mu = state.opt_state[0].mu
+    assert float(jnp.abs(get_path(mu, slot + ("kernel",))).max()) == 0
+    after = train_steps(state, apply, inputs)
+    w1, slots1 = get_path(after.params, kernel), get_path(after.params, slot)
+    np.testing.assert_array_equal(w1[:, chosen], w0[:, chosen])  # knowledge: frozen
+    assert not np.array_equal(w1[:, ~chosen], w0[:, ~chosen])  # the others train
+    for name in ("comp_kernel", "comp_bias", "gate"):
+        np.testing.assert_array_equal(slots1[name], slots0[name])
+    assert not np.array_equal(slots1["kernel"][0][:, chosen], slots0["kernel"][0][:, chosen])  # active trains
+    np.testing.assert_array_equal(slots1["kernel"][0][:, ~chosen], slots0["kernel"][0][:, ~chosen])  # unused: 0
+
+
+def test_no_selected_neuron_leaves_the_train_state_bit_identical(learner):
+    net, topology, init_params, inputs = learner
+    method = knife(KnifeConfig(slots=2), topology, init_params)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    state = train_steps(state, method.forward(net.apply), inputs, steps=2)
+    none = random_scores(jax.random.key(3), topology, state.params, p=0.0)
+    after = method.apply(jax.random.key(4), state, none, CONTEXT)
+    jax.tree.map(np.testing.assert_array_equal, after, state)
+
+
+def test_knife_jit_and_vmap_match_plain_calls():
+    net, topology, init_params, inputs = build("qmix")
+    method = knife(KnifeConfig(slots=1, selection="random"), topology, init_params)
+    tx = optax.adam(1e-2)
+
+    def injected(seed):
+        state = create_train_state(method, init_params(jax.random.fold_in(jax.random.key(1), seed)), tx)
+        scores = random_scores(jax.random.fold_in(jax.random.key(2), seed), topology, state.params)
+        return method.apply(jax.random.fold_in(jax.random.key(3), seed), state, scores, CONTEXT).params
+
+    plain = [injected(jnp.int32(s)) for s in range(2)]
+    jitted = jax.jit(injected)(jnp.int32(1))
+    vmapped = jax.vmap(injected)(jnp.arange(2, dtype=jnp.int32))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), jitted, plain[1])
+    for s in range(2):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[s], b, atol=1e-6), vmapped, plain[s])
+
+
+def test_ablations_change_what_they_say():
+    net, topology, init_params, inputs = build("qmix")
+    params = init_params(jax.random.key(1))
+    scores = random_scores(jax.random.key(3), topology, params)
+
+    def run(**flags):
+        method = knife(KnifeConfig(**flags), topology, init_params)
+        state = create_train_state(method, params, optax.adam(1e-2))
+        before = outputs(method.forward(net.apply), state.params, inputs)[1]
+        state = method.apply(jax.random.key(4), state, scores, CONTEXT)
+        return state, before, outputs(method.forward(net.apply), state.params, inputs)[1]
+
+    _, before, after = run(compensation=False)
+    assert float(jnp.abs(after - before).max()) > 1e-4  # no compensation: the output jumps
+    state, _, _ = run(freeze_knowledge=False)
+    assert bool(get_path(state.trainable, ("agent", "fc1", "kernel")).all())
+    state, _, _ = run(active_init="copy")
+    chosen = scores.layers["agent/fc1"].stagnant
+    np.testing.assert_array_equal(
+        get_path(state.params, (SLOTS, "agent", "fc1", "kernel"))[0][:, chosen],
+        get_path(params, ("agent", "fc1", "kernel"))[:, chosen],
+    )
+
+
+def test_plasticity_injection_preserves_outputs_and_trains_the_new_head():
+    net, topology, init_params, inputs = build("qmix")
+    method = plasticity_injection(InjectionConfig(), topology, init_params)
+    apply = method.forward(net.apply)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    before = outputs(apply, state.params, inputs)
+    state = method.apply(jax.random.key(2), state, None, CONTEXT)
+    for a, b in zip(outputs(apply, state.params, inputs), before):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    head = ("agent", "fc2", "kernel")
+    new = (SLOTS, "agent", "fc2", "kernel")
+    after = train_steps(state, apply, inputs)
+    np.testing.assert_array_equal(get_path(after.params, head), get_path(state.params, head))  # old head frozen
+    assert not np.array_equal(get_path(after.params, new), get_path(state.params, new))  # new head learns
+
+
+def test_trigger_defaults_to_task_switch_and_fires_only_there():
+    net, topology, init_params, inputs = build("qmix")
+    config = PlasticityConfig("knife", knife=KnifeConfig(selection="all"))
+    method = make_intervention(config, topology, init_params)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    scores = random_scores(jax.random.key(3), topology, state.params)
+    same = method.apply(jax.random.key(4), state, scores, Context.at(1000, 0, False))
+    jax.tree.map(np.testing.assert_array_equal, same, state)
+    switched = method.apply(jax.random.key(4), state, scores, Context.at(1000, 1, True))
+    assert float(get_path(switched.params, (SLOTS, "agent", "fc1", "gate")).min()) == 1
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: KnifeConfig(slots=0), r"KnifeConfig.slots: got 0"),
+        (lambda: KnifeConfig(selection="best"), r"KnifeConfig.selection: got 'best', allowed values are \('stagnant'"),
+        (lambda: KnifeConfig(active_init="zeros"), r"KnifeConfig.active_init: got 'zeros', allowed values"),
+        (lambda: InjectionConfig(slots=0), r"InjectionConfig.slots: got 0"),
+        (
+            lambda: knife(KnifeConfig(layers=("agent/nope",)), build()[1], None),
+            r"KnifeConfig.layers: 'agent/nope' is not a dense neuron layer; allowed values are \('agent/fc1'",
+        ),
+        (
+            lambda: knife(KnifeConfig(layers=("agent/gru",)), build()[1], None),
+            r"'agent/gru' is not a dense neuron layer",
+        ),
+        (
+            lambda: plasticity_injection(InjectionConfig(layers=("agent/fc1",)), build()[1], None),
+            r"InjectionConfig.layers: 'agent/fc1' is not an output head module; allowed values are \('agent/fc2'",
+        ),
+        (lambda: PlasticityConfig(trigger="sometimes"), r"PlasticityConfig.trigger: got 'sometimes'"),
+    ],
+)
+def test_invalid_settings_name_the_field_and_allowed_values(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
