@@ -102,7 +102,8 @@ def main():
     intervene = jax.jit(lambda s, sc: agent.intervene(jax.random.key(4), s, sc, Context.at(1, 1, True)))
     timed(intervene, state, scores)
     inject = np.median([timed(intervene, state, scores) for _ in range(args.repeats)])
-    print(f"  one injection (K={k}, every neuron): {1e3 * inject:.2f} ms = {inject / (np.median(times[k]) / args.updates):.2f} updates")
+    per_update = np.median(times[k]) / args.updates
+    print(f"  one injection (K={k}, every neuron): {1e3 * inject:.2f} ms = {inject / per_update:.2f} updates")
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def main():
                 f"10M env steps would take {1e7 / per_seed / 3600:.1f} h"
             )
             if args.settings == "jaxmarl":
-                print(f"  vs JaxMARL's QMIX at {args.jaxmarl_reference:g} env-steps/s: {per_seed / args.jaxmarl_reference:.2f}×")
+                ratio = per_seed / args.jaxmarl_reference
+                print(f"  vs JaxMARL's QMIX at {args.jaxmarl_reference:g} env-steps/s: {ratio:.2f}×")
     if args.settings == "pymarl2" and not args.skip_overhead:
         s = args.overhead_seeds
         print(f"\n2. diagnostics share at {s} seeds (smax-drift), with vs without, alternating")

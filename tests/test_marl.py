@@ -300,7 +300,8 @@ def test_marl_report_tables_match_hand_computed_values(tmp_path):
     files, lines = report_section("matrix-sequential", pd.DataFrame(rows), str(tmp_path))
     text = "\n".join(lines)
     assert all(os.path.exists(f) for f in files)
-    switch_row = next(ln for ln in text.split("### Neuron ratios just before")[1].splitlines() if ln.startswith("| qmix"))
+    after_title = text.split("### Neuron ratios just before")[1]
+    switch_row = next(ln for ln in after_title.splitlines() if ln.startswith("| qmix"))
     # agent: before mean(.2, .4) = 30%, after mean(.5, .7) = 60%; mixer 2×, all 1.5×
     assert switch_row.split(" | ")[1:4] == ["30.0 → 60.0"] * 3
     assert switch_row.split(" | ")[4] == "60.0 → 120.0"

@@ -9,7 +9,8 @@ miscoordination penalty and a 200-step time limit.
 Each runs VDN, QMIX and QPLEX (``mixers``) × interventions ``none``, ``redo``, ``reset``
 (``methods``; the stagnant-neuron study adds ``regrama``, ``injection`` (plasticity injection of
 the output heads), ``knife`` and the KNIFE ablations, ``--methods all`` runs every one of them;
-KNIFE and injection act at each task switch, or every quarter of the run without tasks); the diagnostics give stagnant, dormant and GraMa fractions of the agent network
+KNIFE and injection act at each task switch, or every quarter of the run without tasks); the
+diagnostics give stagnant, dormant and GraMa fractions of the agent network
 and of the mixer separately (``marl/group/agent/...``, ``marl/group/mixer/...``) and together.
 The cells are :class:`~plastix.experiments.rl.RLConfig` s like every other RL experiment (same
 runner, checkpoints and resume); this module only chooses their settings and adds the MARL part
