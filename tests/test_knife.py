@@ -235,3 +235,27 @@ def test_trigger_defaults_to_task_switch_and_fires_only_there():
 def test_invalid_settings_name_the_field_and_allowed_values(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_knife_injects_at_the_task_switch_inside_the_jitted_marl_loop():
+    """QMIX + KNIFE (every neuron, at the switch) on two matrix games: no slot is used before the
+    switch, every dense neuron has one after it, and training goes on with finite losses."""
+    from plastix.agents import LoopConfig, make_train
+    from plastix.agents.marl import make_marl
+    from plastix.envs import make_env
+
+    env = make_env("matrix-sequential")
+    loop = LoopConfig(env_steps=240, num_envs=8, replay_ratio=1 / 8, warmup_steps=64, buffer_size=512, batch_size=8,
+                      period=5, eval_every=3, eval_envs=2, scoring_batch=8, tasks=((0, 120), (1, 120)))  # fmt: skip
+    plasticity = PlasticityConfig("knife", knife=KnifeConfig(selection="all"))
+    agent, _, _ = make_marl(env.spec, MARLConfig(hidden=8, mixing_embed=4, hypernet_hidden=8), loop.gamma,
+                            loop.period, plasticity=plasticity)  # fmt: skip
+    train = make_train(loop, env, agent)
+    carry = train.init(jax.random.split(jax.random.key(0), 1))
+    carry, first, _ = train.run_chunk(carry)  # 120 env steps: up to the switch (logged in this chunk)
+    gate = get_path(carry.agent.online.params, (SLOTS, "agent", "fc1", "gate"))
+    assert bool(first["task_switched"][0, -1]) and float(gate.min()) == 1.0
+    np.testing.assert_array_equal(get_path(carry.agent.target, (SLOTS, "agent", "fc1", "gate")) <= 1, True)
+    carry, second, _ = train.run_chunk(carry)
+    assert bool(np.isfinite(second["loss"]).all())
+    assert not bool(second["task_switched"].any())
