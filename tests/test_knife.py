@@ -259,3 +259,11 @@ def test_knife_injects_at_the_task_switch_inside_the_jitted_marl_loop():
     carry, second, _ = train.run_chunk(carry)
     assert bool(np.isfinite(second["loss"]).all())
     assert not bool(second["task_switched"].any())
+
+
+def test_a_task_switch_trigger_without_tasks_is_refused():
+    from plastix.experiments.rl import RLConfig
+
+    with pytest.raises(ValueError, match=r"PlasticityConfig.trigger: knife would run only at task switches"):
+        RLConfig(agent="dqn", env="CartPole-v1", plasticity=PlasticityConfig("knife"))
+    RLConfig(agent="dqn", env="CartPole-v1", plasticity=PlasticityConfig("knife", trigger="period"))
