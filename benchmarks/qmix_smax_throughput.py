@@ -44,48 +44,44 @@ ENVS = ("smax/3s_vs_5z", "smax-drift")
 BATTLE = 101  # env steps of the longest SMAX battle (jaxmarl counts the limit step too)
 
 
-def settings(name: str, chunk_periods: int, diagnostics: bool) -> tuple[LoopConfig, MARLConfig]:
-    """``(loop, learner)`` of ``name`` (module docstring) with ``chunk_periods`` periods per chunk."""
-    if name == "pymarl2":
-        period, per_update = 20, 800
-        loop = LoopConfig(
-            env_steps=period * per_update * chunk_periods * 100,
-            num_envs=8,
-            replay_ratio=1 / per_update,
-            warmup_steps=8 * BATTLE,
-            buffer_size=BATTLE * 200 + 8,
-            batch_size=32,
-            period=period,
-            eval_every=chunk_periods,
-            eval_envs=8,
-            scoring_batch=32,
-            diagnostics=diagnostics,
-        )
-        return loop, MARLConfig()
-    if name == "jaxmarl":
-        period, per_collect = 8, 16 * 128
-        loop = LoopConfig(
-            env_steps=per_collect * chunk_periods * 100,
-            num_envs=16,
-            replay_ratio=period / per_collect,
-            warmup_steps=10_240,
-            buffer_size=BATTLE * 5_000 + 16,
-            batch_size=32,
-            period=period,
-            eval_every=chunk_periods,
-            eval_envs=8,
-            scoring_batch=32,
-            diagnostics=diagnostics,
-        )
-        learner = MARLConfig(
+SETTINGS = {  # name: (envs, updates per period F, env steps per F updates, warm-up, buffer battles, learner)
+    "pymarl2": (8, 20, 20 * 800, 8 * BATTLE, 200, MARLConfig()),
+    "jaxmarl": (
+        16,
+        8,
+        16 * 128,
+        10_240,
+        5_000,
+        MARLConfig(
             hidden=512,
             mixing_embed=64,
             hypernet_hidden=256,
             target_update_period=10,
             optimizer=OptimizerConfig("adam", 5e-5, max_grad_norm=10.0),
-        )
-        return loop, learner
-    raise ValueError(f"--settings: got {name!r}, allowed values are ('pymarl2', 'jaxmarl')")
+        ),
+    ),
+}
+
+
+def settings(name: str, chunk_periods: int, diagnostics: bool) -> tuple[LoopConfig, MARLConfig]:
+    """``(loop, learner)`` of ``name`` (module docstring) with ``chunk_periods`` periods per chunk."""
+    if name not in SETTINGS:
+        raise ValueError(f"--settings: got {name!r}, allowed values are {tuple(SETTINGS)}")
+    envs, period, steps_per_period, warmup, battles, learner = SETTINGS[name]
+    loop = LoopConfig(
+        env_steps=steps_per_period * chunk_periods * 100,
+        num_envs=envs,
+        replay_ratio=period / steps_per_period,
+        warmup_steps=warmup,
+        buffer_size=BATTLE * battles + envs,
+        batch_size=32,
+        period=period,
+        eval_every=chunk_periods,
+        eval_envs=8,
+        scoring_batch=32,
+        diagnostics=diagnostics,
+    )
+    return loop, learner
 
 
 def build(env_name: str, seeds: int, name: str, chunk_periods: int, diagnostics: bool):

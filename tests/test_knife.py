@@ -71,9 +71,14 @@ def random_scores(key, topology, params, p=0.5):
 def train_steps(state, apply, inputs, steps=10, seed=0):
     """``steps`` Adam steps on a random regression of ``Q_tot``."""
     target = jax.random.normal(jax.random.key(seed), inputs[2].shape[:2])
-    for _ in range(steps):
+
+    @jax.jit  # one compile for the ten steps (eager, every step would re-trace the GRU's scan)
+    def step(state):
         grads = jax.grad(lambda p: jnp.mean((apply({"params": p}, *inputs) - target) ** 2))(state.params)
-        state = state.apply_gradients(grads)
+        return state.apply_gradients(grads)
+
+    for _ in range(steps):
+        state = step(state)
     return state
 
 

@@ -262,26 +262,31 @@ def group_column(part: pd.DataFrame, group: str, field: str) -> str:
     return column
 
 
-def group_table(title: str, final: pd.DataFrame, settings: list[str], fields: dict, percent: bool = False) -> list:
-    """Markdown lines: one row per setting, one column per (group, ``fields`` label), mean [95% CI] over seeds."""
-    from plastix.report import format_estimate, mean_ci
-
+def group_table(title: str, df: pd.DataFrame, settings: list[str], fields: dict, cell) -> list[str]:
+    """Markdown lines: one row per setting, one column per (group, ``fields`` label); a cell is
+    ``cell(rows of the setting, column)``, ``–`` where the column is missing."""
     lines = [
-        f"### {title} (mean [95% CI] over seeds)",
+        f"### {title}",
         "",
         "| setting | " + " | ".join(f"{g} {label}" for g in GROUPS for label in fields) + " |",
         "|---|" + "---|" * (len(GROUPS) * len(fields)),
     ]
     for setting in settings:
-        part = final[final.setting == setting]
+        part = df[df.setting == setting]
         cells = []
         for group in GROUPS:
             for field in fields.values():
                 column = group_column(part, group, field)
-                present = column in part
-                cells.append(format_estimate(mean_ci(part[column].to_numpy()), percent=percent) if present else "–")
+                cells.append(cell(part, column) if column in part else "–")
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def mean_ci_cell(percent: bool = False):
+    """A :func:`group_table` cell: mean [95% CI] of the column over seeds."""
+    from plastix.report import format_estimate, mean_ci
+
+    return lambda part, column: format_estimate(mean_ci(part[column].to_numpy()), percent=percent)
 
 
 def around_switches(part: pd.DataFrame, column: str, switches: list[int]) -> tuple[float, float]:
@@ -311,22 +316,13 @@ def around_switches(part: pd.DataFrame, column: str, switches: list[int]) -> tup
 
 def switch_table(df: pd.DataFrame, settings: list[str], switches: list[int]) -> list[str]:
     """Markdown lines: neuron ratios just before → just after the task switches (:func:`around_switches`)."""
-    lines = [
-        "### Neuron ratios just before → just after the task switches (%, mean over seeds and switches)",
-        "",
-        "| setting | " + " | ".join(f"{g} {label}" for g in GROUPS for label in RATIOS) + " |",
-        "|---|" + "---|" * (len(GROUPS) * len(RATIOS)),
-    ]
-    for setting in settings:
-        part = df[df.setting == setting]
-        cells = []
-        for group in GROUPS:
-            for field in RATIOS.values():
-                column = group_column(part, group, field)
-                b, a = around_switches(part, column, switches) if column in part else (float("nan"),) * 2
-                cells.append("–" if b != b else f"{100 * b:.1f} → {100 * a:.1f}")
-        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-    return lines + [""]
+
+    def cell(part, column):
+        before, after = around_switches(part, column, switches)
+        return "–" if before != before else f"{100 * before:.1f} → {100 * after:.1f}"
+
+    title = "Neuron ratios just before → just after the task switches (%, mean over seeds and switches)"
+    return group_table(title, df, settings, RATIOS, cell)
 
 
 def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -> list[str]:
@@ -414,10 +410,11 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
     # tables: ranking, neuron ratios at the end, around the switches, and task 1 first vs revisited
     lines += ranking_table(df, settings, task_cols)
     final = df[df.period == df.period.max()]
-    lines += group_table("Neuron ratios at the end of training", final, settings, RATIOS, percent=True)
+    title = "Neuron ratios at the end of training (mean [95% CI] over seeds)"
+    lines += group_table(title, final, settings, RATIOS, mean_ci_cell(percent=True))
     if any(f"marl/group/{g}/{f}" in final for g in ("agent", "mixer") for f in OVERLAPS.values()):
-        title = "Overlap coefficients |A∩B| / min(|A|, |B|) of the neuron sets at the end"
-        lines += group_table(title, final, settings, OVERLAPS)
+        title = "Overlap coefficients |A∩B| / min(|A|, |B|) of the neuron sets at the end (mean [95% CI] over seeds)"
+        lines += group_table(title, final, settings, OVERLAPS, mean_ci_cell())
     if switches:
         lines += switch_table(df, settings, switches)
     if task_cols and switches:

@@ -91,17 +91,13 @@ class RLConfig:
                     "the agent names the mixer"
                 )
             object.__setattr__(self, "marl", dataclasses.replace(self.marl, mixer=self.agent))
-        if (
-            self.plasticity.intervention is not None
-            and self.plasticity.resolved_trigger != "period"
-            and not self.loop.tasks
-        ):
-            if self.plasticity.resolved_trigger == "task_switch":
-                raise ValueError(
-                    f"PlasticityConfig.trigger: {self.plasticity.method} would run only at task switches "
-                    f"(trigger {self.plasticity.trigger!r}) and this run has no LoopConfig.tasks, so it would never "
-                    "run: set --plasticity.trigger period (every <method>.period updates) or a task schedule"
-                )
+        trigger = self.plasticity.resolved_trigger
+        if self.plasticity.intervention is not None and trigger == "task_switch" and not self.loop.tasks:
+            raise ValueError(
+                f"PlasticityConfig.trigger: {self.plasticity.method} would run only at task switches "
+                f"(trigger {self.plasticity.trigger!r}) and this run has no LoopConfig.tasks, so it would never "
+                "run: set --plasticity.trigger period (every <method>.period updates) or a task schedule"
+            )
         for other in self._other_agent_settings:
             if getattr(self, other) != getattr(RLConfig, other):
                 raise ValueError(

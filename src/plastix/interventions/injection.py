@@ -34,7 +34,18 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.interventions.base import Intervention, TrainState, _no_state, reset_optimizer_elements, zeros_like_bool
-from plastix.nn.topology import Neurons, Params, Path, Slice, Topology, _tag, get_path, has_path, set_path
+from plastix.nn.topology import (
+    Neurons,
+    Params,
+    Path,
+    Slice,
+    Topology,
+    _tag,
+    get_path,
+    has_path,
+    set_path,
+    set_path_create,
+)
 
 SLOTS = "plastix_injection"
 """Top-level key of the parameter tree under which the injection slots live."""
@@ -116,15 +127,9 @@ def add_slots(params: Params, targets: Sequence[Target], slots: int) -> tuple[Pa
             "gate": jnp.zeros((slots, n), kernel.dtype),
         }
         for key, value in zeros.items():
-            tree = _set(tree, t.module + (key,), value)
-            frozen = _set(frozen, t.module + (key,), jnp.zeros(value.shape, bool))
+            tree = set_path_create(tree, t.module + (key,), value)
+            frozen = set_path_create(frozen, t.module + (key,), jnp.zeros(value.shape, bool))
     return {**params, SLOTS: tree}, {**trainable, SLOTS: frozen}
-
-
-def _set(tree: dict, path: Path, value) -> dict:
-    if len(path) == 1:
-        return {**tree, path[0]: value}
-    return {**tree, path[0]: _set(tree.get(path[0], {}), path[1:], value)}
 
 
 def injection_forward(targets: Sequence[Target], compensation: bool = True):
