@@ -272,3 +272,54 @@ def test_a_task_switch_trigger_without_tasks_is_refused():
     with pytest.raises(ValueError, match=r"PlasticityConfig.trigger: knife would run only at task switches"):
         RLConfig(agent="dqn", env="CartPole-v1", plasticity=PlasticityConfig("knife"))
     RLConfig(agent="dqn", env="CartPole-v1", plasticity=PlasticityConfig("knife", trigger="period"))
+
+
+def test_diagnostics_score_an_injected_neuron_by_its_whole_output_and_its_learning_part():
+    """After a KNIFE injection, a neuron's dormant score reads ``h = k + a − c`` (here ``c`` is left
+    out by the no-compensation ablation, so ``h`` really changes) and its stagnation ratio and
+    GraMa score read the active unit only (the knowledge neuron is frozen); hand-computed."""
+    from plastix.agents.off_policy import diagnose_state
+    from plastix.metrics import DiagnosticsConfig
+    from plastix.nn import MLP
+
+    net = MLP((4, 3), out=2)
+    topology = net.topology()
+    x = jax.random.normal(jax.random.key(1), (16, 5))
+    y = jax.random.normal(jax.random.key(2), (16, 2))
+    init_params = lambda key: net.init(key, x)["params"]  # noqa: E731
+    intervention = knife(KnifeConfig(compensation=False), topology, init_params)
+    state = create_train_state(intervention, init_params(jax.random.key(0)), optax.adam(1e-3))
+    units = {"hidden_0": jnp.array([True, False, True, False]), "hidden_1": jnp.array([False, True, False])}
+    scores = SimpleNamespace(layers={n: SimpleNamespace(stagnant=m) for n, m in units.items()})
+    state = intervention.apply(jax.random.key(3), state, scores, CONTEXT)
+    apply = intervention.forward(net.apply)
+    loss_fn = lambda out: jnp.mean((out - y) ** 2)  # noqa: E731
+    diag = diagnose_state(intervention, topology, apply, state, x, loss_fn, DiagnosticsConfig())
+
+    p = state.params
+    grads = jax.grad(lambda q: loss_fn(apply({"params": q}, x)))(p)
+    h0 = jax.nn.relu(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"])
+    slot = p[SLOTS]["hidden_0"]
+    active = jax.nn.relu(x @ slot["kernel"][0] + slot["bias"][0])
+    h0 = h0 + slot["gate"][0] * active  # no compensation: the active unit adds to the output
+    dormant = jnp.mean(jnp.abs(h0), 0) / (jnp.mean(jnp.abs(h0)) + 1e-9)
+    np.testing.assert_allclose(diag.layers["hidden_0"].dormant_score, dormant, rtol=1e-5)
+
+    g, g_slot = grads["hidden_0"], grads[SLOTS]["hidden_0"]
+    weight_grads = []
+    for i, injected in enumerate(np.asarray(units["hidden_0"])):
+        if injected:  # the active unit: slot 0's column and bias
+            w = jnp.concatenate([slot["kernel"][0][:, i], slot["bias"][0][i : i + 1]])
+            d = jnp.concatenate([g_slot["kernel"][0][:, i], g_slot["bias"][0][i : i + 1]])
+            weight_grads.append(jnp.mean(jnp.abs(g_slot["kernel"][0][:, i])))
+        else:  # the neuron's own weights
+            w = jnp.concatenate([p["hidden_0"]["kernel"][:, i], p["hidden_0"]["bias"][i : i + 1]])
+            d = jnp.concatenate([g["kernel"][:, i], g["bias"][i : i + 1]])
+            weight_grads.append(jnp.mean(jnp.abs(g["kernel"][:, i])))
+        np.testing.assert_allclose(
+            diag.layers["hidden_0"].stagnation_ratio[i], jnp.linalg.norm(d) / (jnp.linalg.norm(w) + 1e-9), rtol=1e-5
+        )
+    weight_grads = jnp.stack(weight_grads)
+    np.testing.assert_allclose(
+        diag.layers["hidden_0"].grama_score, weight_grads / (jnp.mean(weight_grads) + 1e-9), rtol=1e-5
+    )

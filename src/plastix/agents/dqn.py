@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.agents.off_policy import Agent, Transition, linear_epsilon
+from plastix.agents.off_policy import Agent, Transition, diagnose_state, linear_epsilon
 from plastix.envs.base import EnvSpec
 from plastix.interventions import (
     OptimizerConfig,
@@ -30,7 +30,7 @@ from plastix.interventions import (
     make_intervention,
     make_optimizer,
 )
-from plastix.metrics import DiagnosticsConfig, diagnose
+from plastix.metrics import DiagnosticsConfig
 from plastix.nn import MLP, ConvNet, nature_cnn
 from plastix.nn.resnet import impala_resnet
 from plastix.nn.topology import Topology
@@ -235,11 +235,7 @@ def make_dqn(
         target = targets(state, batch)
         loss_fn = lambda q: loss_on(q, batch.action, target)[0]
         online = state.online
-        return {
-            "q": diagnose(
-                topology, apply_variables, online.params, batch.obs, loss_fn, diagnostics, updates=online.last_update
-            )
-        }
+        return {"q": diagnose_state(intervention, topology, apply_variables, online, batch.obs, loss_fn, diagnostics)}
 
     def intervene(key, state: DQNState, diags, context):
         scores = None if diags is None else diags["q"]

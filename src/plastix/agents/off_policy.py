@@ -43,8 +43,9 @@ from jax import Array
 
 from plastix.envs.base import Env, EnvSpec
 from plastix.envs.tasks import TaskSchedule
-from plastix.interventions import Context
-from plastix.metrics import Diagnostics, summarize
+from plastix.interventions import Context, Intervention, TrainState
+from plastix.metrics import Diagnostics, DiagnosticsConfig, diagnose, summarize
+from plastix.nn.topology import Topology
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +294,42 @@ def n_step_return(rewards: Array, dones: Array, gamma: float) -> tuple[Array, Ar
     """n-step sums and discounts when every episode end is a termination (no bootstrap after it)."""
     returns, discounts, _, _ = n_step_targets(rewards, dones, jnp.zeros_like(dones), gamma)
     return returns, discounts
+
+
+def diagnose_state(
+    intervention: Intervention,
+    topology: Topology,
+    apply_fn: Callable,
+    state: TrainState,
+    inputs: Any,
+    loss_fn: Callable[[Any], Array],
+    config: DiagnosticsConfig,
+    valid: Array | None = None,
+) -> Diagnostics:
+    """:func:`~plastix.metrics.diagnose` of one network's train state under its intervention: the
+    topology as the intervention's forward pass has it, the state's last update and trainable mask.
+
+    Args:
+      intervention: the network's intervention (``apply_fn`` already goes through its ``forward``).
+      topology: the network's own neuron layers.
+      apply_fn: ``apply_fn(variables, inputs, **kwargs)``.
+      state: the network's :class:`~plastix.interventions.TrainState`.
+      inputs: the scoring batch.
+      loss_fn: ``loss_fn(output) -> scalar`` on that batch.
+      config: thresholds.
+      valid: sample mask for padded episodes (see ``diagnose``).
+    """
+    return diagnose(
+        intervention.extend_topology(topology),
+        apply_fn,
+        state.params,
+        inputs,
+        loss_fn,
+        config,
+        updates=state.last_update,
+        valid=valid,
+        trainable=state.trainable,
+    )
 
 
 def linear_epsilon(config: Any, step: Array) -> Array:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.agents.off_policy import Agent, Transition
+from plastix.agents.off_policy import Agent, Transition, diagnose_state
 from plastix.envs.base import EnvSpec
 from plastix.interventions import (
     OptimizerConfig,
@@ -33,7 +33,7 @@ from plastix.interventions import (
     make_intervention,
     make_optimizer,
 )
-from plastix.metrics import DiagnosticsConfig, diagnose
+from plastix.metrics import DiagnosticsConfig
 from plastix.nn import MLP
 from plastix.nn.topology import Topology
 
@@ -241,23 +241,23 @@ def make_sac(
         y = critic_targets(key, state, batch)
         alpha = jnp.exp(state.log_alpha.params)
         return {
-            "actor": diagnose(
+            "actor": diagnose_state(
+                interventions["actor"],
                 topologies["actor"],
                 actor_apply,
-                state.actor.params,
+                state.actor,
                 s,
                 lambda out: actor_loss_fn(out, s, state.critic.params, alpha, key)[0],
                 diagnostics,
-                updates=state.actor.last_update,
             ),
-            "critic": diagnose(
+            "critic": diagnose_state(
+                interventions["critic"],
                 topologies["critic"],
                 critic_apply,
-                state.critic.params,
+                state.critic,
                 sa,
                 lambda q: critic_loss_fn(q, y),
                 diagnostics,
-                updates=state.critic.last_update,
             ),
         }
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.nn.topology import Params, Path, get_path, set_path
+from plastix.nn.topology import Params, Path, Topology, get_path, set_path
 
 InitParams = Callable[[Array], Params]
 """``init_params(key) -> params``: a fresh draw of the network's original initializers."""
@@ -143,6 +143,10 @@ def _same_forward(apply_fn: Callable) -> Callable:
     return apply_fn
 
 
+def _same_topology(topology: Topology) -> Topology:
+    return topology
+
+
 class Intervention(NamedTuple):
     """The pure functions of one intervention.
 
@@ -155,6 +159,10 @@ class Intervention(NamedTuple):
         (KNIFE's injection slots) and the initial trainable mask; identity by default.
       forward: ``forward(apply_fn) -> apply_fn``: how the method changes the network's forward pass
         (KNIFE adds its slots' units); identity by default. Learners run every forward pass through it.
+      extend_topology: ``extend_topology(topology) -> topology``: the neuron layers as ``forward``
+        computes them (KNIFE lists its slots' weights as incoming slices of the injected layers, so
+        the diagnostics score an injected neuron by the part of it that learns); identity by default.
+        Learners pass it to :func:`~plastix.metrics.diagnose`.
     """
 
     init: Callable[[Params], Any]
@@ -162,6 +170,7 @@ class Intervention(NamedTuple):
     on_update: Callable[[TrainState], TrainState] = _keep
     extend: Callable[[Params], tuple[Params, Params | None]] = _no_extension
     forward: Callable[[Callable], Callable] = _same_forward
+    extend_topology: Callable[[Topology], Topology] = _same_topology
 
 
 def create_train_state(

@@ -132,6 +132,20 @@ def add_slots(params: Params, targets: Sequence[Target], slots: int) -> tuple[Pa
     return {**params, SLOTS: tree}, {**trainable, SLOTS: frozen}
 
 
+def slot_topology(topology: Topology, targets: Sequence[Target]) -> Topology:
+    """``topology`` with each neuron target's slot weights (active kernel and bias) added to the
+    layer's incoming slices, so the diagnostics (masked by the trainable tree) see the active units."""
+    by_name = {t.name: t for t in targets if t.neuron}
+    layers = []
+    for layer in topology.layers:
+        t = by_name.get(layer.name)
+        if t is not None:
+            slots = (Slice((SLOTS, *t.module, "kernel")), Slice((SLOTS, *t.module, "bias"), bias=True))
+            layer = dataclasses.replace(layer, incoming=layer.incoming + slots)
+        layers.append(layer)
+    return dataclasses.replace(topology, layers=tuple(layers))
+
+
 def injection_forward(targets: Sequence[Target], compensation: bool = True):
     """``wrap(apply_fn) -> apply_fn`` that adds every target's used slots to its output ``h``.
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.interventions.base import InitParams, Intervention, TrainState, _no_state, check_choice
-from plastix.interventions.injection import add_slots, inject, injection_forward, neuron_targets
+from plastix.interventions.injection import add_slots, inject, injection_forward, neuron_targets, slot_topology
 from plastix.interventions.redo import _lowest
 from plastix.nn.topology import Topology
 
@@ -107,5 +107,9 @@ def knife(config: KnifeConfig, topology: Topology, init_params: InitParams) -> I
         return state
 
     return Intervention(
-        _no_state, apply, extend=extend, forward=injection_forward(targets, compensation=config.compensation)
+        _no_state,
+        apply,
+        extend=extend,
+        forward=injection_forward(targets, compensation=config.compensation),
+        extend_topology=lambda base: slot_topology(base, targets),
     )

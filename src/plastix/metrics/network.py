@@ -73,7 +73,7 @@ class LayerDiagnostics(NamedTuple):
     stagnant: Array  # bool (N,)
     active: Array  # bool (N,): positive for at least one valid scoring input
     weight_norm: Array  # scalar: ‖incoming slices‖₂ (kernel columns and bias, every gate of a GRU, ...)
-    grad_norm: Array  # scalar: ‖∂L/∂(incoming slices)‖₂
+    grad_norm: Array  # scalar: ‖∂L/∂(incoming slices that train)‖₂
 
 
 class GroupDiagnostics(NamedTuple):
@@ -147,10 +147,21 @@ def network_fraction(layers: Mapping[str, LayerDiagnostics], field: str) -> Arra
     return sum(jnp.sum(m) for m in masks) / sum(m.shape[0] for m in masks)
 
 
-def _per_unit(slices, tree: Params, n: int, weights_only: bool = False) -> Array:
-    """The layer's incoming elements in ``tree`` grouped by unit: ``(K, N)``."""
-    parts = [s.per_unit(get_path(tree, s.path), n) for s in slices if not (weights_only and s.bias)]
+def _per_unit(slices, tree: Params | None, n: int, weights_only: bool = False, like: Params | None = None) -> Array:
+    """The layer's incoming elements in ``tree`` grouped by unit: ``(K, N)`` (``tree=None``: all
+    True, shaped like ``like``)."""
+    parts = []
+    for s in slices:
+        if weights_only and s.bias:
+            continue
+        value = jnp.ones(jnp.shape(get_path(like, s.path)), bool) if tree is None else get_path(tree, s.path)
+        parts.append(s.per_unit(value, n))
     return jnp.concatenate(parts, axis=0)
+
+
+def _masked_norm(values: Array, mask: Array) -> Array:
+    """Column norms ``(N,)`` of ``values (K, N)`` over the elements where ``mask`` is True."""
+    return jnp.linalg.norm(jnp.where(mask, values, 0), axis=0)
 
 
 def _valid_for(valid: Array | Mapping[str, Array] | None, name: str) -> Array | None:
@@ -168,6 +179,7 @@ def diagnose(
     config: DiagnosticsConfig = DiagnosticsConfig(),
     updates: Params | None = None,
     valid: Array | Mapping[str, Array] | None = None,
+    trainable: Params | None = None,
 ) -> Diagnostics:
     """Every diagnostic of every neuron layer, from one forward and one backward pass.
 
@@ -188,6 +200,11 @@ def diagnose(
         axes of every layer's ``z`` (or their first axes, e.g. ``(T, B)`` for ``(T, B, N)``), or
         ``{layer name: mask}``. Invalid samples are left out of every expectation, of active
         units and of the feature matrix.
+      trainable: the train state's trainable mask (``None``: every element trains). A neuron's
+        stagnation ratio and weight GraMa score are taken over the incoming elements that can
+        still learn: after a KNIFE injection (whose slots the topology lists as incoming slices,
+        see ``Intervention.extend_topology``) that is the active unit, not the frozen knowledge
+        and compensation units; the dormant score reads the neuron's whole output ``h``.
 
     Returns:
       :class:`Diagnostics`; jittable and vmappable.
@@ -199,28 +216,33 @@ def diagnose(
     zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
 
     def loss_with_perturbations(p, perturbations):
-        output, z = capture(apply_fn, topology, perturbations)(p, inputs)
-        return loss_fn(output), z
+        output, z, h = capture(apply_fn, topology, perturbations, activations=True)(p, inputs)
+        return loss_fn(output), h
 
-    (loss, z), (grads, dz) = jax.value_and_grad(loss_with_perturbations, argnums=(0, 1), has_aux=True)(params, zeros)
+    (loss, activations), (grads, dz) = jax.value_and_grad(loss_with_perturbations, argnums=(0, 1), has_aux=True)(
+        params, zeros
+    )
     delta_tree = grads if config.stagnation_source == "grad" else updates
 
     layers: dict[str, LayerDiagnostics] = {}
-    activations: dict[str, Array] = {}
     for layer in topology.layers:
-        h = layer.activation(z[layer.name])
-        activations[layer.name] = h
+        h = activations[layer.name]
         mask = _valid_for(valid, layer.name)
         n = h.shape[-1]
         weights = _per_unit(layer.incoming, params, n)
+        learns = _per_unit(layer.incoming, trainable, n, like=params)
         deltas = _per_unit(layer.incoming, delta_tree, n)
         weight_grads = _per_unit(layer.incoming, grads, n, weights_only=True)
+        weight_learns = _per_unit(layer.incoming, trainable, n, weights_only=True, like=params)
         all_grads = _per_unit(layer.incoming, grads, n)
 
         dormant = nm.dormant_scores(h, mask)
-        grama = nm.normalize_by_layer_mean(jnp.mean(jnp.abs(weight_grads), axis=0))
+        mean_weight_grad = jnp.sum(jnp.where(weight_learns, jnp.abs(weight_grads), 0), axis=0) / jnp.maximum(
+            jnp.sum(weight_learns, axis=0), 1
+        )
+        grama = nm.normalize_by_layer_mean(mean_weight_grad)
         preact = nm.preactivation_grama_scores(dz[layer.name], mask)
-        ratio = jnp.linalg.norm(deltas, axis=0) / (jnp.linalg.norm(weights, axis=0) + nm.EPS)
+        ratio = _masked_norm(deltas, learns) / (_masked_norm(weights, learns) + nm.EPS)
         stagnant_score = nm.normalize_by_layer_mean(ratio)
         stagnant = ratio <= config.rho if config.rho is not None else stagnant_score <= config.kappa
         layers[layer.name] = LayerDiagnostics(
@@ -235,7 +257,7 @@ def diagnose(
             stagnant=stagnant,
             active=nm.ever_active(h, mask),
             weight_norm=jnp.linalg.norm(weights),
-            grad_norm=jnp.linalg.norm(all_grads),
+            grad_norm=jnp.linalg.norm(jnp.where(learns, all_grads, 0)),
         )
 
     def features_of(name: str) -> Array:

@@ -630,7 +630,8 @@ def capture(
     apply_fn: ApplyFn,
     topology: Topology,
     perturbations: Mapping[str, Array] | None = None,
-) -> Callable[..., tuple[Any, dict[str, Array]]]:
+    activations: bool = False,
+) -> Callable[..., tuple]:
     """Wrap ``apply_fn`` so that it also returns every neuron layer's pre-activation ``z``.
 
     ``capture(model.apply, topology)(params, x)`` returns ``(output, {name: z})`` where ``z`` has
@@ -639,17 +640,28 @@ def capture(
     ``perturbations`` maps layer names to arrays of ``z``'s shape, they are added to ``z`` inside
     the forward pass: the gradient of a loss with respect to a zero perturbation is ``∂L/∂z``.
 
+    With ``activations=True`` it returns ``(output, {name: z}, {name: h})`` where ``h`` is the
+    activation as the layer's consumers read it: the output of a :class:`Neurons` module's
+    ``__call__`` (including units an intervention adds there, e.g. KNIFE's injection slots, whose
+    interceptors run inside this one), ``layer.activation(z)`` for every other kind of layer.
+
     Args:
       apply_fn: ``apply_fn(variables, *inputs, mutable=...)`` (see :data:`ApplyFn`).
       topology: the neuron layers to capture.
       perturbations: optional ``{layer name: array}``.
+      activations: also return every layer's ``h``.
     """
     by_module = {layer.module: layer for layer in topology.layers}
 
     def interceptor(next_fun, f_args, f_kwargs, context):
         out = next_fun(*f_args, **f_kwargs)
         layer = by_module.get(tuple(context.module.path))
-        if layer is None or context.method_name != z_method(context.module):
+        if layer is None:
+            return out
+        if isinstance(context.module, Neurons) and context.method_name == "__call__":
+            context.module.sow(CAPTURE, "h", out, init_fn=tuple, reduce_fn=lambda previous, new: new)
+            return out
+        if context.method_name != z_method(context.module):
             return out
         z = out if layer.output_index is None else out[layer.output_index]
         if context.module.has_variable(PERTURB, "dz"):
@@ -668,21 +680,22 @@ def capture(
             variables[PERTURB] = _nested({topology[n].module: v for n, v in perturbations.items()}, "dz")
         with nn.intercept_methods(interceptor):
             output, state = apply_fn(variables, *inputs, mutable=[CAPTURE])
-        captured, missing = {}, []
+        captured, h, missing = {}, {}, []
         for layer in topology.layers:
-            try:
-                z = get_path(state.get(CAPTURE, {}), layer.module + ("z",))
-            except KeyError:
+            sown = state.get(CAPTURE, {})
+            recorded = get_path(sown, layer.module) if has_path(sown, layer.module) else {}
+            if "z" not in recorded:
                 missing.append(layer.name)
                 continue
-            captured[layer.name] = z
+            captured[layer.name] = recorded["z"]
+            h[layer.name] = recorded["h"] if "h" in recorded else layer.activation(recorded["z"])
         if missing:
             raise ValueError(
                 f"capture: modules of layers {missing} were not called in the forward pass; check the `module` "
                 f"paths of the topology (a module inside nn.scan / nn.RNN needs variable_axes="
                 f"{{{CAPTURE!r}: 0, {PERTURB!r}: 0}})"
             )
-        return output, captured
+        return (output, captured, h) if activations else (output, captured)
 
     return wrapped
 

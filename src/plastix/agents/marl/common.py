@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.agents.episode_replay import EpisodeBatch, episode_replay
-from plastix.agents.off_policy import Agent, linear_epsilon
+from plastix.agents.off_policy import Agent, diagnose_state, linear_epsilon
 from plastix.envs.base import EnvSpec, MultiAgentObs
 from plastix.interventions import (
     OptimizerConfig,
@@ -40,7 +40,7 @@ from plastix.interventions import (
     make_intervention,
     make_optimizer,
 )
-from plastix.metrics import DiagnosticsConfig, diagnose
+from plastix.metrics import DiagnosticsConfig
 from plastix.nn.mixers import QMixer, QPLEXMixer, VDNMixer
 from plastix.nn.mlp import _check_widths
 from plastix.nn.recurrent import GRUAgent
@@ -296,17 +296,10 @@ def make_marl(
         def apply_fn(variables, x, **kwargs):
             return apply(variables, *x, **kwargs)
 
-        online = state.online
+        loss_fn = lambda q_tot: masked_loss(q_tot, g, valid)  # noqa: E731
         return {
-            "marl": diagnose(
-                topology,
-                apply_fn,
-                online.params,
-                scoring_inputs,
-                lambda q_tot: masked_loss(q_tot, g, valid),
-                diagnostics,
-                updates=online.last_update,
-                valid=valid,
+            "marl": diagnose_state(
+                intervention, topology, apply_fn, state.online, scoring_inputs, loss_fn, diagnostics, valid
             )
         }
 
