@@ -17,10 +17,12 @@ from plastix.interventions import (
     InjectionConfig,
     KnifeConfig,
     PlasticityConfig,
+    ReBornConfig,
     create_train_state,
     knife,
     make_intervention,
     plasticity_injection,
+    reborn,
 )
 from plastix.interventions.injection import SLOTS
 from plastix.nn.recurrent import GRUAgent
@@ -235,6 +237,17 @@ def test_trigger_defaults_to_task_switch_and_fires_only_there():
             r"InjectionConfig.layers: 'agent/fc1' is not an output head module; allowed values are \('agent/fc2'",
         ),
         (lambda: PlasticityConfig(trigger="sometimes"), r"PlasticityConfig.trigger: got 'sometimes'"),
+        (lambda: ReBornConfig(beta=0), r"ReBornConfig.beta must be > 0"),
+        (lambda: ReBornConfig(alpha_low=0.9, alpha_high=0.8), r"ReBornConfig.alpha_low / alpha_high"),
+        (
+            lambda: reborn(ReBornConfig(layers=("mixer/mixing",)), build()[1], None),
+            r"ReBornConfig.layers: 'mixer/mixing' is not a dense ReLU neuron layer .* allowed values are "
+            r"\('agent/fc1', 'mixer/hyper_w1_0'",
+        ),
+        (
+            lambda: reborn(ReBornConfig(groups=("critic",)), build()[1], None),
+            r"ReBornConfig.groups: 'critic' is not a group of this network; allowed values are \('agent', 'mixer'\)",
+        ),
     ],
 )
 def test_invalid_settings_name_the_field_and_allowed_values(make, match):
@@ -323,3 +336,107 @@ def test_diagnostics_score_an_injected_neuron_by_its_whole_output_and_its_learni
     np.testing.assert_allclose(
         diag.layers["hidden_0"].grama_score, weight_grads / (jnp.mean(weight_grads) + 1e-9), rtol=1e-5
     )
+
+
+# --------------------------------------------------------------------------------------- ReBorn
+
+
+def reborn_scores(key, topology, params):
+    """Random dormant scores: about 30 % dormant (0.05), 30 % over-active (4.0), the rest 1.0."""
+    layers = {}
+    for layer, k in zip(topology.layers, jax.random.split(key, len(topology.layers))):
+        u = jax.random.uniform(k, (layer.size(params),))
+        score = jnp.where(u < 0.3, 0.05, jnp.where(u > 0.7, 4.0, 1.0))
+        layers[layer.name] = SimpleNamespace(dormant_score=score, dormant=score <= 0.1)
+    return SimpleNamespace(layers=layers)
+
+
+def test_reborn_computes_what_the_network_with_its_dormant_neurons_pruned_computes(learner):
+    """Right after ReBorn every output (agent Qs and Q_tot) equals the output of the network whose
+    dormant neurons had their outgoing weights zeroed (the same when they are dead)."""
+    from plastix.interventions import zero_outgoing
+
+    net, topology, init_params, inputs = learner
+    method = reborn(ReBornConfig(max_receivers=2), topology, init_params)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    state = train_steps(state, net.apply, inputs, steps=3)
+    for seed in range(3):
+        scores = reborn_scores(jax.random.key(seed), topology, state.params)
+        layers = [layer.name for layer in topology.layers if layer.group == "mixer" and layer.kind == "dense"]
+        assert any(bool(scores.layers[n].dormant.any()) for n in layers)
+        pruned = zero_outgoing(state.params, topology, {n: scores.layers[n].dormant for n in layers})
+        after = method.apply(jax.random.key(10 + seed), state, scores, CONTEXT)
+        kernel = topology[layers[0]].kernel
+        assert not np.array_equal(get_path(after.params, kernel), get_path(state.params, kernel))
+        for a, b in zip(outputs(net.apply, after.params, inputs), outputs(net.apply, pruned, inputs)):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_array_equal(after.params["agent"]["fc1"]["kernel"], state.params["agent"]["fc1"]["kernel"])
+
+
+def test_reborn_plan_and_surgery_match_a_hand_computed_layer():
+    """One donor (neuron 0), six dormant neurons, max 5 receivers: five get α·w_0 and f/α of its
+    outgoing row, the donor keeps f_0 of it (fractions sum to 1), the sixth is recycled."""
+    from plastix.interventions.reborn import reborn_plan
+    from plastix.nn import MLP
+
+    config = ReBornConfig(groups=())
+    dormant = jnp.array([False, False, True, True, True, True, True, True])
+    over = jnp.array([True] + [False] * 7)
+    plan = reborn_plan(jax.random.key(0), dormant, over, config)
+    assert int(plan.receives.sum()) == 5 and int(plan.recycle.sum()) == 1
+    np.testing.assert_array_equal(np.asarray(plan.source)[np.asarray(plan.receives)], 0)
+    fractions = plan.out_scale * plan.in_scale
+    np.testing.assert_allclose(fractions[0] + fractions[plan.receives].sum(), 1.0, rtol=1e-6)
+    assert bool(((plan.in_scale[plan.receives] >= 0.3) & (plan.in_scale[plan.receives] <= 0.8)).all())
+
+    net = MLP((8,), out=3)
+    x = jax.random.normal(jax.random.key(1), (4, 5))
+    init_params = lambda key: net.init(key, x)["params"]  # noqa: E731
+    method = reborn(config, net.topology(), init_params)
+    params = init_params(jax.random.key(2))
+    state = create_train_state(method, params, optax.sgd(0.1))
+    score = jnp.where(over, 4.0, jnp.where(dormant, 0.0, 1.0))
+    scores = SimpleNamespace(layers={"hidden_0": SimpleNamespace(dormant_score=score, dormant=score <= 0.1)})
+    new = method.apply(jax.random.key(0), state, scores, CONTEXT).params
+    w, b, out = params["hidden_0"]["kernel"], params["hidden_0"]["bias"], params["output"]["kernel"]
+    w1, b1, out1 = new["hidden_0"]["kernel"], new["hidden_0"]["bias"], new["output"]["kernel"]
+    receivers = np.flatnonzero(np.asarray(dormant))
+    got = [d for d in receivers if np.allclose(w1[:, d] / w[:, 0], (w1[:, d] / w[:, 0])[0], rtol=1e-5)]
+    assert len(got) == 5, "five receivers carry a scaled copy of the donor's incoming weights"
+    assert all(0.3 <= w1[0, d] / w[0, 0] <= 0.8 for d in got)
+    total = out1[0] + sum(out1[d] * (w1[0, d] / w[0, 0]) for d in got)  # Σ f_d · w_out(0)
+    np.testing.assert_allclose(total, out[0], rtol=1e-5)
+    for d in got:
+        np.testing.assert_allclose(b1[d], b[0] * w1[0, d] / w[0, 0], atol=1e-7)
+    recycled = [d for d in receivers if d not in got]
+    np.testing.assert_array_equal(out1[recycled[0]], 0.0)
+    np.testing.assert_array_equal(w1[:, 1], w[:, 1])  # a normal neuron: untouched
+    np.testing.assert_array_equal(out1[1], out[1])
+
+
+def test_reborn_with_nothing_dormant_is_bit_identical_and_jit_vmap_match(learner):
+
+    net, topology, init_params, inputs = learner
+    method = reborn(ReBornConfig(), topology, init_params)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    state = train_steps(state, net.apply, inputs, steps=2)
+    calm = SimpleNamespace(
+        layers={
+            n: SimpleNamespace(dormant_score=jnp.ones(s.dormant.shape), dormant=jnp.zeros(s.dormant.shape, bool))
+            for n, s in reborn_scores(jax.random.key(0), topology, state.params).layers.items()
+        }
+    )
+    jax.tree.map(np.testing.assert_array_equal, method.apply(jax.random.key(4), state, calm, CONTEXT), state)
+
+    def reborn_at(seed):
+        scores = reborn_scores(jax.random.fold_in(jax.random.key(2), seed), topology, state.params)
+        return method.apply(jax.random.fold_in(jax.random.key(3), seed), state, scores, CONTEXT)
+
+    plain = [reborn_at(jnp.int32(s)) for s in range(2)]
+    vmapped = jax.vmap(jax.jit(reborn_at))(jnp.arange(2, dtype=jnp.int32))
+    for s in range(2):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[s], b, atol=1e-6), vmapped.params, plain[s].params)
+    mu = plain[0].opt_state[0].mu  # moments of touched elements are zero, the others are not
+    changed = jax.tree.map(lambda a, b: a != b, plain[0].params, state.params)
+    for m, c in zip(jax.tree.leaves(mu), jax.tree.leaves(changed)):
+        assert float(jnp.abs(jnp.where(c, m, 0)).max()) == 0

@@ -30,6 +30,7 @@ from plastix.interventions.methods import (
     method_names,
     register_method,
 )
+from plastix.interventions.reborn import ReBornConfig, reborn
 from plastix.interventions.redo import ReDoConfig, recycle_neurons, redo, select_neurons, zero_outgoing
 from plastix.interventions.reset import ResetConfig, reset
 from plastix.interventions.shrink_perturb import ShrinkPerturbConfig, shrink_perturb
@@ -59,6 +60,8 @@ __all__ = [
     "knife",
     "InjectionConfig",
     "plasticity_injection",
+    "ReBornConfig",
+    "reborn",
     "ResetConfig",
     "reset",
     "ShrinkPerturbConfig",

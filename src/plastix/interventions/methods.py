@@ -30,6 +30,7 @@ from plastix.interventions.base import (
 )
 from plastix.interventions.injection import InjectionConfig, plasticity_injection
 from plastix.interventions.knife import KnifeConfig, knife
+from plastix.interventions.reborn import ReBornConfig, reborn
 from plastix.interventions.redo import ReDoConfig, redo
 from plastix.interventions.reset import ResetConfig, reset
 from plastix.interventions.shrink_perturb import ShrinkPerturbConfig, shrink_perturb
@@ -81,6 +82,7 @@ register_method(Method("shrink_perturb", "shrink_perturb", shrink_perturb))
 register_method(Method("weight_decay", None, optimizer=_with_weight_decay))
 register_method(Method("knife", "knife", knife, needs_scores=True, default_trigger="task_switch"))
 register_method(Method("injection", "injection", plasticity_injection, default_trigger="task_switch"))
+register_method(Method("reborn", "reborn", reborn, needs_scores=True))
 
 
 def method_names() -> tuple[str, ...]:
@@ -96,7 +98,8 @@ class PlasticityConfig:
     Attributes:
       method: a registry name: ``none``, ``redo`` (recycle dormant neurons), ``reset`` (last
         layers), ``shrink_perturb``, ``weight_decay`` (L2 on the optimizer only), ``knife``
-        (neuron injection) or ``injection`` (plasticity injection of the output heads).
+        (neuron injection), ``injection`` (plasticity injection of the output heads) or ``reborn``
+        (dormant neurons take over-active neurons' weights; mixer hidden layers by default).
       trigger: when the intervention runs: ``period`` (every ``<method>.period`` updates),
         ``task_switch`` (at the end of a period in which the task switched), ``both``, or
         ``default``: the method's own (``task_switch`` for ``knife`` and ``injection``, ``period``
@@ -106,6 +109,7 @@ class PlasticityConfig:
       shrink_perturb: Shrink & Perturb settings (used with ``method="shrink_perturb"``).
       knife: KNIFE settings (used with ``method="knife"``).
       injection: plasticity-injection settings (used with ``method="injection"``).
+      reborn: ReBorn settings (used with ``method="reborn"``).
       weight_decay: L2 weight decay of the optimizer (paper's best for DQN: 1e-5); 0 = off. With
         ``method="weight_decay"`` it must be > 0; with any other method it combines with it.
     """
@@ -117,6 +121,7 @@ class PlasticityConfig:
     shrink_perturb: ShrinkPerturbConfig = ShrinkPerturbConfig()
     knife: KnifeConfig = KnifeConfig()
     injection: InjectionConfig = InjectionConfig()
+    reborn: ReBornConfig = ReBornConfig()
     weight_decay: float = 0.0
 
     def __post_init__(self):

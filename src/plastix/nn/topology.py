@@ -121,14 +121,32 @@ class Slice:
             )
         return np.arange(m) % n if self.layout == "tile" else np.arange(m) // (m // n)
 
-    def mask(self, unit_mask: Array, shape: Sequence[int]) -> Array:
-        """Expand a unit mask ``(N,)`` to a boolean mask of this parameter (``shape``)."""
-        unit_mask = jnp.asarray(unit_mask, dtype=bool)
-        rows = unit_mask[self._unit_of_entry(shape, unit_mask.shape[0])]
+    def expand(self, unit_values: Array, shape: Sequence[int]) -> Array:
+        """Broadcast per-unit values ``(N,)`` to this parameter's ``shape`` (each entry gets its unit's)."""
+        unit_values = jnp.asarray(unit_values)
+        rows = unit_values[self._unit_of_entry(shape, unit_values.shape[0])]
         axis = self.axis % len(shape)
         view = [1] * len(shape)
         view[axis] = shape[axis]
         return jnp.broadcast_to(rows.reshape(view), tuple(shape))
+
+    def mask(self, unit_mask: Array, shape: Sequence[int]) -> Array:
+        """Expand a unit mask ``(N,)`` to a boolean mask of this parameter (``shape``)."""
+        return self.expand(jnp.asarray(unit_mask, dtype=bool), shape)
+
+    def take_units(self, value: Array, source: Array) -> Array:
+        """``value`` with unit i's entries replaced by those of unit ``source[i]`` (``source``: int ``(N,)``).
+
+        With the identity ``source = arange(N)`` it returns ``value``; ReBorn copies an over-active
+        neuron's incoming and outgoing weights to dormant neurons with it.
+        """
+        source = jnp.asarray(source)
+        n = source.shape[0]
+        unit = self._unit_of_entry(value.shape, n)
+        m = value.shape[self.axis]
+        step = 1 if self.layout == "tile" else m // n  # unit u's entry r comes from r + (source[u] − u)·step
+        index = jnp.asarray(np.arange(m) - unit * step) + source[unit] * step
+        return jnp.take(value, index, axis=self.axis)
 
     input_mask = mask  # the name consumers had before slices were general
 
