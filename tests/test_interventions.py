@@ -301,10 +301,10 @@ def test_on_update_hook_and_typed_state_reach_the_learner():
     iv = Intervention(
         lambda p: Count(jnp.zeros((), jnp.int32)),
         lambda k, s, sc, c: s,
-        lambda s: s.replace(intervention_state=Count(s.intervention_state.updates + 1)),
+        lambda key, s, activity: s.replace(intervention_state=Count(s.intervention_state.updates + 1)),
     )
     state = TrainState.create(init_params(jax.random.key(0)), optax.sgd(0.1), iv.init(None))
-    step = jax.jit(lambda s: iv.on_update(s.apply_gradients(jax.tree.map(jnp.ones_like, s.params))))
+    step = jax.jit(lambda s: iv.on_update(None, s.apply_gradients(jax.tree.map(jnp.ones_like, s.params)), dict))
     for _ in range(3):
         state = step(state)
     assert isinstance(state.intervention_state, Count) and int(state.intervention_state.updates) == 3

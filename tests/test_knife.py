@@ -1,6 +1,9 @@
-"""KNIFE and plasticity injection on the QMIX / QPLEX learner's network (agent network + mixer):
-function preservation at every injection (a second one included), frozen parts bit-identical,
-fresh optimizer moments, no-op masks, jit / vmap equivalence, config errors."""
+"""The interventions of the stagnant-neuron study on the QMIX / QPLEX learner's network (agent
+network + mixer): KNIFE and plasticity injection (function preservation at every injection, a
+second one included; frozen parts bit-identical; fresh optimizer moments; no-op masks; jit / vmap
+equivalence), diagnostics of injected neurons, ReBorn (equals the pruned network, hand-computed
+weight sharing) and CBP (hand-computed utilities and replacements, inside a jitted update), and
+their config errors."""
 
 from types import SimpleNamespace
 
@@ -13,11 +16,13 @@ import pytest
 from plastix.agents.marl import FactorizedQ, MARLConfig, make_mixer
 from plastix.envs.base import EnvSpec
 from plastix.interventions import (
+    CBPConfig,
     Context,
     InjectionConfig,
     KnifeConfig,
     PlasticityConfig,
     ReBornConfig,
+    cbp,
     create_train_state,
     knife,
     make_intervention,
@@ -238,6 +243,16 @@ def test_trigger_defaults_to_task_switch_and_fires_only_there():
         ),
         (lambda: PlasticityConfig(trigger="sometimes"), r"PlasticityConfig.trigger: got 'sometimes'"),
         (lambda: ReBornConfig(beta=0), r"ReBornConfig.beta must be > 0"),
+        (lambda: CBPConfig(decay=1.0), r"CBPConfig.decay must be in \[0, 1\)"),
+        (lambda: CBPConfig(replacement_rate=2), r"CBPConfig.replacement_rate must be in \[0, 1\]"),
+        (
+            lambda: cbp(CBPConfig(layers=("agent/fc9",)), build()[1], None),
+            r"CBPConfig.layers: 'agent/fc9' is not a neuron layer; allowed values are \('agent/fc1', 'agent/gru'",
+        ),
+        (
+            lambda: PlasticityConfig("cbp", trigger="period"),
+            r"PlasticityConfig.trigger is set but method='cbp' does not use it",
+        ),
         (lambda: ReBornConfig(alpha_low=0.9, alpha_high=0.8), r"ReBornConfig.alpha_low / alpha_high"),
         (
             lambda: reborn(ReBornConfig(layers=("mixer/mixing",)), build()[1], None),
@@ -440,3 +455,89 @@ def test_reborn_with_nothing_dormant_is_bit_identical_and_jit_vmap_match(learner
     changed = jax.tree.map(lambda a, b: a != b, plain[0].params, state.params)
     for m, c in zip(jax.tree.leaves(mu), jax.tree.leaves(changed)):
         assert float(jnp.abs(jnp.where(c, m, 0)).max()) == 0
+
+
+# ------------------------------------------------------------------------------------------ CBP
+
+
+def cbp_setup(**flags):
+    from plastix.nn import MLP
+
+    net = MLP((6, 4), out=2)
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+    init_params = lambda key: net.init(key, x)["params"]  # noqa: E731
+    topology = net.topology()
+    method = cbp(CBPConfig(**flags), topology, init_params)
+    state = create_train_state(method, init_params(jax.random.key(2)), optax.adam(1e-2))
+    grads = jax.grad(lambda p: jnp.mean(net.apply({"params": p}, x) ** 2))(state.params)
+    return net, topology, init_params, method, state, grads, x
+
+
+def test_cbp_utility_is_the_running_contribution_utility():
+    """u ← η u + (1 − η) E|h| mean|w_out|, with w_out after the update; hand-computed over two updates."""
+    net, topology, init_params, method, state, grads, x = cbp_setup(decay=0.9, maturity=100)
+    activity = {"hidden_0": jnp.arange(1.0, 7.0), "hidden_1": jnp.arange(1.0, 5.0)}
+    s1 = method.on_update(jax.random.key(0), state.apply_gradients(grads), lambda: activity)
+    s2 = method.on_update(jax.random.key(1), s1.apply_gradients(grads), lambda: activity)
+    out0 = jnp.mean(jnp.abs(s1.params["hidden_1"]["kernel"]), axis=1)
+    out1 = jnp.mean(jnp.abs(s2.params["hidden_1"]["kernel"]), axis=1)
+    expected = 0.9 * (0.1 * activity["hidden_0"] * out0) + 0.1 * activity["hidden_0"] * out1
+    np.testing.assert_allclose(s2.intervention_state["hidden_0"].utility, expected, rtol=1e-6)
+    np.testing.assert_array_equal(s2.intervention_state["hidden_0"].age, 2)
+    plain = state.apply_gradients(grads).apply_gradients(grads)  # no neuron mature: only the optimizer acted
+    jax.tree.map(np.testing.assert_array_equal, s2.params, plain.params)
+
+
+def test_cbp_replaces_the_lowest_utility_mature_neurons_and_preserves_the_pruned_function():
+    from plastix.interventions import zero_outgoing
+
+    net, topology, init_params, method, state, grads, x = cbp_setup(replacement_rate=0.5, maturity=0)
+    activity = {"hidden_0": jnp.array([5.0, 0.1, 4.0, 0.2, 3.0, 6.0]), "hidden_1": jnp.ones(4)}
+    stepped = state.apply_gradients(grads)
+    after = method.on_update(jax.random.key(7), stepped, lambda: activity)
+    utility = 0.01 * activity["hidden_0"] * jnp.mean(jnp.abs(stepped.params["hidden_1"]["kernel"]), axis=1)
+    lowest = np.argsort(np.asarray(utility))[:3]  # 0.5 × 6 eligible neurons = 3 replaced
+    replaced = np.zeros(6, bool)
+    replaced[lowest] = True
+    fresh = init_params(jax.random.key(7))
+    w, w1 = stepped.params["hidden_0"]["kernel"], after.params["hidden_0"]["kernel"]
+    np.testing.assert_array_equal(w1[:, replaced], fresh["hidden_0"]["kernel"][:, replaced])
+    np.testing.assert_array_equal(w1[:, ~replaced], w[:, ~replaced])
+    np.testing.assert_array_equal(after.params["hidden_1"]["kernel"][replaced], 0.0)
+    st = after.intervention_state["hidden_0"]
+    np.testing.assert_array_equal(np.asarray(st.age) == 0, replaced)
+    np.testing.assert_array_equal(np.asarray(st.utility) == 0, replaced)
+    np.testing.assert_allclose(st.pending, 0.0, atol=1e-6)
+    mu = after.opt_state[0].mu
+    np.testing.assert_array_equal(mu["hidden_0"]["kernel"][:, replaced], 0.0)
+    assert float(jnp.abs(mu["hidden_0"]["kernel"][:, ~replaced]).min()) > 0
+    h1 = after.intervention_state["hidden_1"]  # 0.5 × 4 = 2 of the second layer's too
+    assert int((np.asarray(h1.age) == 0).sum()) == 2
+    pruned = zero_outgoing(stepped.params, topology, {"hidden_0": jnp.asarray(replaced), "hidden_1": h1.age == 0})
+    np.testing.assert_allclose(net.apply({"params": after.params}, x), net.apply({"params": pruned}, x), atol=1e-6)
+
+
+def test_cbp_runs_inside_the_jitted_dqn_update_through_the_registry():
+    """``PlasticityConfig("cbp")`` in DQN's jitted update: utilities grow, ages count updates."""
+    from plastix.agents.dqn import DQNConfig, make_dqn
+    from plastix.agents.off_policy import Transition
+
+    spec = EnvSpec("toy", (3,), jnp.float32, num_actions=2)
+    plasticity = PlasticityConfig("cbp", cbp=CBPConfig(maturity=2, replacement_rate=0.3))
+    assert plasticity.period is None
+    agent, _, _ = make_dqn(spec, DQNConfig(mlp_hidden=(8,)), 10, plasticity=plasticity)
+    state = agent.init(jax.random.key(0), jnp.zeros((1, 3)))
+    k = jax.random.split(jax.random.key(1), 3)
+    batch = Transition(
+        jax.random.normal(k[0], (16, 3)),
+        jax.random.randint(k[1], (16,), 0, 2),
+        jnp.ones(16),
+        jnp.full(16, 0.99),
+        jax.random.normal(k[2], (16, 3)),
+    )
+    update = jax.jit(agent.update)
+    for i in range(4):
+        state, _ = update(jax.random.key(10 + i), state, batch)
+    cbp_state = state.online.intervention_state["hidden_0"]
+    assert float(cbp_state.utility.max()) > 0
+    assert int(cbp_state.age.max()) <= 4 and int((cbp_state.age < 4).sum()) >= 2  # some were replaced

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.agents.off_policy import Agent, Transition, diagnose_state, linear_epsilon
+from plastix.agents.off_policy import Agent, Transition, apply_update, diagnose_state, linear_epsilon
 from plastix.envs.base import EnvSpec
 from plastix.interventions import (
     OptimizerConfig,
@@ -226,7 +226,8 @@ def make_dqn(
         (loss, q_a), grads = jax.value_and_grad(
             lambda p: loss_on(apply(p, batch.obs), batch.action, target), has_aux=True
         )(state.online.params)
-        online = intervention.on_update(state.online.apply_gradients(grads))
+        hook_key = jax.random.fold_in(key, 1)
+        online = apply_update(intervention, topology, apply_variables, state.online, grads, hook_key, (batch.obs,))
         sync = online.step % config.target_update_period == 0
         target_params = jax.tree.map(lambda o, t: jnp.where(sync, o, t), online.params, state.target)
         return DQNState(online, target_params), {"loss": loss, "q_mean": jnp.mean(q_a)}

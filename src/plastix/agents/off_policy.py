@@ -45,7 +45,8 @@ from plastix.envs.base import Env, EnvSpec
 from plastix.envs.tasks import TaskSchedule
 from plastix.interventions import Context, Intervention, TrainState
 from plastix.metrics import Diagnostics, DiagnosticsConfig, diagnose, summarize
-from plastix.nn.topology import Topology
+from plastix.metrics.neurons import mean_abs
+from plastix.nn.topology import Topology, capture
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +331,40 @@ def diagnose_state(
         valid=valid,
         trainable=state.trainable,
     )
+
+
+def apply_update(
+    intervention: Intervention,
+    topology: Topology,
+    apply_fn: Callable,
+    state: TrainState,
+    grads: Any,
+    key: Array,
+    inputs: tuple,
+    valid: Array | None = None,
+) -> TrainState:
+    """One optimizer step of a network, then its intervention's per-update hook.
+
+    The hook may call ``activity()``: ``{layer name: E|h_i| (N,)}`` of ``inputs`` (the batch just
+    trained on; ``valid`` masks padded samples) at the parameters before the step. Hooks that do not
+    call it cost nothing.
+
+    Args:
+      intervention: the network's intervention.
+      topology: the network's own neuron layers.
+      apply_fn: ``apply_fn(variables, *inputs, **kwargs)`` (through the intervention's ``forward``).
+      state: the train state the gradient was taken at.
+      grads: the gradient.
+      key: PRNG key for the hook.
+      inputs: the batch as ``apply_fn``'s positional inputs.
+      valid: sample mask (see :func:`~plastix.metrics.diagnose`).
+    """
+
+    def activity() -> dict[str, Array]:
+        _, _, h = capture(apply_fn, intervention.extend_topology(topology), activations=True)(state.params, *inputs)
+        return {name: mean_abs(value, valid) for name, value in h.items()}
+
+    return intervention.on_update(key, state.apply_gradients(grads), activity)
 
 
 def linear_epsilon(config: Any, step: Array) -> Array:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.agents.off_policy import Agent, Transition, diagnose_state
+from plastix.agents.off_policy import Agent, Transition, apply_update, diagnose_state
 from plastix.envs.base import EnvSpec
 from plastix.interventions import (
     OptimizerConfig,
@@ -217,17 +217,21 @@ def make_sac(
         return jnp.mean(alpha * logp - jnp.min(q, -1)), logp
 
     def update(key, state: SACState, batch: Transition):
-        k_target, k_actor = jax.random.split(key)
+        k_target, k_actor, k_hooks = jax.random.split(key, 3)
         s = flat(batch.obs)
         sa = jnp.concatenate([s, batch.action], -1)
         y = critic_targets(k_target, state, batch)
         c_loss, c_grads = jax.value_and_grad(lambda p: critic_loss_fn(apply_critic(p, sa), y))(state.critic.params)
-        critic_state = interventions["critic"].on_update(state.critic.apply_gradients(c_grads))
+        critic_state = apply_update(
+            interventions["critic"], topologies["critic"], critic_apply, state.critic, c_grads, k_hooks, (sa,)
+        )
         alpha = jnp.exp(state.log_alpha.params)
         (a_loss, logp), a_grads = jax.value_and_grad(
             lambda p: actor_loss_fn(apply_actor(p, s), s, critic_state.params, alpha, k_actor), has_aux=True
         )(state.actor.params)
-        actor_state = interventions["actor"].on_update(state.actor.apply_gradients(a_grads))
+        actor_state = apply_update(
+            interventions["actor"], topologies["actor"], actor_apply, state.actor, a_grads, k_hooks, (s,)
+        )
         t_loss, t_grad = jax.value_and_grad(temperature_loss)(state.log_alpha.params, logp, target_entropy)
         alpha_state = state.log_alpha.apply_gradients(t_grad)
         target = optax.incremental_update(critic_state.params, state.target_critic, config.polyak)

@@ -60,7 +60,7 @@ class DormantExperimentConfig:
       replay_ratios: replay ratios of ``dqn-replay-ratio`` (a subset runs fewer cells).
       methods: interventions of ``dqn-replay-ratio`` (default all of ``none``, ``redo``, ``reset``,
         ``weight_decay``) and of the MARL experiments (default ``none``, ``redo``, ``reset``; also
-        ``regrama``, ``injection``, ``knife`` and the KNIFE ablations ``knife-all``,
+        ``regrama``, ``reborn``, ``cbp``, ``injection``, ``knife`` and the KNIFE ablations ``knife-all``,
         ``knife-dormant``, ``knife-random``, ``knife-no-compensation``, ``knife-no-freeze``,
         ``knife-copy``; ``all`` = every one of them).
       mixers: value factorizations of the MARL experiments (``matrix-sequential``,

@@ -27,7 +27,15 @@ from plastix.agents import LoopConfig
 from plastix.agents.marl import MARLConfig
 from plastix.envs.matrix_games import sequential_schedule
 from plastix.experiments.rl import RLConfig
-from plastix.interventions import InjectionConfig, KnifeConfig, PlasticityConfig, ReDoConfig, ResetConfig
+from plastix.interventions import (
+    CBPConfig,
+    InjectionConfig,
+    KnifeConfig,
+    PlasticityConfig,
+    ReBornConfig,
+    ReDoConfig,
+    ResetConfig,
+)
 from plastix.metrics import DiagnosticsConfig
 
 SMAX_ENVS = {"smax-task-drift": "smax-drift", "smax-sequential": "smax-sequential", "smax-3s-vs-5z": "smax/3s_vs_5z"}
@@ -60,7 +68,7 @@ def _period(paper: bool, experiment: str) -> int:
     return 50 if experiment == "matrix-sequential" and not paper else 200 if paper else 20
 
 
-STUDY_METHODS = ("none", "redo", "regrama", "reset", "injection", "knife")
+STUDY_METHODS = ("none", "redo", "regrama", "reborn", "cbp", "reset", "injection", "knife")
 """The stagnant-neuron study's comparison (``--methods all`` adds the KNIFE ablations)."""
 KNIFE_ABLATIONS = {
     "knife-all": {"selection": "all"},  # layer-level injection (paper Fig. 7a)
@@ -85,15 +93,24 @@ def expand_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def marl_plasticity(method: str, period: int, every: int, tasks: bool = False) -> PlasticityConfig:
+def marl_plasticity(method: str, period: int, every: int, tasks: bool = False, mixer: str = "qmix") -> PlasticityConfig:
     """The intervention of one MARL cell.
 
     ReDo / ReGraMa on every neuron layer of agent network and mixer every ``period`` updates (at
-    the diagnostics' thresholds); a reset of the last layer of each network every ``every``
-    updates; KNIFE (stagnant neurons, ``KNIFE_SLOTS`` slots) and plasticity injection (output heads)
-    at each task switch, or every ``every`` updates when the run has no task schedule.
+    the diagnostics' thresholds); ReBorn on the mixer's ReLU layers every ``period`` updates (on the
+    agent network's for VDN, which has no mixer neurons); CBP on every neuron layer after every
+    update (maturity ``period`` updates, replacement rate 1e-4); a reset of the last layer of each
+    network every ``every`` updates; KNIFE (stagnant neurons, ``KNIFE_SLOTS`` slots) and plasticity
+    injection (output heads) at each task switch, or every ``every`` updates when the run has no
+    task schedule.
     """
     trigger = "task_switch" if tasks else "period"
+    if method == "reborn":
+        return PlasticityConfig(
+            "reborn", reborn=ReBornConfig(period=period, groups=() if mixer == "vdn" else ("mixer",))
+        )
+    if method == "cbp":
+        return PlasticityConfig("cbp", cbp=CBPConfig(maturity=period))
     if method == "redo":
         return PlasticityConfig("redo", redo=ReDoConfig(period=period))
     if method == "regrama":
@@ -220,6 +237,7 @@ def marl_cells(experiment: str, config) -> list[tuple[dict, RLConfig]]:
                     loop.period,
                     max(loop.period, total_updates // 4 // loop.period * loop.period),
                     tasks=bool(loop.tasks),
+                    mixer=mixer,
                 ),
                 diagnostics=DiagnosticsConfig(tau=config.tau),
                 seeds=seeds,
@@ -407,6 +425,19 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
             ax.set_ylabel("greedy return")
         axes[0][0].legend(frameon=False, fontsize=6)
         files.append(save_figure(fig, os.path.join(path, "return_per_task.png")))
+    # neuron-level vs layer-level injection (paper Fig. 7a): KNIFE vs KNIFE on every neuron vs heads
+    levels = [m for m in ("none", "knife", "knife-all", "injection") if "method" in df and m in set(df["method"])]
+    if {"knife", "knife-all"} <= set(levels):
+        mixers = list(dict.fromkeys(df["mixer"]))
+        fig, axes = plt.subplots(1, len(mixers), figsize=(4.2 * len(mixers), 3.2), squeeze=False)
+        for ax, mixer in zip(axes[0], mixers):
+            part = df[(df.mixer == mixer) & df.method.isin(levels)].dropna(subset=["eval_return"])
+            plot_curves(ax, part, "eval_return", hue="method", x="env_steps", order=levels)
+            mark_switches(ax, switches)
+            ax.set_title(f"{mixer}: neuron-level vs layer-level injection", fontsize=9)
+            ax.set_ylabel("greedy return")
+        axes[0][0].legend(frameon=False, fontsize=7)
+        files.append(save_figure(fig, os.path.join(path, "neuron_vs_layer_level.png")))
     # tables: ranking, neuron ratios at the end, around the switches, and task 1 first vs revisited
     lines += ranking_table(df, settings, task_cols)
     final = df[df.period == df.period.max()]

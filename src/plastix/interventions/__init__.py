@@ -20,6 +20,7 @@ from plastix.interventions.base import (
     tree_select,
     triggered,
 )
+from plastix.interventions.cbp import CBPConfig, cbp
 from plastix.interventions.injection import InjectionConfig, plasticity_injection
 from plastix.interventions.knife import KnifeConfig, knife
 from plastix.interventions.methods import (
@@ -61,6 +62,8 @@ __all__ = [
     "InjectionConfig",
     "plasticity_injection",
     "ReBornConfig",
+    "CBPConfig",
+    "cbp",
     "reborn",
     "ResetConfig",
     "reset",

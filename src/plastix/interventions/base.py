@@ -4,8 +4,8 @@ An intervention is a triple of pure functions, like an optax transformation::
 
     intervention.init(params) -> intervention_state         # kept in TrainState.intervention_state
     intervention.apply(key, train_state, scores, context) -> train_state
-    intervention.on_update(train_state) -> train_state       # after every optimizer update (CBP's
-                                                             # running utilities); identity by default
+    intervention.on_update(key, train_state, activity) -> train_state
+        # after every optimizer update (CBP's running utilities); identity by default
 
 ``scores`` is the :class:`plastix.metrics.Diagnostics` computed on a scoring batch just before.
 ``context`` (:class:`Context`) comes from the training loop: the update step, the task index and
@@ -131,7 +131,7 @@ class Context(NamedTuple):
         return cls(jnp.asarray(step, jnp.int32), jnp.asarray(task, jnp.int32), jnp.asarray(task_switched, bool))
 
 
-def _keep(state: TrainState) -> TrainState:
+def _keep(key: Array, state: TrainState, activity: Callable[[], dict[str, Array]]) -> TrainState:
     return state
 
 
@@ -153,8 +153,10 @@ class Intervention(NamedTuple):
     Attributes:
       init: ``init(params) -> state`` (kept in ``TrainState.intervention_state``).
       apply: ``apply(key, train_state, scores, context) -> train_state``.
-      on_update: ``on_update(train_state) -> train_state``, called by the learner after every
-        optimizer update (identity by default).
+      on_update: ``on_update(key, train_state, activity) -> train_state``, called by the learner
+        after every optimizer update (identity by default). ``activity()`` returns ``{layer name:
+        E|h_i| (N,)}`` on the batch of that update, taken at the parameters the gradient was taken
+        at; it is computed only if the hook calls it (CBP's utilities read it).
       extend: ``extend(params) -> (params, trainable or None)``: parameters the method pre-allocates
         (KNIFE's injection slots) and the initial trainable mask; identity by default.
       forward: ``forward(apply_fn) -> apply_fn``: how the method changes the network's forward pass
@@ -167,7 +169,7 @@ class Intervention(NamedTuple):
 
     init: Callable[[Params], Any]
     apply: Callable[[Array, TrainState, Any, Context], TrainState]
-    on_update: Callable[[TrainState], TrainState] = _keep
+    on_update: Callable[[Array, TrainState, Callable[[], dict[str, Array]]], TrainState] = _keep
     extend: Callable[[Params], tuple[Params, Params | None]] = _no_extension
     forward: Callable[[Callable], Callable] = _same_forward
     extend_topology: Callable[[Topology], Topology] = _same_topology

@@ -28,6 +28,7 @@ from plastix.interventions.base import (
     no_intervention,
     triggered,
 )
+from plastix.interventions.cbp import CBPConfig, cbp
 from plastix.interventions.injection import InjectionConfig, plasticity_injection
 from plastix.interventions.knife import KnifeConfig, knife
 from plastix.interventions.reborn import ReBornConfig, reborn
@@ -49,7 +50,8 @@ class Method:
       needs_scores: the intervention reads the diagnostics (they are then computed every period).
       optimizer: ``optimizer(base, plasticity) -> OptimizerConfig`` or ``None`` (optimizer unchanged).
       default_trigger: the trigger of ``PlasticityConfig.trigger="default"`` (``period``: every
-        ``<settings>.period`` updates; ``task_switch`` for the methods made for task switches).
+        ``<settings>.period`` updates; ``task_switch`` for the methods made for task switches;
+        ``update``: the method acts in its per-update hook only and takes no trigger, e.g. CBP).
     """
 
     name: str
@@ -83,6 +85,7 @@ register_method(Method("weight_decay", None, optimizer=_with_weight_decay))
 register_method(Method("knife", "knife", knife, needs_scores=True, default_trigger="task_switch"))
 register_method(Method("injection", "injection", plasticity_injection, default_trigger="task_switch"))
 register_method(Method("reborn", "reborn", reborn, needs_scores=True))
+register_method(Method("cbp", "cbp", cbp, default_trigger="update"))
 
 
 def method_names() -> tuple[str, ...]:
@@ -99,7 +102,8 @@ class PlasticityConfig:
       method: a registry name: ``none``, ``redo`` (recycle dormant neurons), ``reset`` (last
         layers), ``shrink_perturb``, ``weight_decay`` (L2 on the optimizer only), ``knife``
         (neuron injection), ``injection`` (plasticity injection of the output heads) or ``reborn``
-        (dormant neurons take over-active neurons' weights; mixer hidden layers by default).
+        (dormant neurons take over-active neurons' weights; mixer hidden layers by default) or
+        ``cbp`` (continual backprop: low-utility mature neurons re-initialized after every update).
       trigger: when the intervention runs: ``period`` (every ``<method>.period`` updates),
         ``task_switch`` (at the end of a period in which the task switched), ``both``, or
         ``default``: the method's own (``task_switch`` for ``knife`` and ``injection``, ``period``
@@ -110,6 +114,7 @@ class PlasticityConfig:
       knife: KNIFE settings (used with ``method="knife"``).
       injection: plasticity-injection settings (used with ``method="injection"``).
       reborn: ReBorn settings (used with ``method="reborn"``).
+      cbp: CBP settings (used with ``method="cbp"``; CBP takes no trigger).
       weight_decay: L2 weight decay of the optimizer (paper's best for DQN: 1e-5); 0 = off. With
         ``method="weight_decay"`` it must be > 0; with any other method it combines with it.
     """
@@ -122,6 +127,7 @@ class PlasticityConfig:
     knife: KnifeConfig = KnifeConfig()
     injection: InjectionConfig = InjectionConfig()
     reborn: ReBornConfig = ReBornConfig()
+    cbp: CBPConfig = CBPConfig()
     weight_decay: float = 0.0
 
     def __post_init__(self):
@@ -144,7 +150,7 @@ class PlasticityConfig:
         own = self.spec.field if self.spec.build is not None else None
         fields = tuple(m.field for m in REGISTRY.values() if m.field is not None and m.build is not None)
         unused = tuple(f for f in dict.fromkeys(fields) if f != own)
-        return unused + (("trigger",) if own is None else ())
+        return unused + (("trigger",) if own is None or self.spec.default_trigger == "update" else ())
 
     @property
     def spec(self) -> Method:
@@ -160,7 +166,9 @@ class PlasticityConfig:
     def period(self) -> int | None:
         """Updates between two periodic applications (``None``: no periodic intervention)."""
         settings = self.intervention
-        return None if settings is None or self.resolved_trigger == "task_switch" else settings.period
+        if settings is None or self.resolved_trigger in ("task_switch", "update"):
+            return None
+        return settings.period
 
     @property
     def resolved_trigger(self) -> str:
@@ -208,15 +216,18 @@ def make_intervention(config: Any, topology: Topology, init_params: InitParams) 
         settings = config.intervention
         if settings is None:
             return no_intervention()
-        trigger = Trigger.named(config.resolved_trigger, settings.period)
-        return triggered(config.spec.build(settings, topology, init_params), trigger)
+        built = config.spec.build(settings, topology, init_params)
+        if config.resolved_trigger == "update":  # acts in its per-update hook only
+            return built
+        return triggered(built, Trigger.named(config.resolved_trigger, settings.period))
     for method in REGISTRY.values():
         if (
             method.build is not None
             and method.field is not None
             and isinstance(config, type(getattr(PlasticityConfig(), method.field)))
         ):
-            return triggered(method.build(config, topology, init_params), Trigger(every=config.period))
+            built = method.build(config, topology, init_params)
+            return built if method.default_trigger == "update" else triggered(built, Trigger(every=config.period))
     allowed = tuple(type(getattr(PlasticityConfig(), m.field)).__name__ for m in REGISTRY.values() if m.build) + (
         "PlasticityConfig",
         "None",

@@ -32,7 +32,7 @@ def _sample_weights(x: Array, valid: Array | None) -> Array | None:
     return jnp.broadcast_to(valid, lead).astype(jnp.float32)
 
 
-def _mean_abs_over_leading(x: Array, valid: Array | None = None) -> Array:
+def mean_abs(x: Array, valid: Array | None = None) -> Array:
     """``E|x|`` over every axis but the last, over valid samples only: ``(..., N) -> (N,)``."""
     x = jnp.asarray(x)
     if x.ndim == 0:
@@ -57,7 +57,7 @@ def dormant_scores(h: Array, valid: Array | None = None) -> Array:
     Returns:
       ``(N,)`` scores with layer mean 1 (0 for a layer whose activations are all zero).
     """
-    return normalize_by_layer_mean(_mean_abs_over_leading(h, valid))
+    return normalize_by_layer_mean(mean_abs(h, valid))
 
 
 def grama_scores(kernel_grad: Array) -> Array:
@@ -72,7 +72,7 @@ def grama_scores(kernel_grad: Array) -> Array:
     Returns:
       ``(N,)`` scores with layer mean 1.
     """
-    return normalize_by_layer_mean(_mean_abs_over_leading(kernel_grad))
+    return normalize_by_layer_mean(mean_abs(kernel_grad))
 
 
 def preactivation_grama_scores(dz: Array, valid: Array | None = None) -> Array:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.agents.episode_replay import EpisodeBatch, episode_replay
-from plastix.agents.off_policy import Agent, diagnose_state, linear_epsilon
+from plastix.agents.off_policy import Agent, apply_update, diagnose_state, linear_epsilon
 from plastix.envs.base import EnvSpec, MultiAgentObs
 from plastix.interventions import (
     OptimizerConfig,
@@ -282,7 +282,8 @@ def make_marl(
             return masked_loss(q_tot, g, valid), q_tot
 
         (loss, q_tot), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
-        online = intervention.on_update(state.online.apply_gradients(grads))
+        scoring_inputs = (inputs[:-1], actions, global_state[:-1], avail[:-1])
+        online = apply_update(intervention, topology, apply, state.online, grads, key, scoring_inputs, valid)
         sync = online.step % config.target_update_period == 0
         target = jax.tree.map(lambda o, t: jnp.where(sync, o, t), online.params, state.target)
         q_mean = jnp.sum(jnp.where(valid, q_tot, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
