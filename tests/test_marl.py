@@ -309,3 +309,10 @@ def test_marl_report_tables_match_hand_computed_values(tmp_path):
     revisit = next(ln for ln in text.split("### Task 1")[1].splitlines() if ln.startswith("| qmix"))
     assert revisit.split(" | ")[1].startswith("20") and revisit.split(" | ")[2].startswith("40")
     assert "Task switches at env steps [20]." in text
+
+
+def test_ranking_gives_tied_settings_one_shared_rank():
+    from plastix.experiments.marl import competition_ranks
+
+    ranks = competition_ranks({"reset": 5.3, "none": 0.0, "knife": 0.0, "redo": -1.0})
+    assert ranks == {"reset": "1", "none": "=2", "knife": "=2", "redo": "4"}

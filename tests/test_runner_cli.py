@@ -129,3 +129,21 @@ def test_runner_stops_on_non_finite_chunks_without_saving_them(tmp_path):
     with pytest.raises(NonFiniteError, match="stage b"):
         run_stages(rundir, stages, "toy")
     assert rundir.checkpoint_meta() == {"stage": 1, "chunks_done": 0}  # the good state before the bad chunk
+
+
+def test_cli_turns_on_the_compilation_cache_unless_told_not_to(monkeypatch, tmp_path):
+    import jax
+
+    from plastix.cli import enable_compilation_cache
+
+    saved = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        assert enable_compilation_cache() == saved[0]  # one already configured (the test set-up's) is kept
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("PLASTIX_COMPILATION_CACHE", "")
+        assert enable_compilation_cache() is None and not jax.config.jax_compilation_cache_dir
+        monkeypatch.setenv("PLASTIX_COMPILATION_CACHE", str(tmp_path / "xla"))
+        assert enable_compilation_cache() == str(tmp_path / "xla") == jax.config.jax_compilation_cache_dir
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])

@@ -343,6 +343,16 @@ def switch_table(df: pd.DataFrame, settings: list[str], switches: list[int]) -> 
     return group_table(title, df, settings, RATIOS, cell)
 
 
+def competition_ranks(values: dict[str, float]) -> dict[str, str]:
+    """Rank 1 = highest value; equal values share a rank, marked ``=`` (``{a: 1, b: 1, c: 3}`` → ``=1, =1, 3``)."""
+    ranks = {}
+    for s, v in values.items():
+        rank = 1 + sum(other > v for other in values.values())
+        tied = sum(other == v for other in values.values()) > 1
+        ranks[s] = f"={rank}" if tied else str(rank)
+    return ranks
+
+
 def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -> list[str]:
     """Markdown lines: settings ranked by IQM [95% stratified bootstrap CI] of the final greedy return
     and, with tasks, of the final return on the first task (re-visited at the end of the sequence)."""
@@ -360,9 +370,7 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
         return []
     first = next(iter(estimates))
     order = sorted(estimates[first], key=lambda s: -estimates[first][s].value)
-    ranks = {
-        label: {s: r + 1 for r, s in enumerate(sorted(e, key=lambda s: -e[s].value))} for label, e in estimates.items()
-    }
+    ranks = {label: competition_ranks({s: est.value for s, est in e.items()}) for label, e in estimates.items()}
     lines = [
         f"### Methods ranked by {first} (IQM [95% stratified bootstrap CI] over seeds)",
         "",
