@@ -279,6 +279,20 @@ def test_marl_experiment_cells_are_valid_runs(experiment, scale):
     assert cells[0][1].loop.env_steps == sum(n for _, n in cells[0][1].loop.tasks) or not cells[0][1].loop.tasks
 
 
+def test_every_study_method_builds_on_every_mixer():
+    """``--methods all`` × VDN / QMIX / QPLEX: each cell's intervention builds on its learner (ReBorn
+    on VDN falls back to the agent network, which has ReLU layers; VDN has no mixer neurons)."""
+    from plastix.experiments import dormant
+    from plastix.experiments.marl import STUDY_METHODS
+    from plastix.experiments.rl import build_agent
+
+    config = dormant.DormantExperimentConfig(methods=("all",), mixers=("vdn", "qmix", "qplex"))
+    cells = dormant.EXPERIMENTS["matrix-sequential"][0](config)
+    assert {labels["method"] for labels, _ in cells} >= set(STUDY_METHODS) | {"knife-all", "knife-copy"}
+    for _, cell in cells:
+        build_agent(cell)
+
+
 def test_marl_report_tables_match_hand_computed_values(tmp_path):
     """Before/after-switch ratios, end-of-training ratios and task-1 revisit, on a hand-made log."""
     import pandas as pd
