@@ -1,11 +1,14 @@
-"""Cost of KNIFE in the QMIX learner: one update with K pre-allocated injection slots vs the plain
-network, and the cost of one injection, measured side by side in one process.
+"""Cost of KNIFE (and of CBP's per-update hook) in the QMIX learner: one update with K
+pre-allocated injection slots vs the plain network, one update with CBP, and the cost of one
+injection, measured side by side in one process.
 
 Setting: the 5-unit SMAX scenario's shapes (5 agents, obs 127, 10 actions, state 120), PyMARL2's
 QMIX (GRU 64, mixer embed 32, hypernetworks 64), a batch of 32 whole episodes of 100 steps drawn
 at random. ``plain`` is ``make_marl`` without intervention; ``knife K=k`` is the same learner with
 KNIFE and k slots on every dense neuron layer (agent ``fc1`` and the three hypernetwork hidden
 layers), all slots injected (gates open), so the forward and backward passes do all the extra work.
+``cbp`` is the learner with CBP on every neuron layer (maturity 0: every neuron eligible, so the
+utilities, the activity pass and the replacement surgery all run every update).
 Updates are timed in a jitted ``lax.scan`` of ``--updates`` steps, variants interleaved over
 ``--repeats`` rounds; the injection is ``intervene`` at a task switch with every neuron selected.
 
@@ -26,7 +29,7 @@ import numpy as np
 from plastix.agents.episode_replay import EpisodeBatch
 from plastix.agents.marl import MARLConfig, make_marl
 from plastix.envs.base import EnvSpec, MultiAgentObs
-from plastix.interventions import Context, KnifeConfig, PlasticityConfig
+from plastix.interventions import CBPConfig, Context, KnifeConfig, PlasticityConfig
 
 N, OBS, A, STATE, B, L = 5, 127, 10, 120, 32, 100
 SPEC = EnvSpec("smax-5-unit-shapes", (OBS,), jnp.float32, num_actions=A, agents=N, state_shape=(STATE,))
@@ -45,9 +48,9 @@ def random_batch(key) -> EpisodeBatch:
     )
 
 
-def build(slots: int):
-    """``(run_updates, state, agent)``; ``slots = 0``: the plain learner."""
-    plasticity = PlasticityConfig()
+def build(slots: int, plasticity: PlasticityConfig | None = None):
+    """``(run_updates, state, agent, batch)``; ``slots = 0``: the plain learner (or ``plasticity``)."""
+    plasticity = plasticity or PlasticityConfig()
     if slots:
         plasticity = PlasticityConfig("knife", "task_switch", knife=KnifeConfig(slots=slots, selection="all"))
     agent, _, _ = make_marl(SPEC, MARLConfig(), plasticity=plasticity)
@@ -79,6 +82,7 @@ def main():
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})")
     variants = {0: build(0)} | {k: build(k) for k in args.slots}
+    variants["cbp"] = build(0, PlasticityConfig("cbp", cbp=CBPConfig(maturity=0)))
     keys = jax.random.split(jax.random.key(3), args.updates)
     for run, state, _, _ in variants.values():
         timed(run, state, keys)  # compile
@@ -89,6 +93,11 @@ def main():
     plain = np.array(times[0])
     print(f"update of 32 episodes × 100 steps, median of {args.repeats} rounds of {args.updates} updates:")
     print(f"  plain: {1e3 * np.median(plain) / args.updates:.2f} ms per update")
+    ratio = np.array(times["cbp"]) / plain
+    print(
+        f"  cbp (every neuron eligible): {1e3 * np.median(times['cbp']) / args.updates:.2f} ms per update, "
+        f"ratio {np.median(ratio):.3f} [{ratio.min():.3f}, {ratio.max():.3f}]"
+    )
     for k in args.slots:
         ratio = np.array(times[k]) / plain
         print(
