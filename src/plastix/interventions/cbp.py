@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -115,7 +116,10 @@ def cbp(config: CBPConfig, topology: Topology, init_params: InitParams) -> Inter
             new_stats[layer.name] = CBPLayerState(
                 jnp.where(replace, 0.0, utility), jnp.where(replace, 0, age), pending - jnp.sum(replace)
             )
-        state = recycle_neurons(state, topology, masks, init_params(key))
+        any_replaced = sum(jnp.sum(m) for m in masks.values()) > 0
+        state = jax.lax.cond(  # most updates replace nothing: no initializer draw, no surgery then
+            any_replaced, lambda s: recycle_neurons(s, topology, masks, init_params(key)), lambda s: s, state
+        )
         return state.replace(intervention_state=new_stats)
 
     def apply(key, state, scores, context):

@@ -43,6 +43,7 @@ from plastix.interventions.base import (
     reset_optimizer_elements,
     zeros_like_bool,
 )
+from plastix.interventions.redo import recycle_neurons
 from plastix.nn.topology import NeuronLayer, Topology, get_path, set_path
 
 RELU = (nn.relu, jax.nn.relu)
@@ -179,33 +180,23 @@ def reborn(config: ReBornConfig, topology: Topology, init_params: InitParams) ->
             dormant = s.dormant if config.tau is None else s.dormant_score <= config.tau
             plans[layer.name] = reborn_plan(k, dormant, s.dormant_score > config.beta, config)
         params, touched = state.params, zeros_like_bool(state.params)
-        # incoming slices of every layer first, then outgoing: row and column copies commute, so the
-        # order of layers does not matter and a recycled neuron's outgoing weights end at 0
+        # 1. weight sharing: row and column copies commute, so the order of layers does not matter
         for layer in layers:
             plan = plans[layer.name]
-            for piece in layer.incoming:
+            for piece, scale, units in [(p, plan.in_scale, plan.receives) for p in layer.incoming] + [
+                (c, plan.out_scale, plan.receives | plan.gives) for c in layer.consumers
+            ]:
                 value = get_path(params, piece.path)
-                shared = piece.take_units(value, plan.source) * piece.expand(plan.in_scale, value.shape)
-                new = jnp.zeros_like(value) if piece.bias else get_path(fresh, piece.path)
-                value = jnp.where(piece.mask(plan.receives, value.shape), shared.astype(value.dtype), value)
-                value = jnp.where(piece.mask(plan.recycle, value.shape), new, value)
-                params = set_path(params, piece.path, value)
-                touched = mark(touched, piece.path, piece.mask(plan.receives | plan.recycle, value.shape))
-        for layer in layers:
-            plan = plans[layer.name]
-            for consumer in layer.consumers:
-                value = get_path(params, consumer.path)
-                shared = consumer.take_units(value, plan.source) * consumer.expand(plan.out_scale, value.shape)
-                value = jnp.where(
-                    consumer.mask(plan.receives | plan.gives, value.shape), shared.astype(value.dtype), value
-                )
-                value = jnp.where(consumer.mask(plan.recycle, value.shape), jnp.zeros_like(value), value)
-                params = set_path(params, consumer.path, value)
-                hit = consumer.mask(plan.receives | plan.gives | plan.recycle, value.shape)
-                touched = mark(touched, consumer.path, hit)
+                shared = piece.take_units(value, plan.source) * piece.expand(scale, value.shape)
+                hit = piece.mask(units, value.shape)
+                params = set_path(params, piece.path, jnp.where(hit, shared.astype(value.dtype), value))
+                touched = mark(touched, piece.path, hit)
         opt_state = state.opt_state
         if config.reset_optimizer:
             opt_state = reset_optimizer_elements(state.tx, opt_state, touched)
-        return state.replace(params=params, opt_state=opt_state)
+        # 2. dormant neurons without a donor: ReDo's surgery (fresh incoming, zero outgoing)
+        recycle = {name: plan.recycle for name, plan in plans.items()}
+        state = state.replace(params=params, opt_state=opt_state)
+        return recycle_neurons(state, topology, recycle, fresh, config.reset_optimizer)
 
     return Intervention(_no_state, apply)
