@@ -15,7 +15,7 @@ progress and prints the summary: a run started from Python (``supervised.run``,
 
 import os
 import sys
-from typing import Annotated, Any, NamedTuple, Union
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 from plastix.experiments.marl import DESCRIPTIONS as MARL_DESCRIPTIONS
 
@@ -69,8 +69,49 @@ def _parser():
         return Command("run", "rl", dormant.SingleRunConfig(name, runs_dir, cell))
 
     def report(run_dir: tyro.conf.Positional[str]) -> Command:
-        """Rewrite the figures and report.md of a finished run from its metrics.parquet."""
+        """Rewrite the figures and report.md of a finished run from its metrics.parquet, or
+        aggregate a sweep directory (finished or not)."""
         return Command("report", config=run_dir)
+
+    from plastix.experiments.sweep import Backend, LogTarget, SweepConfig, SweepOptions
+
+    def sweep(
+        experiment: tyro.conf.Positional[Literal.__getitem__(tuple(n for n in EXPERIMENTS if n != "supervised"))],
+        grid: tuple[str, ...] = (),
+        seeds: int = 0,
+        name: str = "",
+        runs_dir: str = "runs",
+        backend: Backend = "local",
+        address: str = "",
+        cpus_per_cell: float = 1.0,
+        gpus_per_cell: float = 0.0,
+        retries: int = 3,
+        devices: int = 0,
+        log: tuple[LogTarget, ...] = (),
+        wandb_mode: Literal["offline", "online"] = "offline",
+    ) -> Command:
+        """Run an experiment over a grid of settings × seeds, one resumable cell per setting.
+
+        Args:
+          experiment: the experiment whose cells the grid varies.
+          grid: ``field=v1,v2`` items: an experiment field (``env``, ``scale``, ``methods``, ...),
+            ``plasticity.method`` / ``loop.replay_ratio`` / ``agent`` (the experiment's own axes), or
+            any dotted learner field (``dqn.optimizer.lr``); the cells are the product.
+          seeds: seeds per cell, vmapped (0 = the experiment's default).
+          name: sweep name (default ``sweep-<experiment>``); written to ``<runs_dir>/<name>``.
+          runs_dir: parent directory of run directories (a shared path for ``--backend ray``).
+          backend: ``local`` (cells one after another) or ``ray`` (one task per cell; ``.[ray]`` extra).
+          address: Ray cluster address (``auto`` = the ``ray start`` cluster of this node; empty = start one).
+          cpus_per_cell: CPUs a cell's Ray task declares.
+          gpus_per_cell: GPUs a cell's Ray task declares.
+          retries: restarts of a cell whose Ray worker died (it resumes from its checkpoint).
+          devices: local devices a cell's seeds are sharded over (0 = all).
+          log: live logging of every chunk's metrics: ``tensorboard`` and/or ``wandb`` (``.[log]`` extra).
+          wandb_mode: W&B mode (``offline``: sync later with ``wandb sync``).
+        """
+        config = SweepConfig(experiment, grid, seeds, name, runs_dir)
+        options = SweepOptions(backend, address, cpus_per_cell, gpus_per_cell, retries, devices, log, wandb_mode)
+        return Command("sweep", experiment, (config, options))
 
     def list_experiments() -> Command:
         """List the experiments."""
@@ -94,6 +135,7 @@ def _parser():
     return one_of(
         (
             Annotated[runs, tyro.conf.subcommand("run", description="run (or resume) an experiment")],
+            Annotated[Command, tyro.conf.subcommand("sweep", constructor=sweep)],
             Annotated[Command, tyro.conf.subcommand("report", constructor=report)],
             Annotated[Command, tyro.conf.subcommand("list", constructor=list_experiments)],
         )
@@ -245,6 +287,8 @@ def report(run_dir: str) -> int:
     if not os.path.isdir(rundir.path):
         print(f"plastix report: {run_dir} is not a directory", file=sys.stderr)
         return 2
+    if os.path.exists(rundir.file("cells.json")) and _saved_experiment(rundir) == "sweep":
+        return sweep_report(rundir.path)
     if not rundir.finished:
         print(
             f"plastix report: {run_dir} is not a finished run (no DONE marker); run the same `plastix run` "
@@ -276,6 +320,71 @@ def report(run_dir: str) -> int:
     console.print("wrote " + ", ".join(files))
     _rl_summary(experiment, df, console)
     return 0
+
+
+def _saved_experiment(rundir) -> str | None:
+    import json
+
+    try:
+        with open(rundir.file("config.json")) as f:
+            return json.load(f).get("experiment")
+    except (OSError, ValueError):
+        return None
+
+
+def sweep_report(root: str) -> int:
+    """``plastix report <sweep dir>``: aggregate the done cells, list the missing ones."""
+    from plastix.report.sweep import write_sweep_report
+
+    console = _console()
+    files = write_sweep_report(root)
+    console.print("wrote " + ", ".join(files))
+    _print_status(root, console)
+    return 0
+
+
+def _print_status(root: str, console) -> None:
+    from rich.table import Table
+
+    from plastix.experiments.sweep import load_cells, status_table
+
+    table = status_table(root, load_cells(root))
+    out = Table(title=f"sweep {root}: " + ", ".join(f"{n} {s}" for s, n in table.status.value_counts().items()))
+    for column in table.columns:
+        out.add_column(column)
+    colors = {"done": "green", "failed": "red", "running": "yellow", "interrupted": "yellow"}
+    for row in table.itertuples(index=False):
+        values = [str(v) for v in row]
+        status = row.status
+        values[list(table.columns).index("status")] = f"[{colors.get(status, 'white')}]{status}[/]"
+        out.add_row(*values)
+    console.print(out)
+
+
+def run_sweep(config, options) -> int:
+    """``plastix sweep``: run every cell not done yet, with a progress bar per cell; 1 if a cell failed."""
+    from plastix.experiments.sweep import run_sweep as run_cells
+
+    console = _console()
+    console.print(f"[bold]plastix sweep[/bold] {config.experiment} → {config.root} (backend {options.backend})")
+    with _progress_bar(console, "chunks") as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(cid, index, n_cells, done, total):
+            if cid not in tasks:
+                tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid[:40]:40s}", total=total)
+            bar.update(tasks[cid], completed=done)
+
+        table = run_cells(config, options, progress)
+    _print_status(config.root, console)
+    if (table.status == "done").all():
+        console.print(f"every cell is done: {config.root}/report.md")
+        return 0
+    failed = table[table.status == "failed"]
+    for row in failed.itertuples():
+        console.print(f"[red]{row.cell}[/red]: {row.detail} (details: {config.root}/cells/{row.cell}/FAILED)")
+    console.print("re-run the same command to retry failed cells and resume the others")
+    return 1
 
 
 def _legacy_experiment(rundir) -> str:
@@ -333,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             except CorruptRunError as e:
                 print(f"plastix report: {e}", file=sys.stderr)
                 return 2
+        if command.command == "sweep":
+            enable_compilation_cache()
+            return run_sweep(*command.config)
         check_unused_flags(command.experiment, command.config, argv)
         enable_compilation_cache()
         return run(command.experiment, command.config)

@@ -160,8 +160,32 @@ def chunk_rows(period_metrics: dict, eval_metrics: dict, first_period: int) -> p
     return table
 
 
-def stage(config: RLConfig) -> Stage:
-    """A cell as the runner's one stage ("learn"): chunks of ``eval_every`` periods, then evaluation."""
+def seed_sharding(seeds: int, devices: int = 0) -> jax.sharding.NamedSharding | None:
+    """How a cell's seeds are spread over the local devices: a 1-D mesh ``("seeds",)`` over the
+    largest number of devices ≤ ``devices`` (0: all local devices) that divides ``seeds``;
+    ``None`` when that is one device (nothing to shard).
+
+    Every array of a seed-vmapped carry has the seeds as its leading axis, so one jitted program
+    runs each device's seeds where they live (GSPMD); seeds never talk to each other, so the
+    numbers are those of the unsharded run.
+    """
+    local = jax.local_devices()
+    n = len(local) if devices == 0 else min(devices, len(local))
+    while n > 1 and seeds % n:
+        n -= 1
+    if n <= 1:
+        return None
+    mesh = jax.sharding.Mesh(np.array(local[:n]), ("seeds",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+
+
+def stage(config: RLConfig, devices: int = 0) -> Stage:
+    """A cell as the runner's one stage ("learn"): chunks of ``eval_every`` periods, then evaluation.
+
+    Args:
+      devices: local devices the seeds are sharded over (0: all; see :func:`seed_sharding`).
+        Host environments (Atari) and ``vmap_seeds=False`` run on one device.
+    """
     train = build_train(_compute_key(config))
     keys = seed_keys(config)
     if train.host_env and not config.vmap_seeds:
@@ -169,8 +193,11 @@ def stage(config: RLConfig) -> Stage:
             f"RLConfig.vmap_seeds must be True for {config.env}: its emulators live on the host, "
             "one group per run, stepped for all seeds at once"
         )
+    sharding = seed_sharding(config.seeds, devices) if config.vmap_seeds and not train.host_env else None
+    place = (lambda tree: jax.device_put(tree, sharding)) if sharding is not None else (lambda tree: tree)
     if config.vmap_seeds:
-        init, run_chunk = train.init, train.run_chunk
+        init = lambda k: place(train.init(place(k)))  # noqa: E731
+        run_chunk = lambda c: train.run_chunk(place(c))  # noqa: E731
     else:  # one seed at a time through the same jitted single-seed functions
         single_init, single_chunk = jax.jit(train.init_single), jax.jit(train.run_chunk_single)
         stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
@@ -186,7 +213,7 @@ def stage(config: RLConfig) -> Stage:
         if train.host_env:  # emulator states are not in the checkpoint: continue with fresh episodes
             fresh_episodes = ("env_state", "obs", "episode_return", "memory", "done")
             return restored._replace(**{name: getattr(fresh, name) for name in fresh_episodes})
-        return restored
+        return place(restored)
 
     return Stage(
         "learn",
@@ -204,6 +231,8 @@ def run_cell(
     progress: Callable[[int, int], None] | None = None,
     stop_after_chunks: int | None = None,
     keep_final: bool = False,
+    devices: int = 0,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume, or read back if finished) one cell in run directory ``path``.
 
@@ -213,6 +242,9 @@ def run_cell(
       progress: ``progress(chunks_done, chunks_total)`` after every chunk.
       stop_after_chunks: stop (as if killed) after this many chunks of this call (for tests).
       keep_final: also keep the final carry (``<path>/final``, orbax) for analyses after training.
+      devices: local devices the seeds are sharded over (0: every local device; results do not
+        depend on it).
+      on_rows: called with each new chunk's rows (live logging).
 
     Returns:
       one row per (seed, period): ``env_steps``, ``updates``, ``train_return``, losses,
@@ -222,7 +254,7 @@ def run_cell(
     if rundir.finished:
         rundir.prepare(config)  # refuses another config's finished run
         return rundir.metrics()
-    cell = stage(config)
+    cell = stage(config, devices)
     rundir.prepare(config)  # after every check above passed
     result = run_stages(
         rundir,
@@ -231,6 +263,7 @@ def run_cell(
         progress=(lambda _, done, total: progress(done, total)) if progress else None,
         checkpoint_every=config.checkpoint_every,
         stop_after_chunks=stop_after_chunks,
+        on_rows=on_rows,
     )
     if not result.finished:
         return result.rows

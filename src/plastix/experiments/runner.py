@@ -110,6 +110,7 @@ def run_stages(
     progress: Callable[[str, int, int], None] | None = None,
     checkpoint_every: int = 1,
     stop_after_chunks: int | None = None,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
 ) -> RunResult:
     """Run (or resume) ``stages`` in ``rundir``; see the module docstring.
 
@@ -121,6 +122,8 @@ def run_stages(
         (re)start.
       checkpoint_every: chunks between checkpoints (0: only at stage switches).
       stop_after_chunks: return (as if killed) after this many chunks of this call (tests).
+      on_rows: ``on_rows(rows)`` with each chunk's rows once they passed the finiteness check
+        (live logging); not called for rows restored from a checkpoint.
 
     Raises:
       NonFiniteError: a chunk produced a NaN / inf loss or parameter (nothing of it is saved).
@@ -149,6 +152,8 @@ def run_stages(
             carry, rows = stage.run_chunk(carry, done)
             check_finite(stage.trained(carry), rows, f"{where}, stage {stage.name}", rundir.last_good)
             frames.append(rows)
+            if on_rows:
+                on_rows(rows)
             done, ran = done + 1, ran + 1
             last = index == len(stages) - 1 and done == stage.chunks
             if checkpoint_every and done % checkpoint_every == 0 and not last:
