@@ -29,6 +29,20 @@ def test_checkpoint_round_trip(tmp_path):
     assert meta == {"chunks_done": 2}
 
 
+def test_a_kill_between_the_rows_and_the_checkpoint_resumes_the_last_complete_checkpoint(tmp_path):
+    """The next save's rows are written before its checkpoint: a kill in between must leave the last
+    complete checkpoint readable with its own rows (found by a Ray worker killed mid-save)."""
+    rundir = _saved(tmp_path)
+    more = pd.concat([ROWS, ROWS.assign(period=3)], ignore_index=True)
+    more.to_parquet(rundir.file("rows-2.parquet"))  # what a kill after the rows, before orbax, leaves
+    state, rows, meta = rundir.load_checkpoint(STATE)
+    pd.testing.assert_frame_equal(rows, ROWS)
+    assert meta == {"chunks_done": 2}
+    rundir.save_checkpoint(STATE, more, {"chunks_done": 3})  # the next save replaces it and cleans up
+    assert [n for n in os.listdir(rundir.path) if n.startswith("rows")] == ["rows-2.parquet"]
+    pd.testing.assert_frame_equal(rundir.load_checkpoint(STATE)[1], more)
+
+
 def test_flipped_checkpoint_bytes_are_refused(tmp_path):
     rundir = _saved(tmp_path)
     files = [os.path.join(d, f) for d, _, fs in os.walk(rundir.file("checkpoint")) for f in fs]
@@ -43,10 +57,11 @@ def test_flipped_checkpoint_bytes_are_refused(tmp_path):
 
 def test_truncated_rows_are_refused_with_the_path(tmp_path):
     rundir = _saved(tmp_path)
-    path = rundir.file("rows.parquet")
+    (name,) = [n for n in os.listdir(rundir.path) if n.startswith("rows")]
+    path = rundir.file(name)
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(CorruptRunError, match="rows.parquet"):
+    with pytest.raises(CorruptRunError, match=name):
         rundir.load_checkpoint(STATE)
 
 

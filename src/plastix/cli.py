@@ -96,7 +96,7 @@ def _parser():
           experiment: the experiment whose cells the grid varies.
           grid: ``field=v1,v2`` items: an experiment field (``env``, ``scale``, ``methods``, ...),
             ``plasticity.method`` / ``loop.replay_ratio`` / ``agent`` (the experiment's own axes), or
-            any dotted learner field (``dqn.optimizer.lr``); the cells are the product.
+            any dotted learner field (``dqn.optimizer.learning_rate``); the cells are the product.
           seeds: seeds per cell, vmapped (0 = the experiment's default).
           name: sweep name (default ``sweep-<experiment>``); written to ``<runs_dir>/<name>``.
           runs_dir: parent directory of run directories (a shared path for ``--backend ray``).

@@ -4,8 +4,8 @@ A run directory holds::
 
     config.json          the full config (a re-run with a different config is refused)
     checkpoint/          the latest chunk's state (orbax; written aside, then renamed), with the
-                         SHA-256 of its arrays and of rows.parquet in its metadata
-    rows.parquet         the metric rows up to the checkpoint
+                         SHA-256 of its arrays and the name and SHA-256 of its rows file
+    rows-<step>.parquet  the metric rows up to that checkpoint
     metrics.parquet      one row per epoch / seed / setting, written when the run finishes
     DONE                 present once everything is written; holds the SHA-256 of metrics.parquet
 
@@ -220,23 +220,39 @@ class RunDir:
         """Save a pytree of arrays, the metric rows so far and a small ``meta`` dict (orbax).
 
         Orbax writes each checkpoint aside and renames it when complete, so a kill mid-save
-        leaves the previous checkpoint intact; only the newest is kept.
+        leaves the previous checkpoint intact; only the newest is kept. The rows go to
+        ``rows-<step>.parquet``, named (with their SHA-256) in the checkpoint itself; the previous
+        step's rows are removed only once the new checkpoint is complete, so whenever a kill comes
+        the last complete checkpoint finds exactly its own rows.
         """
         import orbax.checkpoint as ocp
 
         os.makedirs(self.path, exist_ok=True)
         table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-        tmp = self.file("rows.parquet.tmp")
-        table.to_parquet(tmp)
-        rows_digest = file_digest(tmp)
-        os.replace(tmp, self.file("rows.parquet"))  # may run ahead of the checkpoint: checked on load
         manager = self._checkpoints()
         step = (manager.latest_step() or 0) + 1
+        rows_name = f"rows-{step}.parquet"
+        tmp = self.file(rows_name + ".tmp")
+        table.to_parquet(tmp)
+        rows_digest = file_digest(tmp)
+        os.replace(tmp, self.file(rows_name))
         state = jax.tree.map(np.asarray, state)
-        extra = {"rows": len(table), "meta": meta, "state_sha256": array_digest(state), "rows_sha256": rows_digest}
+        extra = {
+            "rows": len(table),
+            "rows_file": rows_name,
+            "meta": meta,
+            "state_sha256": array_digest(state),
+            "rows_sha256": rows_digest,
+        }
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
         manager.wait_until_finished()
         manager.close()
+        for name in self._rows_files():
+            if name != rows_name:
+                os.remove(self.file(name))
+
+    def _rows_files(self) -> list[str]:
+        return [n for n in os.listdir(self.path) if n.startswith("rows") and ".parquet" in n]
 
     def _restore(self, template: Any | None):
         import orbax.checkpoint as ocp
@@ -293,9 +309,12 @@ class RunDir:
         n_rows = extra["rows"]
         rows = pd.DataFrame()
         if n_rows:
-            rows = _read_parquet(self.file("rows.parquet"), extra.get("rows_sha256"))
+            rows_path = self.file(extra.get("rows_file", "rows.parquet"))
+            if not os.path.exists(rows_path):
+                raise CorruptRunError(f"{rows_path} is missing: the checkpoint's metric rows; delete the run to restart")
+            rows = _read_parquet(rows_path, extra.get("rows_sha256"))
             if len(rows) != n_rows:
-                raise CorruptRunError(f"{self.file('rows.parquet')}: {len(rows)} rows, the checkpoint expects {n_rows}")
+                raise CorruptRunError(f"{rows_path}: {len(rows)} rows, the checkpoint expects {n_rows}")
         return state, rows, extra["meta"]
 
     def finish(self, metrics: pd.DataFrame) -> None:
@@ -305,8 +324,8 @@ class RunDir:
         digest = file_digest(tmp)
         os.replace(tmp, self.file("metrics.parquet"))
         shutil.rmtree(self.file("checkpoint"), ignore_errors=True)
-        if os.path.exists(self.file("rows.parquet")):
-            os.remove(self.file("rows.parquet"))
+        for name in self._rows_files():
+            os.remove(self.file(name))
         with open(self.file("DONE.tmp"), "w") as f:
             f.write(f"sha256 {digest}\n")
         os.replace(self.file("DONE.tmp"), self.file("DONE"))

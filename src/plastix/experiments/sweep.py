@@ -21,7 +21,7 @@ Grid fields, in the order they are looked up:
    ``plasticity.method`` (→ ``methods``), ``loop.replay_ratio`` (→ ``replay_ratios``), ``agent``
    (→ ``mixers`` in the MARL experiments), so the experiment's own settings of that method / ratio
    at its scale are used;
-3. any field of :class:`~plastix.experiments.rl.RLConfig`, dotted (``dqn.optimizer.lr``,
+3. any field of :class:`~plastix.experiments.rl.RLConfig`, dotted (``dqn.optimizer.learning_rate``,
    ``plasticity.redo.period``, ``diagnostics.tau``), set on every cell of the experiment.
 
 Values are parsed with the field's type (``true``/``false``, numbers, choices, ``[64,64]`` for
@@ -296,11 +296,12 @@ def expand(config: SweepConfig) -> list[SweepCell]:
             ]  # tuple fields: methods=none,redo → ("none",), ("redo",)
             parsed[key] = ("experiment:" + target, values)
         else:
-            if key in ("seeds", "seed"):
+            if key == "seeds":
                 raise ValueError(f"--grid {key}: set the number of seeds with --seeds (seeds are vmapped in a cell)")
             hint = _field_hint(RLConfig, key.split("."), key)
             parsed[key] = ("cell", [parse_value(hint, t, key) for t in texts])
     varied = [k for k, (_, values) in parsed.items() if len(values) > 1]
+    read_by: dict[str, int] = {}
     cells: dict[str, SweepCell] = {}
     for point in itertools.product(*[values for _, values in parsed.values()]):
         chosen = dict(zip(parsed, point))
@@ -313,8 +314,10 @@ def expand(config: SweepConfig) -> list[SweepCell]:
             check_flags_used(experiment, exp_config)
             base = EXPERIMENTS[experiment][0](exp_config)
         for labels, cell in base:
-            for key, value in cell_changes.items():
-                cell = replace_path(cell, key, value)
+            cell, skipped = _apply(cell, cell_changes)
+            for key in cell_changes:
+                read_by.setdefault(key, 0)
+                read_by[key] += key not in skipped
             if config.seeds:
                 cell = dataclasses.replace(cell, seeds=config.seeds)
             if single:
@@ -322,7 +325,7 @@ def expand(config: SweepConfig) -> list[SweepCell]:
             shown = dict(labels)
             for key in varied:
                 target = aliases.get(key, key)
-                if key in aliases and target in exp_fields:
+                if (key in aliases and target in exp_fields) or (single and key in ("agent", "plasticity.method")):
                     continue  # the experiment labels its cells with this setting already
                 value = chosen[key]
                 shown[key] = value[0] if isinstance(value, tuple) and len(value) == 1 else value
@@ -330,7 +333,33 @@ def expand(config: SweepConfig) -> list[SweepCell]:
             if cid in cells and cells[cid].config != cell:
                 raise ValueError(f"sweep: two grid points give cell {cid!r} different configs; grid {config.grid}")
             cells.setdefault(cid, SweepCell(cid, shown, cell))
+    unread = [k for k, n in read_by.items() if n == 0]
+    if unread:
+        raise ValueError(
+            f"--grid {', '.join(unread)}: no cell of this sweep reads it (e.g. a method's setting without that "
+            "method, another agent's section): leave it out"
+        )
     return list(cells.values())
+
+
+def _apply(cell: Any, changes: dict[str, Any]) -> tuple[Any, set[str]]:
+    """Set the dotted ``changes`` on ``cell``, except those it does not read (another method's or
+    agent's settings, e.g. ``plasticity.redo.period`` on a ``none`` cell of a method grid).
+
+    Returns ``(cell, keys skipped)``. Settings that decide what is read (``plasticity.method``,
+    ``agent``) are applied first, whatever their order in the grid.
+    """
+    pending = dict(changes)
+    progress = True
+    while pending and progress:
+        progress = False
+        unused = cell.unused_settings()
+        for key in list(pending):
+            if any(key == u or key.startswith(u + ".") for u in unused):
+                continue
+            cell = replace_path(cell, key, pending.pop(key))
+            progress = True
+    return cell, set(pending)
 
 
 # ------------------------------------------------------------------------------------------ status
@@ -365,7 +394,7 @@ def cell_status(path: str) -> tuple[str, str]:
             who, alive = {}, False
         if alive:
             return "running", f"{who.get('host')} pid {who.get('pid')}, attempt {who.get('attempt', 1)}"
-    if os.path.exists(os.path.join(path, "rows.parquet")) or os.path.isdir(os.path.join(path, "checkpoint")):
+    if os.path.isdir(os.path.join(path, "checkpoint")):
         return "interrupted", "resumes from its last checkpoint"
     return "pending", ""
 
