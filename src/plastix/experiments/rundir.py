@@ -311,7 +311,7 @@ class RunDir:
         if n_rows:
             rows_path = self.file(extra.get("rows_file", "rows.parquet"))
             if not os.path.exists(rows_path):
-                raise CorruptRunError(f"{rows_path} (the checkpoint's metric rows) is missing; delete the run to restart")
+                raise CorruptRunError(f"{rows_path} (the checkpoint's rows) is missing; delete the run to restart")
             rows = _read_parquet(rows_path, extra.get("rows_sha256"))
             if len(rows) != n_rows:
                 raise CorruptRunError(f"{rows_path}: {len(rows)} rows, the checkpoint expects {n_rows}")
