@@ -1,5 +1,7 @@
 """Atari through ale-py: the host-side emulators behind jit/vmap, their guards, and a run of the loop."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,3 +112,87 @@ def test_dqn_loop_runs_on_atari_and_resumes(tmp_path):
     assert len(df) == 2 * 4 and df.updates.max() == 40
     assert np.isfinite(df.loss).all() and df["q/dormant_fraction"].between(0, 1).all()
     assert df.eval_return.notna().sum() == 2 * 2
+
+
+# ------------------------------------------------------------------------------------------ single-frame replay
+
+
+def test_stacks_rebuilt_from_single_frames_equal_ale_pys_stacks():
+    """ale-py zero-fills its stack at every reset (same-step autoreset): rebuilding the stacks from
+    the newest frames and the episode ends gives its stacks exactly, across episode ends."""
+    from ale_py.vector_env import AtariVectorEnv, AutoresetMode
+
+    from plastix.agents.off_policy import rebuild_stacks
+
+    env = AtariVectorEnv(
+        game="breakout",
+        num_envs=2,
+        stack_num=4,
+        img_height=84,
+        img_width=84,
+        grayscale=True,
+        noop_max=0,
+        use_fire_reset=False,
+        repeat_action_probability=0.0,
+        max_num_frames_per_episode=60,  # episodes of 15 agent steps: several ends in the sequence
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
+    obs, _ = env.reset(seed=np.array([3, 4]))
+    stacks, ended = [obs], []
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        obs, _, terminated, truncated, _ = env.step(rng.integers(0, 4, 2).astype(np.int32))
+        stacks.append(obs)
+        ended.append(terminated | truncated)
+    env.close()
+    stacks = np.moveaxis(np.stack(stacks, 1), 2, -1)[:, :-1]  # (envs, T, 84, 84, 4): obs before each step
+    ended = np.stack(ended, 1)  # (envs, T)
+    assert ended.sum() >= 4
+    rebuilt = rebuild_stacks(jnp.asarray(stacks[..., -1]), jnp.asarray(ended), 4)
+    np.testing.assert_array_equal(np.asarray(rebuilt), stacks[:, 3:])
+
+
+def test_single_frame_replay_gives_the_stacked_replays_transitions_in_a_quarter_of_the_memory():
+    from plastix.agents.off_policy import Step, transition_replay
+    from plastix.envs.base import EnvSpec
+
+    T, k, n = 64, 4, 3
+    ends = np.zeros(T, bool)
+    ends[[9, 10, 30, 47]] = True  # one 1-step episode among them
+    frames = np.arange(1, T + 1, dtype=np.uint8)[:, None, None] * np.ones((T, 2, 2), np.uint8)  # frame t says t+1
+    stacks = np.zeros((T, 2, 2, k), np.uint8)
+    for t in range(T):  # the reference stacker: zero-filled at each episode start
+        for age in range(k):
+            s = t - age
+            if s >= 0 and not ends[s:t].any():
+                stacks[t, ..., k - 1 - age] = frames[s]
+    rewards = np.arange(T, dtype=np.float32)
+    steps = Step(
+        jnp.asarray(stacks)[None],
+        jnp.zeros((1, T), jnp.int32),
+        jnp.asarray(rewards)[None],
+        jnp.asarray(ends)[None],
+        jnp.zeros((1, T), bool),
+        None,
+    )
+    spec = EnvSpec("frames", (2, 2, k), jnp.uint8, num_actions=2, final_obs=False, frame_stack=k)
+    loop = LoopConfig(buffer_size=T, batch_size=64, scoring_batch=8, n_step=n, gamma=0.5, warmup_steps=T)
+    example = jax.tree.map(lambda x: x[0, 0], steps)
+    states, batches = {}, {}
+    for single in (True, False):
+        replay = transition_replay(dataclasses.replace(loop, single_frames=single), spec)
+        states[single] = replay.add(replay.init(example), steps)
+        batches[single] = replay.sample(states[single], jax.random.PRNGKey(0))
+    assert states[True].experience.obs.nbytes * k == states[False].experience.obs.nbytes
+    for single in (True, False):  # every sampled transition is the one at its time index
+        batch = jax.tree.map(np.asarray, batches[single])
+        t = batch.obs[:, 0, 0, -1].astype(int) - 1
+        np.testing.assert_array_equal(batch.obs, stacks[t])
+        for i, start in enumerate(t):
+            window = ends[start : start + n]
+            stop = int(np.argmax(window)) if window.any() else n - 1
+            reward = sum(0.5**j * rewards[start + j] for j in range(stop + 1))
+            assert batch.reward[i] == pytest.approx(reward)
+            assert batch.discount[i] == pytest.approx(0.0 if window.any() else 0.5**n)
+            np.testing.assert_array_equal(batch.next_obs[i], stacks[start + n])
+    assert (batches[True].obs[:, 0, 0, -1] > k - 1).all()  # the first k-1 steps only feed stacks

@@ -72,6 +72,9 @@ class LoopConfig:
       tasks: a task schedule ``((task, env steps), ...)`` over the env's tasks (``Env.tasks``),
         whose env steps add up to ``env_steps``; empty: task 0 throughout. Every period logs the
         task in use, whether it switched and at which env step (see :class:`TaskSchedule`).
+      single_frames: where observations are frame stacks (``EnvSpec.frame_stack``, Atari), store
+        only each step's newest frame and rebuild the stacks when sampling (``frame_stack`` × less
+        replay memory; the transitions are the same). False: store whole stacks.
     """
 
     env_steps: int = 100_000
@@ -89,6 +92,7 @@ class LoopConfig:
     scoring_batch: int = 256
     diagnostics: bool = True
     tasks: tuple[tuple[int, int], ...] = ()
+    single_frames: bool = True
 
     def __post_init__(self):
         positive = (
@@ -463,31 +467,70 @@ class Train(NamedTuple):
     host_env: bool = False
 
 
+def rebuild_stacks(frames: Array, ended: Array, k: int) -> Array:
+    """Frame stacks from single frames, as an env that zero-fills its stack at reset returns them.
+
+    Args:
+      frames: ``(B, L, *frame)`` consecutive frames of one env per row (the newest frame of each
+        stored observation).
+      ended: ``(B, L)`` step ``t`` ended the episode (terminated or truncated): frame ``t + 1`` is
+        the first frame of a new episode.
+      k: frames per stack.
+
+    Returns:
+      ``(B, L - k + 1, *frame, k)``: the stack of each position ``t ≥ k - 1``, newest frame last;
+      frames from before the episode that ``t`` belongs to are zero.
+    """
+    length = frames.shape[1]
+    before = jnp.cumsum(ended.astype(jnp.int32), axis=1)  # episode ends at or before each step
+    before = jnp.concatenate([jnp.zeros_like(before[:, :1]), before], axis=1)  # ... strictly before
+    newest = jnp.arange(k - 1, length)
+    stack = []
+    for age in range(k - 1, -1, -1):  # oldest first: channel k - 1 is the newest frame
+        source = newest - age
+        # same episode iff no episode ended at steps source .. newest - 1
+        same = before[:, newest] == before[:, source]
+        frame = frames[:, source]
+        stack.append(jnp.where(same.reshape(same.shape + (1,) * (frame.ndim - 2)), frame, jnp.zeros_like(frame)))
+    return jnp.stack(stack, axis=-1)
+
+
 def transition_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     """Flat n-step :class:`Transition` s from a flashbax trajectory buffer (DQN, DrQ(ε), SAC).
 
     Per parallel env the buffer holds the time series of :class:`Step` s; a sampled sequence of
-    ``n + 1`` steps gives one transition through :func:`n_step_targets`.
+    ``n + 1`` steps gives one transition through :func:`n_step_targets`. With frame-stacked
+    observations and ``config.single_frames`` the buffer holds each step's newest frame only and a
+    sequence reaches ``k - 1`` steps further back, from which :func:`rebuild_stacks` rebuilds the
+    ``n + 1`` stacks (episode starts zero-filled like the env's).
     """
     import flashbax
 
     n = config.n_step
     E = config.num_envs
     capacity = config.buffer_size // E
+    k = spec.frame_stack if config.single_frames and spec.frame_stack > 1 else 1
+    length = n + k
 
     def sequence_buffer(batch_size: int):  # one storage layout, two sample sizes (updates, scoring)
         return flashbax.make_trajectory_buffer(
             add_batch_size=E,
             sample_batch_size=batch_size,
-            sample_sequence_length=n + 1,
+            sample_sequence_length=length,
             period=1,
-            min_length_time_axis=n + 1,
+            min_length_time_axis=length,
             max_length_time_axis=capacity,
         )
 
     buffer, scoring_buffer = sequence_buffer(config.batch_size), sequence_buffer(config.scoring_batch)
 
+    def newest_frame(steps: Step) -> Step:
+        return steps if k == 1 else steps._replace(obs=steps.obs[..., -1])
+
     def to_transition(seq: Step) -> Transition:
+        if k > 1:
+            stacks = rebuild_stacks(seq.obs, seq.terminated | seq.truncated, k)
+            seq = jax.tree.map(lambda x: x[:, k - 1 :], seq._replace(obs=None))._replace(obs=stacks)
         if seq.final_obs is None:  # no final observation from this env: a truncation ends like a termination
             terminated, truncated = seq.terminated[:, :n] | seq.truncated[:, :n], jnp.zeros_like(seq.truncated[:, :n])
         else:
@@ -500,8 +543,8 @@ def transition_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         return Transition(seq.obs[:, 0], seq.action[:, 0], rewards, discounts, next_obs)
 
     return Replay(
-        init=buffer.init,
-        add=buffer.add,
+        init=lambda example: buffer.init(newest_frame(example)),
+        add=lambda state, steps: buffer.add(state, newest_frame(steps)),
         sample=lambda state, key: to_transition(buffer.sample(state, key).experience),
         sample_scoring=lambda state, key: to_transition(scoring_buffer.sample(state, key).experience),
     )

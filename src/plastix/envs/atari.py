@@ -176,6 +176,7 @@ def make_atari(
         max_episode_steps=FRAMES_PER_EPISODE // frame_skip,
         obs_scale=1 / 255,
         final_obs=False,
+        frame_stack=stack,
     )
 
     def reset(key):

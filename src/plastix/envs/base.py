@@ -55,6 +55,10 @@ class EnvSpec(NamedTuple):
         ``obs_shape`` is one agent's observation, ``num_actions`` one agent's actions, and the
         observation is a :class:`MultiAgentObs`.
       state_shape: shape of the global state of a multi-agent env (what a mixer conditions on).
+      frame_stack: ``k > 1`` when an observation is the last ``k`` frames along its last axis
+        (newest last) and at an episode start the older frames are zero, as ale-py resets its
+        stack; a replay may then store single frames and rebuild the stacks
+        (:func:`~plastix.agents.off_policy.rebuild_stacks`). 0: not a frame stack.
     """
 
     name: str
@@ -69,6 +73,7 @@ class EnvSpec(NamedTuple):
     final_obs: bool = True
     agents: int = 0
     state_shape: tuple[int, ...] = ()
+    frame_stack: int = 0
 
     @property
     def discrete(self) -> bool:

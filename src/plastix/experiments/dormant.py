@@ -171,8 +171,8 @@ def dqn_loop(config: DormantExperimentConfig, replay_ratio: float = 0.25, n_step
 
     paper: 1M env steps (the paper's 10M frames are 2.5M agent steps), 20k warm-up, 1M buffer,
     batch 32, F = 1,000 updates, 10 evaluations of 8 episodes per 100k env steps. On Atari
-    (``--env atari/<game>``) the buffer holds 200k transitions: it stores whole 84×84×4 stacks
-    (28 kB each), so 1M per seed would not fit next to 5 seeds on one GPU.
+    (``--env atari/<game>``) the replay stores single 84×84 frames (7 kB per transition; the stacks
+    are rebuilt when sampling), so Dopamine's 1M-transition buffer is 7 GB per seed.
     small: 5k env steps, 1k warm-up, batch 32, F = 250 updates.
     """
     if _paper(config):
@@ -181,7 +181,7 @@ def dqn_loop(config: DormantExperimentConfig, replay_ratio: float = 0.25, n_step
             env_steps=steps,
             replay_ratio=replay_ratio,
             warmup_steps=20_000,
-            buffer_size=200_000 if _atari(config) else 1_000_000,
+            buffer_size=1_000_000,
             batch_size=32,
             n_step=n_step,
             period=1_000,
