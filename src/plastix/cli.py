@@ -375,7 +375,12 @@ def run_sweep(config, options) -> int:
                 tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid[:40]:40s}", total=total)
             bar.update(tasks[cid], completed=done)
 
-        table = run_cells(config, options, progress)
+        def on_status(table):  # the Ray backend's progress: one line per finished cell
+            if options.backend == "ray":
+                counts = table.status.value_counts()
+                console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(table)} cells")
+
+        table = run_cells(config, options, progress, on_status)
     _print_status(config.root, console)
     if (table.status == "done").all():
         console.print(f"every cell is done: {config.root}/report.md")
