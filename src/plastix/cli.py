@@ -189,6 +189,18 @@ def _progress_bar(console, unit: str):
     )
 
 
+def _cell_progress(bar, width: int):
+    """``progress(cell_id, index, n_cells, done, total)``: one bar per cell of an experiment or sweep."""
+    tasks: dict[str, int] = {}
+
+    def progress(cid, index, n_cells, done, total):
+        if cid not in tasks:
+            tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid[:width]:{width}s}", total=total)
+        bar.update(tasks[cid], completed=done)
+
+    return progress
+
+
 def print_summary(title: str, columns: list[tuple[str, str, float]], rows: list[dict], console) -> None:
     """One table: ``columns`` are ``(header, key, scale)``; estimates print as value and CI, others as text."""
     from rich.table import Table
@@ -257,14 +269,7 @@ def run(experiment: str, config: Any) -> int:
             df = supervised.run(config, lambda phase, done, total: bar.update(tasks[phase], completed=done))
     else:
         with _progress_bar(console, "chunks") as bar:
-            tasks: dict[str, int] = {}
-
-            def progress(cid, index, n_cells, done, total):
-                if cid not in tasks:
-                    tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid:28s}", total=total)
-                bar.update(tasks[cid], completed=done)
-
-            df = dormant.run(experiment, config, progress)
+            df = dormant.run(experiment, config, _cell_progress(bar, 28))
     if was_finished:
         console.print(f"{path} is finished; showing its results (delete the directory to run again)")
     else:
@@ -368,19 +373,13 @@ def run_sweep(config, options) -> int:
     console = _console()
     console.print(f"[bold]plastix sweep[/bold] {config.experiment} → {config.root} (backend {options.backend})")
     with _progress_bar(console, "chunks") as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(cid, index, n_cells, done, total):
-            if cid not in tasks:
-                tasks[cid] = bar.add_task(f"cell {index + 1}/{n_cells} {cid[:40]:40s}", total=total)
-            bar.update(tasks[cid], completed=done)
 
         def on_status(table):  # the Ray backend's progress: one line per finished cell
             if options.backend == "ray":
                 counts = table.status.value_counts()
                 console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(table)} cells")
 
-        table = run_cells(config, options, progress, on_status)
+        table = run_cells(config, options, _cell_progress(bar, 40), on_status)
     _print_status(config.root, console)
     if (table.status == "done").all():
         console.print(f"every cell is done: {config.root}/report.md")
