@@ -30,10 +30,10 @@ def test_replay_ratio_cells_cover_the_grid_and_scale_target_updates():
     assert [(lab["rr"], lab["method"]) for lab, _ in subset] == [(1.0, "none"), (1.0, "redo")]
 
 
-def test_atari_cells_use_a_smaller_buffer_and_wider_shifts():
+def test_atari_cells_store_single_frames_in_a_full_buffer_and_use_wider_shifts():
     config = dormant.DormantExperimentConfig(env="atari/pong", scale="paper")
     (_, dqn), (_, drq) = dormant.growth_cells(config)
-    assert dqn.env == "atari/pong" and dqn.loop.buffer_size == 200_000
+    assert dqn.env == "atari/pong" and dqn.loop.buffer_size == 1_000_000 and dqn.loop.single_frames
     assert drq.dqn.augment_shift == 4
     minatar = dormant.growth_cells(dormant.DormantExperimentConfig(scale="paper"))
     assert minatar[0][1].loop.buffer_size == 1_000_000 and minatar[1][1].dqn.augment_shift == 1
