@@ -96,6 +96,8 @@ def test_the_issue_grid_gives_the_experiments_own_cells_at_its_scale():
     for labels, config in reference:
         assert by_labels[json.dumps(labels, sort_keys=True)] == config  # ReDo period / Reset at the small scale
     assert {c.config.seeds for c in cells} == {5}
+    by_field = sweep.expand(sweep.SweepConfig("dqn-replay-ratio", ("methods=none,redo", "replay_ratios=1")))
+    assert [c.id for c in by_field] == ["rr-1.0_method-none", "rr-1.0_method-redo"]  # no second label
     marl = sweep.expand(sweep.SweepConfig("matrix-sequential", ("agent=qmix,vdn", "plasticity.method=none")))
     assert sorted(c.labels["mixer"] for c in marl) == ["qmix", "vdn"]
     assert {c.config.plasticity.method for c in marl} == {"none"}

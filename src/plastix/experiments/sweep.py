@@ -60,6 +60,11 @@ ALIASES = {
 }
 """Cell fields that an experiment varies itself, and the experiment field that sets them."""
 
+EXPERIMENT_AXES = {"methods": "method", "replay_ratios": "rr", "mixers": "mixer"}
+"""Experiment fields whose value an experiment's cells carry as a label already."""
+RL_AXES = {"plasticity.method": "method", "agent": "agent"}
+"""The same for ``rl``'s cells."""
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
@@ -325,7 +330,8 @@ def expand(config: SweepConfig) -> list[SweepCell]:
             shown = dict(labels)
             for key in varied:
                 target = aliases.get(key, key)
-                if (key in aliases and target in exp_fields) or (single and key in ("agent", "plasticity.method")):
+                own = EXPERIMENT_AXES.get(target) if target in exp_fields else (RL_AXES.get(key) if single else None)
+                if own in labels:
                     continue  # the experiment labels its cells with this setting already
                 value = chosen[key]
                 shown[key] = value[0] if isinstance(value, tuple) and len(value) == 1 else value
