@@ -21,6 +21,12 @@ An episode ends when one team is dead (*termination*) or by the time limit (*tru
 tests ``step >= max_steps`` (100) before it counts the current step, so a battle lasts at most 101
 steps, which is the spec's ``max_episode_steps`` (the episode replay's window must hold it).
 Reward is jaxmarl's: enemy health lost (normalized) plus a win bonus.
+
+The global state a mixer reads is SMAC's, normalized (:func:`world_state`), not jaxmarl's
+``get_world_state``: that one carries raw positions (0–32), raw weapon cooldowns and the unit
+types as raw integers (0–5) after their one-hot bits; a QMIX hypernetwork fed with it produces
+mixing weights tens of times too large and ``Q_tot`` explodes within 20 updates on 3s_vs_5z
+(measured: mean Q_tot 194, loss 9,500 at returns ≈ 0.2; VDN, which ignores the state: 0.6 / 0.3).
 """
 
 from __future__ import annotations
@@ -47,6 +53,42 @@ def drift_mixes(steps: int = 5, start=PROTOSS_MIX, end=ZERG_LIKE_MIX) -> np.ndar
     """``(steps, 6)`` type probabilities moving linearly from ``start`` to ``end``."""
     w = np.linspace(0.0, 1.0, steps)[:, None]
     return (1 - w) * np.asarray(start, np.float32)[None] + w * np.asarray(end, np.float32)[None]
+
+
+def world_state(inner, units) -> jax.Array:
+    """SMAC's global state from jaxmarl's unit arrays, every feature within about [-1, 1].
+
+    Per unit (allies, then enemies): health / max health, position relative to the map centre
+    divided by half the map size, the weapon cooldown left (clipped at 0) over the longest one the
+    type can have, the type one-hot; then each unit's team bit. A dead unit's features are zero
+    (as in jaxmarl and SMAC).
+
+    Args:
+      inner: jaxmarl's ``SMAX`` (unit-type tables and map size).
+      units: its ``State`` (``unit_health``, ``unit_positions``, ``unit_weapon_cooldowns``,
+        ``unit_types``, ``unit_alive``, ``unit_teams``), ``(n_units, ...)``.
+
+    Returns:
+      ``(n_units · (4 + n_types) + n_units,)`` float32.
+    """
+    types = units.unit_types.astype(jnp.int32)
+    n_types = len(inner.unit_type_names)
+    half = jnp.asarray([inner.map_width, inner.map_height], jnp.float32) / 2
+    longest = inner.unit_type_weapon_cooldowns[types] + 2 * inner.time_per_step
+    cooldown_left = jnp.clip(units.unit_weapon_cooldowns, 0.0, None) / longest
+    features = jnp.concatenate(
+        [
+            (units.unit_health / inner.unit_type_health[types])[:, None],
+            (units.unit_positions - half) / half,
+            # jaxmarl lets an idle weapon's cooldown run below 0 (and an attack's exceed the type's
+            # by up to 2 steps): the time left, clipped at 0, over the longest possible cooldown
+            cooldown_left[:, None],
+            jax.nn.one_hot(types, n_types),
+        ],
+        axis=1,
+    )
+    features = jnp.where(units.unit_alive[:, None], features, 0.0)
+    return jnp.concatenate([features.reshape(-1), units.unit_teams.astype(jnp.float32)]).astype(jnp.float32)
 
 
 def make_smax(
@@ -90,7 +132,7 @@ def make_smax(
         avail = env.get_avail_actions(state)
         return MultiAgentObs(
             jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
-            env.get_world_state(state).astype(jnp.float32),
+            world_state(inner, state.state),
             jnp.stack([avail[a] for a in agents]).astype(bool),
         )
 
