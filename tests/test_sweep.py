@@ -73,6 +73,8 @@ def test_grid_values_take_the_field_type_and_errors_name_field_and_choices():
         sweep.expand(sweep.SweepConfig("rl", ("loop.replay_ratio=-1",)))
     with pytest.raises(ValueError, match="allowed values are"):
         sweep.SweepConfig("ppo-sweep")
+    with pytest.raises(ValueError, match="plastix run dormant-pruning"):
+        sweep.SweepConfig("dormant-pruning")
     grid = ("dqn.optimizer.learning_rate=1e-4,3e-4", "dqn.double_q=false", "seed=7")
     cells = sweep.expand(sweep.SweepConfig("rl", grid))
     assert [c.config.dqn.optimizer.learning_rate for c in cells] == [1e-4, 3e-4]

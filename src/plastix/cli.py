@@ -73,10 +73,12 @@ def _parser():
         aggregate a sweep directory (finished or not)."""
         return Command("report", config=run_dir)
 
-    from plastix.experiments.sweep import Backend, LogTarget, SweepConfig, SweepOptions
+    from plastix.experiments.sweep import NOT_SWEEPABLE, Backend, LogTarget, SweepConfig, SweepOptions
+
+    sweepable = [n for n in dormant.EXPERIMENTS if n not in NOT_SWEEPABLE]
 
     def sweep(
-        experiment: tyro.conf.Positional[Literal.__getitem__(tuple(n for n in EXPERIMENTS if n != "supervised"))],
+        experiment: tyro.conf.Positional[Literal.__getitem__(tuple(n for n in EXPERIMENTS if n in sweepable))],
         grid: tuple[str, ...] = (),
         seeds: int = 0,
         name: str = "",

@@ -60,6 +60,12 @@ ALIASES = {
 }
 """Cell fields that an experiment varies itself, and the experiment field that sets them."""
 
+NOT_SWEEPABLE = {
+    "dormant-pruning": "it evaluates pruned networks after training, which a sweep cell does not; "
+    "run it with `plastix run dormant-pruning`",
+}
+"""Experiments whose cells need more than training (refused by ``plastix sweep``, with the reason)."""
+
 EXPERIMENT_AXES = {"methods": "method", "replay_ratios": "rr", "mixers": "mixer"}
 """Experiment fields whose value an experiment's cells carry as a label already."""
 RL_AXES = {"plasticity.method": "method", "agent": "agent"}
@@ -87,8 +93,11 @@ class SweepConfig:
     def __post_init__(self):
         from plastix.experiments.dormant import EXPERIMENTS
 
+        allowed = tuple(name for name in EXPERIMENTS if name not in NOT_SWEEPABLE)
+        if self.experiment in NOT_SWEEPABLE:
+            raise ValueError(f"sweep experiment {self.experiment!r}: {NOT_SWEEPABLE[self.experiment]}")
         if self.experiment not in EXPERIMENTS:
-            raise ValueError(f"sweep experiment: got {self.experiment!r}, allowed values are {tuple(EXPERIMENTS)}")
+            raise ValueError(f"sweep experiment: got {self.experiment!r}, allowed values are {allowed}")
         if self.seeds < 0:
             raise ValueError(f"SweepConfig.seeds must be >= 0 (0 = the experiment's default), got {self.seeds}")
         check_run_name(self.name, "SweepConfig.name", allow_empty=True)
