@@ -325,6 +325,7 @@ def test_ray_sweep_survives_a_killed_worker_and_equals_the_local_sweep(tmp_path)
     assert list(table.status) == ["done", "done"]
     attempts = [json.loads(x) for x in open(os.path.join(victim, "ATTEMPTS"))]
     assert len(attempts) == 2 and attempts[0]["pid"] == killed["pid"]
+    assert attempts[1]["devices"] == "1 cpu"  # what the cell ran on is recorded
     assert attempts[1]["resumed_from_chunk"] >= 1  # resumed from its checkpoint, not from scratch
     for cell in cells:
         assert_same_metrics(

@@ -525,12 +525,15 @@ def record_attempt(path: str) -> dict:
             previous = sum(1 for line in f if line.strip())
     rundir = RunDir(path)
     meta = rundir.checkpoint_meta() if os.path.isdir(rundir.file("checkpoint")) else None
+    import jax
+
     entry = {
         "attempt": previous + 1,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": time.time(),
         "resumed_from_chunk": None if meta is None else meta.get("chunks_done"),
+        "devices": f"{len(jax.local_devices())} {jax.default_backend()}",  # what the cell really ran on
     }
     with open(log, "a") as f:
         f.write(json.dumps(entry) + "\n")

@@ -16,6 +16,7 @@ starts a local one with this machine's CPUs; ``ray://host:10001`` uses Ray Clien
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 
@@ -42,6 +43,12 @@ def run_on_ray(root: str, cells: list, options, on_update: Callable[[], None] | 
 
     if not ray.is_initialized():
         ray.init(address=options.address or None, logging_level="WARNING", log_to_driver=False)
+    if options.gpus_per_cell == 0 and ray.cluster_resources().get("GPU", 0) > 0:
+        warnings.warn(
+            "the Ray cluster has GPUs but --gpus-per-cell is 0: Ray hides the GPUs from such tasks and the "
+            "cells run on CPU (give --gpus-per-cell 1 to use them)",
+            stacklevel=2,
+        )
     task = ray.remote(
         num_cpus=options.cpus_per_cell,
         num_gpus=options.gpus_per_cell,
