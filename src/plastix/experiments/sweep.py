@@ -305,10 +305,8 @@ def expand(config: SweepConfig) -> list[SweepCell]:
         target = aliases.get(key, key)
         if target in exp_fields:
             hint = _field_hint(DormantExperimentConfig, [target], key)
-            values = [
-                parse_value(hint, t, key) for t in texts
-            ]  # tuple fields: methods=none,redo → ("none",), ("redo",)
-            parsed[key] = ("experiment:" + target, values)
+            # a tuple field takes one value per cell: methods=none,redo → ("none",), ("redo",)
+            parsed[key] = ("experiment:" + target, [parse_value(hint, t, key) for t in texts])
         else:
             if key == "seeds":
                 raise ValueError(f"--grid {key}: set the number of seeds with --seeds (seeds are vmapped in a cell)")
