@@ -540,7 +540,7 @@ def record_attempt(path: str) -> dict:
 
 def _write_json(path: str, value: Any) -> None:
     with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        json.dump(value, f, indent=2, default=str)  # insertion order: cells.json keeps the grid's order
     os.replace(path + ".tmp", path)
 
 
