@@ -330,3 +330,110 @@ def test_ranking_gives_tied_settings_one_shared_rank():
 
     ranks = competition_ranks({"reset": 5.3, "none": 0.0, "knife": 0.0, "redo": -1.0})
     assert ranks == {"reset": "1", "none": "=2", "knife": "=2", "redo": "4"}
+
+
+GROUP_LOOP = dict(env_steps=240, num_envs=8, replay_ratio=1 / 8, warmup_steps=64, buffer_size=512, batch_size=8,
+                  period=5, eval_every=1, eval_envs=2, scoring_batch=8, tasks=((0, 120), (1, 120)))  # fmt: skip
+
+
+def group_cells(methods):
+    from plastix.experiments.marl import marl_plasticity
+    from plastix.experiments.rl import RLConfig
+
+    loop = LoopConfig(**GROUP_LOOP)
+    return [
+        RLConfig(
+            env="matrix-sequential",
+            agent="qmix",
+            loop=loop,
+            marl=MARLConfig(**TINY),
+            seeds=2,
+            plasticity=m if not isinstance(m, str) else marl_plasticity(m, 10, 10, tasks=True),
+        )
+        for m in methods
+    ]
+
+
+def assert_same_rows(alone, together, name):
+    """Same columns, dtypes and values (a larger vmapped batch rounds differently: float32 level;
+    effective rank is an SVD of a near-singular matrix and moves more)."""
+    import pandas as pd
+
+    assert list(alone.columns) == list(together.columns), name
+    pd.testing.assert_series_equal(alone.dtypes, together.dtypes)
+    for column in alone.columns:
+        a, b = alone[column].to_numpy(), together[column].to_numpy()
+        if a.dtype.kind != "f":
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: {column}")
+        else:
+            tol = 5e-3 if column.endswith("effective_rank") else 1e-4
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"{name}: {column}")
+
+
+def test_methods_vmapped_in_one_program_equal_the_cells_run_alone(tmp_path):
+    """none, ReDo and CBP (a per-update hook) as one program, methods × seeds vmapped (grouped by
+    hand here: the experiments give CBP its own program): each cell's
+    run directory reads as if it had run alone; a kill mid-group resumes; a crash between the
+    group's end and the split into cells re-splits without running anything again."""
+    from plastix.experiments.rl import groups, run_cell, run_cell_group
+    from plastix.experiments.rundir import RunDir
+    from plastix.interventions import CBPConfig, PlasticityConfig
+
+    methods = ("none", "redo", "cbp")  # CBP replacing often enough to act in 30 updates
+    cells = group_cells(methods[:2] + (PlasticityConfig("cbp", cbp=CBPConfig(maturity=5, replacement_rate=0.05)),))
+    assert groups(cells) == [[0, 1], [2]]  # CBP's per-update hook would cost every run of a group
+    paths = [str(tmp_path / m) for m in methods]
+    assert run_cell_group(cells, paths, str(tmp_path / "group"), stop_after_chunks=2) is None
+    assert not any(RunDir(p).finished for p in paths)
+    together = run_cell_group(cells, paths, str(tmp_path / "group"))  # resumes from chunk 2
+    for method, cell, rows in zip(methods, cells, together):
+        assert_same_rows(run_cell(cell, str(tmp_path / f"alone-{method}")), rows, method)
+        assert sorted(rows["seed"].unique()) == [0, 1]
+    # CBP really acted: its weights moved away from `none`'s (same keys, same data until it acts)
+    assert not np.allclose(together[0]["loss"], together[2]["loss"])
+
+    os.remove(os.path.join(paths[1], "DONE"))  # as if killed while splitting the group's rows
+    again = run_cell_group(cells, paths, str(tmp_path / "group"), stop_after_chunks=0)
+    assert again is not None
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(again[1], together[1])
+
+
+def test_only_methods_with_the_same_program_are_grouped():
+    """KNIFE adds parameters (slots): it groups with its own ablations of the same slot layout, not
+    with ReDo; the no-compensation ablation has another forward pass; other fields must be equal."""
+    import dataclasses
+
+    from plastix.experiments.rl import group_config, groups
+    from plastix.interventions import PlasticityBundle, PlasticityConfig
+
+    methods = ("none", "knife", "redo", "knife-random", "knife-no-compensation", "injection", "knife-copy", "cbp")
+    cells = group_cells(methods)
+    assert groups(cells) == [[0, 2], [1, 3, 6], [4], [5], [7]]
+    with pytest.raises(ValueError, match="cannot share a program"):
+        PlasticityBundle((cells[0].plasticity, cells[1].plasticity))
+    with pytest.raises(ValueError, match=r"cells differ in \['seeds'\]"):
+        group_config([cells[0], dataclasses.replace(cells[2], seeds=3)])
+    assert groups([cells[0], dataclasses.replace(cells[2], seeds=3)]) == [[0], [1]]
+    assert group_config(cells[:1]).plasticity.members == (PlasticityConfig(),)
+
+
+def test_experiments_group_methods_at_small_scale_only():
+    from plastix.experiments import dormant
+
+    config = dormant.DormantExperimentConfig(mixers=("qmix",), methods=("none", "redo", "knife", "knife-all"))
+    cells = dormant.EXPERIMENTS["matrix-sequential"][0](config)
+    order = dormant.run_order("matrix-sequential", config, cells)
+    assert [members for _, members, _ in order] == [[0, 1], [2, 3]]
+    assert order[0][2] == "mixer-qmix_method-none +1"
+    paper = dataclasses_replace(config, scale="paper")
+    assert [m for _, m, _ in dormant.run_order("matrix-sequential", paper, cells)] == [[0], [1], [2], [3]]
+    off = dataclasses_replace(config, vmap_methods=False)
+    assert [m for _, m, _ in dormant.run_order("matrix-sequential", off, cells)] == [[0], [1], [2], [3]]
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import pandas as pd
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
 from plastix.experiments.marl import DESCRIPTIONS as MARL_DESCRIPTIONS
 from plastix.experiments.marl import MARL_EXPERIMENTS, MARL_METHOD_CHOICES, MIXER_CHOICES, marl_cells, report_section
-from plastix.experiments.rl import RLConfig, build_train, run_cell
+from plastix.experiments.rl import RLConfig, build_train, groups, run_cell, run_cell_group
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
@@ -56,6 +57,12 @@ class DormantExperimentConfig:
       seeds: seeds per cell (0 = the scale's default: 2 small, 5 paper).
       env_steps: learning env steps per seed (0 = the scale's default).
       vmap_seeds: run the seeds of a cell together with ``vmap``.
+      vmap_methods: run cells that differ only in their plasticity method as one compiled program,
+        methods and seeds vmapped together (:func:`plastix.experiments.rl.run_cell_group`; KNIFE and
+        plasticity injection, which add parameters, form their own groups). Compiles once per group
+        instead of once per method and steps small networks far faster; memory (replay buffers
+        above all) grows with the number of methods. ``None`` (default): on at ``small`` scale, off at
+        ``paper`` scale, where one replay per method and seed may not fit on one GPU.
       tau: τ of the dormant threshold reported (and used by ReDo).
       replay_ratios: replay ratios of ``dqn-replay-ratio`` (a subset runs fewer cells).
       methods: interventions of ``dqn-replay-ratio`` (default all of ``none``, ``redo``, ``reset``,
@@ -74,6 +81,7 @@ class DormantExperimentConfig:
     seeds: int = 0
     env_steps: int = 0
     vmap_seeds: bool = True
+    vmap_methods: bool | None = None
     tau: float = 0.1
     replay_ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     methods: tuple[str, ...] = ()
@@ -395,20 +403,59 @@ def run(
             write_report(experiment, config, df, root)
         return df
     _record_cells(root, cells)
-    frames = []
-    for i, (labels, cell) in enumerate(cells):
-        cid = cell_id(labels)
-        cb = (lambda done, total, cid=cid, i=i: progress(cid, i, len(cells), done, total)) if progress else None
-        df = run_cell(cell, os.path.join(root, cid), cb, keep_final=experiment == "dormant-pruning")
-        if experiment == "dormant-pruning":
-            df = _with_pruning(cell, os.path.join(root, cid), df)
-        for k, v in labels.items():
-            df[k] = v
-        df["env"] = cell.env
-        frames.append(df)
+    frames: dict[int, pd.DataFrame] = {}
+    for i, members, label in run_order(experiment, config, cells):
+        paths = [os.path.join(root, cell_id(cells[m][0])) for m in members]
+        cb = (lambda done, total, label=label, i=i: progress(label, i, len(cells), done, total)) if progress else None
+        if len(members) > 1:
+            group_dir = os.path.join(root, "groups", _group_id([cell_id(cells[m][0]) for m in members]))
+            results = run_cell_group([cells[m][1] for m in members], paths, group_dir, cb)
+        else:
+            results = [run_cell(cells[i][1], paths[0], cb, keep_final=experiment == "dormant-pruning")]
+        for m, df in zip(members, results):
+            labels, cell = cells[m]
+            if experiment == "dormant-pruning":
+                df = _with_pruning(cell, paths[0], df)
+            for k, v in labels.items():
+                df[k] = v
+            df["env"] = cell.env
+            frames[m] = df
+    frames = [frames[m] for m in range(len(cells))]
     df = pd.concat(frames, ignore_index=True)
     complete(rundir, df, lambda df, path: write_report(experiment, config, df, path))
     return df
+
+
+def run_order(
+    experiment: str, config: DormantExperimentConfig | SingleRunConfig, cells: list[tuple[dict, RLConfig]]
+) -> list[tuple[int, list[int], str]]:
+    """How the cells run: ``(first cell index, cell indices run together, progress label)`` in order.
+
+    With ``vmap_methods`` (see :class:`DormantExperimentConfig`) cells that differ only in their
+    plasticity method form one group (:func:`plastix.experiments.rl.groups`); otherwise, and for
+    ``dormant-pruning`` (its cells keep their final networks) or cells that run their seeds one by
+    one, every cell runs alone.
+    """
+    wanted = getattr(config, "vmap_methods", False)
+    if wanted is None:
+        wanted = config.scale != "paper"
+    if not wanted or experiment == "dormant-pruning":
+        return [(i, [i], cell_id(labels)) for i, (labels, _) in enumerate(cells)]
+    order = []
+    for members in groups([cell for _, cell in cells]):
+        if len(members) > 1 and not cells[members[0]][1].vmap_seeds:
+            order += [(m, [m], cell_id(cells[m][0])) for m in members]
+            continue
+        names = [cell_id(cells[m][0]) for m in members]
+        label = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+        order.append((members[0], members, label))
+    return order
+
+
+def _group_id(names: list[str]) -> str:
+    """Directory name of a group of cells: the first cell's id, their count and a digest of all ids."""
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:10]
+    return f"{names[0]}+{len(names) - 1}-{digest}"
 
 
 def _record_cells(root: str, cells: list[tuple[dict, RLConfig]]) -> None:

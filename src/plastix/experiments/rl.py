@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from collections.abc import Callable
 from typing import Literal
@@ -31,7 +32,7 @@ from plastix.agents.off_policy import Train
 from plastix.envs import make_env
 from plastix.experiments.rundir import RunDir
 from plastix.experiments.runner import Stage, run_stages, stacked_rows
-from plastix.interventions import PlasticityConfig
+from plastix.interventions import PlasticityBundle, PlasticityConfig, assign_members, group_key
 from plastix.metrics import DiagnosticsConfig
 
 AGENTS = ("dqn", "drq", "sac", "vdn", "qmix", "qplex")
@@ -91,8 +92,9 @@ class RLConfig:
                     "the agent names the mixer"
                 )
             object.__setattr__(self, "marl", dataclasses.replace(self.marl, mixer=self.agent))
-        trigger = self.plasticity.resolved_trigger
-        if self.plasticity.intervention is not None and trigger == "task_switch" and not self.loop.tasks:
+        single = isinstance(self.plasticity, PlasticityConfig)  # a bundle's members were checked in their cells
+        trigger = self.plasticity.resolved_trigger if single else None
+        if single and self.plasticity.intervention is not None and trigger == "task_switch" and not self.loop.tasks:
             raise ValueError(
                 f"PlasticityConfig.trigger: {self.plasticity.method} would run only at task switches "
                 f"(trigger {self.plasticity.trigger!r}) and this run has no LoopConfig.tasks, so it would never "
@@ -179,35 +181,86 @@ def seed_sharding(seeds: int, devices: int = 0) -> jax.sharding.NamedSharding | 
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
 
 
+def group_config(configs: list[RLConfig]) -> RLConfig:
+    """The cells ``configs``, which differ only in their plasticity method, as one config whose
+    plasticity is a :class:`~plastix.interventions.PlasticityBundle`: one compiled program runs
+    ``len(configs) × seeds`` runs, member-major (run ``m·seeds + s`` is seed ``s`` of ``configs[m]``).
+
+    Raises:
+      ValueError: the cells differ in anything but ``plasticity``, or their methods cannot share a
+        program (KNIFE / plasticity injection with other slot settings than the rest).
+    """
+    if not configs:
+        raise ValueError("group_config: needs at least one cell")
+    first = configs[0]
+    for config in configs[1:]:
+        other = dataclasses.replace(config, plasticity=first.plasticity)
+        if other != first:
+            fields = [f.name for f in dataclasses.fields(RLConfig) if getattr(other, f.name) != getattr(first, f.name)]
+            raise ValueError(f"group_config: cells differ in {fields}; only RLConfig.plasticity may differ in a group")
+    if any(isinstance(c.plasticity, PlasticityBundle) for c in configs):
+        raise ValueError("group_config: a cell is already a group")
+    return dataclasses.replace(first, plasticity=PlasticityBundle(tuple(c.plasticity for c in configs)))
+
+
+def groups(configs: list[RLConfig]) -> list[list[int]]:
+    """Indices of ``configs`` worth running as one program (:func:`group_config`), in first-seen
+    order: cells equal but for a plasticity method of the same :func:`~plastix.interventions.group_key`
+    (same parameters and forward pass; a per-update hook such as CBP's only with its own settings)."""
+    found: dict = {}
+    for i, config in enumerate(configs):
+        rest = dataclasses.replace(config, plasticity=PlasticityConfig())
+        found.setdefault((rest, group_key(config.plasticity)), []).append(i)
+    return list(found.values())
+
+
+def members(config: RLConfig) -> int:
+    """Methods run side by side by ``config`` (1 unless its plasticity is a bundle)."""
+    return len(config.plasticity.members) if isinstance(config.plasticity, PlasticityBundle) else 1
+
+
 def stage(config: RLConfig, devices: int = 0) -> Stage:
     """A cell as the runner's one stage ("learn"): chunks of ``eval_every`` periods, then evaluation.
 
+    A group config (:func:`group_config`) runs ``members × seeds`` runs; its rows carry a
+    ``member`` column (the index into the bundle) next to ``seed``.
+
     Args:
-      devices: local devices the seeds are sharded over (0: all; see :func:`seed_sharding`).
+      devices: local devices the runs are sharded over (0: all; see :func:`seed_sharding`).
         Host environments (Atari) and ``vmap_seeds=False`` run on one device.
     """
     train = build_train(_compute_key(config))
-    keys = seed_keys(config)
+    n_members = members(config)
+    keys = jnp.tile(seed_keys(config), (n_members, 1))  # every member sees the seeds' own keys
+    runs = n_members * config.seeds
     if train.host_env and not config.vmap_seeds:
         raise ValueError(
             f"RLConfig.vmap_seeds must be True for {config.env}: its emulators live on the host, "
             "one group per run, stepped for all seeds at once"
         )
-    sharding = seed_sharding(config.seeds, devices) if config.vmap_seeds and not train.host_env else None
+    sharding = seed_sharding(runs, devices) if config.vmap_seeds and not train.host_env else None
     place = (lambda tree: jax.device_put(tree, sharding)) if sharding is not None else (lambda tree: tree)
+    bundled = isinstance(config.plasticity, PlasticityBundle)
+    member = jnp.repeat(jnp.arange(n_members, dtype=jnp.int32), config.seeds)
+    assign = (lambda carry: assign_members(carry, member)) if bundled else (lambda carry: carry)
     if config.vmap_seeds:
-        init = lambda k: place(train.init(place(k)))  # noqa: E731
+        init = lambda k: place(assign(train.init(place(k))))  # noqa: E731
         run_chunk = lambda c: train.run_chunk(place(c))  # noqa: E731
-    else:  # one seed at a time through the same jitted single-seed functions
+    else:  # one run at a time through the same jitted single-run functions
         single_init, single_chunk = jax.jit(train.init_single), jax.jit(train.run_chunk_single)
         stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-        unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(config.seeds)]  # noqa: E731
-        init = lambda k: stack([single_init(x) for x in k])  # noqa: E731
+        unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(runs)]  # noqa: E731
+        init = lambda k: assign(stack([single_init(x) for x in k]))  # noqa: E731
         run_chunk = lambda c: stack([single_chunk(x) for x in unstack(c)])  # noqa: E731
 
     def chunk(carry, done: int):
         carry, metrics, evals = run_chunk(carry)
-        return carry, chunk_rows(metrics, evals, done * train.layout.periods)
+        rows = chunk_rows(metrics, evals, done * train.layout.periods)
+        if bundled:
+            run = rows.pop("seed").to_numpy()
+            rows.insert(0, "seed", run % config.seeds)
+            rows.insert(0, "member", run // config.seeds)
+        return carry, rows
 
     def resumed(fresh, restored):
         if train.host_env:  # emulator states are not in the checkpoint: continue with fresh episodes
@@ -271,6 +324,86 @@ def run_cell(
         RunDir(os.path.join(path, "final")).save_checkpoint(result.carry, [], {"chunks_done": cell.chunks})
     rundir.finish(result.rows)
     return result.rows
+
+
+def run_cell_group(
+    configs: list[RLConfig],
+    paths: list[str],
+    group_path: str,
+    progress: Callable[[int, int], None] | None = None,
+    stop_after_chunks: int | None = None,
+    devices: int = 0,
+) -> list[pd.DataFrame] | None:
+    """Run cells that differ only in their plasticity method as one compiled program.
+
+    The unfinished cells of ``configs`` run together (:func:`group_config`, methods and seeds
+    vmapped) in run directory ``group_path``, which checkpoints and resumes like a cell; when the
+    group finishes, each cell's rows go to its own run directory ``paths[i]``, which then reads
+    exactly as if the cell had run alone (same keys per seed; the numbers equal a lone run's up to
+    the rounding of a larger batch). Finished cells are read back, not run again.
+
+    Returns:
+      each cell's metrics (as :func:`run_cell`), or ``None`` when ``stop_after_chunks`` stopped it.
+    """
+    if len(configs) != len(paths):
+        raise ValueError(f"run_cell_group: {len(configs)} configs but {len(paths)} paths")
+    for config, path in zip(configs, paths):
+        if RunDir(path).finished:
+            RunDir(path).prepare(config)  # refuses another config's finished run
+    rundir = RunDir(group_path)
+    todo = _group_members(rundir, paths)
+    if len(todo) == 1:
+        i = todo[0]
+        run_cell(configs[i], paths[i], progress, stop_after_chunks, devices=devices)
+        if not RunDir(paths[i]).finished:
+            return None
+    elif todo:
+        group = group_config([configs[i] for i in todo])
+        if not rundir.finished:
+            cell = stage(group, devices)
+            rundir.prepare(group)
+            _write_json(rundir.file("members.json"), [os.path.basename(os.path.normpath(paths[i])) for i in todo])
+            result = run_stages(
+                rundir,
+                [cell],
+                where=f"{group_path} (agent {group.agent}, env {group.env}, methods {group.plasticity.method})",
+                progress=(lambda _, done, total: progress(done, total)) if progress else None,
+                checkpoint_every=group.checkpoint_every,
+                stop_after_chunks=stop_after_chunks,
+            )
+            if not result.finished:
+                return None
+            rundir.finish(result.rows)
+        rows = rundir.metrics()
+        for member, i in enumerate(todo):
+            if RunDir(paths[i]).finished:  # split before a crash
+                continue
+            own = rows[rows["member"] == member].drop(columns="member").reset_index(drop=True)
+            cell_dir = RunDir(paths[i])
+            cell_dir.prepare(configs[i])
+            cell_dir.finish(own)
+    return [RunDir(path).metrics() for path in paths]
+
+
+def _group_members(rundir: RunDir, paths: list[str]) -> list[int]:
+    """Which of ``paths`` the group runs: those recorded when it started (``members.json``), else
+    the cells not finished yet."""
+    names = [os.path.basename(os.path.normpath(p)) for p in paths]
+    recorded = rundir.file("members.json")
+    if os.path.exists(rundir.file("config.json")) and os.path.exists(recorded):
+        with open(recorded) as f:
+            members = json.load(f)
+        missing = [m for m in members if m not in names]
+        if missing:
+            raise ValueError(f"{rundir.path}: this group ran cells {missing} that are not in the experiment any more")
+        return [names.index(m) for m in members]
+    return [i for i, path in enumerate(paths) if not RunDir(path).finished]
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
 
 
 def load_final(config: RLConfig, path: str):

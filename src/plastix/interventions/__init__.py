@@ -20,6 +20,7 @@ from plastix.interventions.base import (
     tree_select,
     triggered,
 )
+from plastix.interventions.bundle import BundleState, PlasticityBundle, assign_members, bundle, group_key, program_key
 from plastix.interventions.cbp import CBPConfig, cbp
 from plastix.interventions.injection import InjectionConfig, plasticity_injection
 from plastix.interventions.knife import KnifeConfig, knife
@@ -73,6 +74,12 @@ __all__ = [
     "make_optimizer",
     "make_intervention",
     "PlasticityConfig",
+    "PlasticityBundle",
+    "BundleState",
+    "bundle",
+    "assign_members",
+    "program_key",
+    "group_key",
     "METHODS",
     "REGISTRY",
     "Method",

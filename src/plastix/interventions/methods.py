@@ -28,6 +28,7 @@ from plastix.interventions.base import (
     no_intervention,
     triggered,
 )
+from plastix.interventions.bundle import PlasticityBundle, bundle
 from plastix.interventions.cbp import CBPConfig, cbp
 from plastix.interventions.injection import InjectionConfig, plasticity_injection
 from plastix.interventions.knife import KnifeConfig, knife
@@ -52,6 +53,11 @@ class Method:
       default_trigger: the trigger of ``PlasticityConfig.trigger="default"`` (``period``: every
         ``<settings>.period`` updates; ``task_switch`` for the methods made for task switches;
         ``update``: the method acts in its per-update hook only and takes no trigger, e.g. CBP).
+      program: ``program(settings) -> hashable``: the settings that decide the parameters the
+        method adds and its forward pass (``Intervention.extend`` / ``forward``), for methods that
+        change them (KNIFE, plasticity injection); ``None``: the method keeps the network as it is.
+        Methods with equal programs can run in one compiled program
+        (:class:`~plastix.interventions.bundle.PlasticityBundle`).
     """
 
     name: str
@@ -60,6 +66,7 @@ class Method:
     needs_scores: bool = False
     optimizer: Callable[[OptimizerConfig, Any], OptimizerConfig] | None = None
     default_trigger: str = "period"
+    program: Callable[[Any], Any] | None = None
 
 
 REGISTRY: dict[str, Method] = {}
@@ -82,8 +89,25 @@ register_method(Method("redo", "redo", redo, needs_scores=True))
 register_method(Method("reset", "reset", reset))
 register_method(Method("shrink_perturb", "shrink_perturb", shrink_perturb))
 register_method(Method("weight_decay", None, optimizer=_with_weight_decay))
-register_method(Method("knife", "knife", knife, needs_scores=True, default_trigger="task_switch"))
-register_method(Method("injection", "injection", plasticity_injection, default_trigger="task_switch"))
+register_method(
+    Method(
+        "knife",
+        "knife",
+        knife,
+        needs_scores=True,
+        default_trigger="task_switch",
+        program=lambda s: (s.slots, s.layers, s.compensation),
+    )
+)
+register_method(
+    Method(
+        "injection",
+        "injection",
+        plasticity_injection,
+        default_trigger="task_switch",
+        program=lambda s: (s.slots, s.layers),
+    )
+)
 register_method(Method("reborn", "reborn", reborn, needs_scores=True))
 register_method(Method("cbp", "cbp", cbp, default_trigger="update"))
 
@@ -205,13 +229,16 @@ def make_intervention(config: Any, topology: Topology, init_params: InitParams) 
     """The intervention of ``config``, wrapped with its trigger.
 
     Args:
-      config: a :class:`PlasticityConfig`, or the settings of one method (e.g. ``ReDoConfig``,
+      config: a :class:`PlasticityConfig`, a :class:`~plastix.interventions.bundle.PlasticityBundle`
+        (several methods in one program, one per vmapped run), or the settings of one method (e.g. ``ReDoConfig``,
         then triggered every ``period`` updates), or ``None`` (no intervention).
       topology: the network's neuron layers.
       init_params: ``key -> params``, a fresh draw of the network's initializers.
     """
     if config is None:
         return no_intervention()
+    if isinstance(config, PlasticityBundle):
+        return bundle([make_intervention(member, topology, init_params) for member in config.members])
     if isinstance(config, PlasticityConfig):
         settings = config.intervention
         if settings is None:
