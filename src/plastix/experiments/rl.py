@@ -338,9 +338,10 @@ def run_cell_group(
 
     The unfinished cells of ``configs`` run together (:func:`group_config`, methods and seeds
     vmapped) in run directory ``group_path``, which checkpoints and resumes like a cell; when the
-    group finishes, each cell's rows go to its own run directory ``paths[i]``, which then reads
-    exactly as if the cell had run alone (same keys per seed; the numbers equal a lone run's up to
-    the rounding of a larger batch). Finished cells are read back, not run again.
+    group finishes, each cell's rows go to its own run directory ``paths[i]``, which then reads as
+    if the cell had run alone: same keys per seed, same numbers up to the float rounding of a
+    larger batch (which RL amplifies over hundreds of updates, as it does another thread count's).
+    Finished cells are read back, not run again.
 
     Returns:
       each cell's metrics (as :func:`run_cell`), or ``None`` when ``stop_after_chunks`` stopped it.
