@@ -278,6 +278,34 @@ def stage(config: RLConfig, devices: int = 0) -> Stage:
     )
 
 
+def _learn(
+    rundir: RunDir,
+    config: RLConfig,
+    where: str,
+    progress: Callable[[int, int], None] | None,
+    stop_after_chunks: int | None,
+    devices: int,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+):
+    """Prepare ``rundir`` for ``config`` (after every check passed), call ``on_start`` and run or
+    resume its one stage; returns ``(stage, RunResult)``."""
+    cell = stage(config, devices)
+    rundir.prepare(config)
+    if on_start:
+        on_start()
+    result = run_stages(
+        rundir,
+        [cell],
+        where=where,
+        progress=(lambda _, done, total: progress(done, total)) if progress else None,
+        checkpoint_every=config.checkpoint_every,
+        stop_after_chunks=stop_after_chunks,
+        on_rows=on_rows,
+    )
+    return cell, result
+
+
 def run_cell(
     config: RLConfig,
     path: str,
@@ -307,17 +335,8 @@ def run_cell(
     if rundir.finished:
         rundir.prepare(config)  # refuses another config's finished run
         return rundir.metrics()
-    cell = stage(config, devices)
-    rundir.prepare(config)  # after every check above passed
-    result = run_stages(
-        rundir,
-        [cell],
-        where=f"{path} (agent {config.agent}, env {config.env})",
-        progress=(lambda _, done, total: progress(done, total)) if progress else None,
-        checkpoint_every=config.checkpoint_every,
-        stop_after_chunks=stop_after_chunks,
-        on_rows=on_rows,
-    )
+    where = f"{path} (agent {config.agent}, env {config.env})"
+    cell, result = _learn(rundir, config, where, progress, stop_after_chunks, devices, on_rows)
     if not result.finished:
         return result.rows
     if keep_final:
@@ -361,17 +380,12 @@ def run_cell_group(
     elif todo:
         group = group_config([configs[i] for i in todo])
         if not rundir.finished:
-            cell = stage(group, devices)
-            rundir.prepare(group)
-            _write_json(rundir.file("members.json"), [os.path.basename(os.path.normpath(paths[i])) for i in todo])
-            result = run_stages(
-                rundir,
-                [cell],
-                where=f"{group_path} (agent {group.agent}, env {group.env}, methods {group.plasticity.method})",
-                progress=(lambda _, done, total: progress(done, total)) if progress else None,
-                checkpoint_every=group.checkpoint_every,
-                stop_after_chunks=stop_after_chunks,
-            )
+            names = [os.path.basename(os.path.normpath(paths[i])) for i in todo]
+            where = f"{group_path} (agent {group.agent}, env {group.env}, methods {group.plasticity.method})"
+            _, result = _learn(
+                rundir, group, where, progress, stop_after_chunks, devices,
+                on_start=lambda: _write_json(rundir.file("members.json"), names),
+            )  # fmt: skip
             if not result.finished:
                 return None
             rundir.finish(result.rows)
