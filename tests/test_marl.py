@@ -359,6 +359,9 @@ def assert_same_rows(alone, together, name):
     effective rank is an SVD of a near-singular matrix and moves more)."""
     import pandas as pd
 
+    extra = [c for c in together.columns if c not in alone.columns]  # other members' tallies: 0
+    assert all(c.startswith("intervention/") and (together[c] == 0).all() for c in extra), (name, extra)
+    together = together.drop(columns=extra)
     assert list(alone.columns) == list(together.columns), name
     pd.testing.assert_series_equal(alone.dtypes, together.dtypes)
     for column in alone.columns:
@@ -391,6 +394,13 @@ def test_methods_vmapped_in_one_program_equal_the_cells_run_alone(tmp_path):
         assert sorted(rows["seed"].unique()) == [0, 1]
     # CBP really acted: its weights moved away from `none`'s (same keys, same data until it acts)
     assert not np.allclose(together[0]["loss"], together[2]["loss"])
+    # ... and the logs say what each method did: none changed nothing at period ends, ReDo did
+    # (every 10 updates = 2 periods), CBP's running count of replaced neurons grows
+    assert (together[0]["intervention/changed_elements"] == 0).all()
+    redo = together[1].groupby("period")["intervention/changed_elements"].max()
+    assert (redo.iloc[1::2] > 0).any() and (redo.iloc[0::2] == 0).all()
+    replaced = together[2].sort_values(["seed", "period"]).groupby("seed")["intervention/cbp_replaced"]
+    assert (replaced.diff().dropna() >= 0).all() and (replaced.max() > 0).all()
 
     os.remove(os.path.join(paths[1], "DONE"))  # as if killed while splitting the group's rows
     again = run_cell_group(cells, paths, str(tmp_path / "group"), stop_after_chunks=0)
@@ -437,3 +447,24 @@ def dataclasses_replace(config, **changes):
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def test_report_names_methods_that_never_acted():
+    """A method whose counts stay 0 in every period and seed is named (``none`` itself is not)."""
+    import pandas as pd
+
+    from plastix.experiments.marl import inactive_methods
+
+    rows = []
+    for method, changed, replaced in (("none", 0, None), ("redo", 5, None), ("cbp", 0, 0), ("cbp-fast", 0, 2)):
+        for seed in (0, 1):
+            for period in (1, 2):
+                hit = changed if (seed, period) == (1, 2) else 0
+                row = {"setting": f"qmix {method}", "method": method, "seed": seed, "period": period}
+                row["intervention/changed_elements"] = hit
+                row["intervention/cbp_replaced"] = np.nan if replaced is None else replaced * (period - 1)
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    lines = inactive_methods(df, list(dict.fromkeys(df["setting"])))
+    assert len(lines) == 2 and lines[0].startswith("**Never acted:** qmix cbp:")
+    assert inactive_methods(df[df.method != "cbp"], ["qmix none", "qmix redo", "qmix cbp-fast"]) == []

@@ -44,6 +44,7 @@ from jax import Array
 from plastix.envs.base import Env, EnvSpec
 from plastix.envs.tasks import TaskSchedule
 from plastix.interventions import Context, Intervention, TrainState
+from plastix.interventions.base import changed_elements, tallies
 from plastix.metrics import Diagnostics, DiagnosticsConfig, diagnose, summarize
 from plastix.metrics.neurons import mean_abs
 from plastix.nn.topology import Topology, capture
@@ -695,7 +696,11 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         else:
             diags = None
         context = Context.at(carry.updates, task, switched)
-        carry = carry._replace(agent=agent.intervene(k_int, carry.agent, diags, context))
+        intervened = agent.intervene(k_int, carry.agent, diags, context)
+        # what the interventions did, so that a method that never acts reads as 0, not as "no effect"
+        metrics["intervention/changed_elements"] = changed_elements(carry.agent, intervened)
+        metrics.update({f"intervention/{name}": count for name, count in tallies(intervened).items()})
+        carry = carry._replace(agent=intervened)
         return carry, metrics
 
     def evaluate_task(agent_state, key: Array, task: Array) -> dict:

@@ -388,6 +388,29 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
     return lines + [""]
 
 
+def inactive_methods(df: pd.DataFrame, settings: list[str]) -> list[str]:
+    """Markdown lines naming the settings whose intervention never changed anything (every
+    ``intervention/*`` count 0 in every period and seed), so that "no better than none" is not read
+    as "tried and failed" (e.g. CBP's 1e-4 replacements per update in a short run)."""
+    counts = [c for c in df.columns if c.startswith("intervention/")]
+    if not counts or "method" not in df:
+        return []
+    idle = [
+        setting
+        for setting in settings
+        if set(df.loc[df.setting == setting, "method"]) != {"none"}
+        and not (df.loc[df.setting == setting, counts].fillna(0).to_numpy() > 0).any()
+    ]
+    if not idle:
+        return []
+    return [
+        f"**Never acted:** {', '.join(idle)}: the intervention changed no parameter at any period end and "
+        "replaced no neuron in any update of any seed, so these rows are `none` under another name "
+        "(e.g. a period longer than the run, or CBP's replacement rate too low for this many updates).",
+        "",
+    ]
+
+
 def mark_switches(ax, steps: list[int]) -> None:
     for s in steps:
         ax.axvline(s, color="0.4", lw=0.8, ls="--", zorder=0)
@@ -448,6 +471,7 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
         files.append(save_figure(fig, os.path.join(path, "neuron_vs_layer_level.png")))
     # tables: ranking, neuron ratios at the end, around the switches, and task 1 first vs revisited
     lines += ranking_table(df, settings, task_cols)
+    lines += inactive_methods(df, settings)
     final = df[df.period == df.period.max()]
     title = "Neuron ratios at the end of training (mean [95% CI] over seeds)"
     lines += group_table(title, final, settings, RATIOS, mean_ci_cell(percent=True))

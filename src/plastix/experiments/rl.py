@@ -360,6 +360,8 @@ def run_cell_group(
     group finishes, each cell's rows go to its own run directory ``paths[i]``, which then reads as
     if the cell had run alone: same keys per seed, same numbers up to the float rounding of a
     larger batch (which RL amplifies over hundreds of updates, as it does another thread count's).
+    One difference: every member's rows carry the ``intervention/<tally>`` columns of every member
+    (0 where the run's own method keeps no such count, e.g. ``cbp_replaced`` of a ReDo run).
     Finished cells are read back, not run again.
 
     Returns:

@@ -255,6 +255,40 @@ def every(intervention: Intervention, period: int) -> Intervention:
     return triggered(intervention, Trigger(every=int(period)))
 
 
+class Tally(flax.struct.PyTreeNode):
+    """A running count an intervention keeps in its state (e.g. the neurons CBP replaced so far).
+
+    The loop logs, every period, the sum of all tallies of one name found anywhere in the agent
+    state as ``intervention/<name>`` (:func:`tallies`), so a method that never acts shows as 0.
+
+    Attributes:
+      count: int32 scalar.
+      name: the metric's name (static).
+    """
+
+    count: Array
+    name: str = flax.struct.field(pytree_node=False, default="count")
+
+    def add(self, n: Array) -> Tally:
+        return self.replace(count=self.count + jnp.asarray(n, jnp.int32))
+
+
+def tallies(tree: Any) -> dict[str, Array]:
+    """``{name: summed count}`` of every :class:`Tally` in ``tree``."""
+    found: dict[str, Array] = {}
+    for leaf in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, Tally)):
+        if isinstance(leaf, Tally):
+            found[leaf.name] = found.get(leaf.name, 0) + leaf.count
+    return found
+
+
+def changed_elements(before: Any, after: Any) -> Array:
+    """How many array elements differ between two pytrees of equal structure (int32 scalar): what a
+    period-end intervention changed in the agent state (parameters, optimizer moments, masks)."""
+    counts = [jnp.sum(a != b, dtype=jnp.int32) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
+    return sum(counts, jnp.zeros((), jnp.int32))
+
+
 def zeros_like_bool(params: Params) -> Params:
     """A tree of ``False`` with the structure and shapes of ``params``."""
     return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params)

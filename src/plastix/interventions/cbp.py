@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from plastix.interventions.base import InitParams, Intervention, TrainState
+from plastix.interventions.base import InitParams, Intervention, Tally, TrainState
 from plastix.interventions.redo import _lowest, recycle_neurons
 from plastix.nn.topology import NeuronLayer, Params, Topology, get_path
 
@@ -65,11 +65,13 @@ class CBPLayerState(NamedTuple):
       utility: ``(N,)`` running contribution utility.
       age: ``(N,)`` int32 updates since creation or last replacement.
       pending: scalar, replacements accumulated but not yet made.
+      replaced: neurons of the layer replaced so far (logged as ``intervention/cbp_replaced``).
     """
 
     utility: Array
     age: Array
     pending: Array
+    replaced: Tally
 
 
 def mean_outgoing(layer: NeuronLayer, params: Params, n: int) -> Array:
@@ -97,7 +99,9 @@ def cbp(config: CBPConfig, topology: Topology, init_params: InitParams) -> Inter
         state = {}
         for layer in layers:
             n = layer.size(params)
-            state[layer.name] = CBPLayerState(jnp.zeros(n), jnp.zeros(n, jnp.int32), jnp.zeros(()))
+            state[layer.name] = CBPLayerState(
+                jnp.zeros(n), jnp.zeros(n, jnp.int32), jnp.zeros(()), Tally(jnp.zeros((), jnp.int32), "cbp_replaced")
+            )
         return state
 
     def on_update(key: Array, state: TrainState, activity) -> TrainState:
@@ -114,7 +118,10 @@ def cbp(config: CBPConfig, topology: Topology, init_params: InitParams) -> Inter
             replace = _lowest(jnp.where(eligible, utility, jnp.inf), count) & eligible
             masks[layer.name] = replace
             new_stats[layer.name] = CBPLayerState(
-                jnp.where(replace, 0.0, utility), jnp.where(replace, 0, age), pending - jnp.sum(replace)
+                jnp.where(replace, 0.0, utility),
+                jnp.where(replace, 0, age),
+                pending - jnp.sum(replace),
+                s.replaced.add(jnp.sum(replace)),
             )
         any_replaced = sum(jnp.sum(m) for m in masks.values()) > 0
         state = jax.lax.cond(  # most updates replace nothing: no initializer draw, no surgery then

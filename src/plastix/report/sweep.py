@@ -72,7 +72,7 @@ def write_sweep_report(root: str) -> list[str]:
     """
     import matplotlib.pyplot as plt
 
-    from plastix.experiments.marl import ranking_table
+    from plastix.experiments.marl import inactive_methods, ranking_table
     from plastix.report import few_seeds_note, final_values, format_estimate, mean_ci, plot_curves, save_figure
 
     df, status = sweep_metrics(root)
@@ -92,7 +92,7 @@ def write_sweep_report(root: str) -> list[str]:
     if df.empty:
         return _write(root, lines, files)
     settings = list(dict.fromkeys(df.setting))
-    lines += ranking_table(df, settings, [])
+    lines += ranking_table(df, settings, []) + inactive_methods(df, settings)
     nets = sorted({c.rsplit("/", 1)[0] for c in df.columns if c.endswith("/dormant_fraction") and "/layer/" not in c})
     ratio_cols = [(net, col, name) for net in nets for col, name in RATIOS.items() if f"{net}/{col}" in df]
     if ratio_cols:
