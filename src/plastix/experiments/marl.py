@@ -392,13 +392,19 @@ def inactive_methods(df: pd.DataFrame, settings: list[str]) -> list[str]:
     """Markdown lines naming the settings whose intervention never changed anything (every
     ``intervention/*`` count 0 in every period and seed), so that "no better than none" is not read
     as "tried and failed" (e.g. CBP's 1e-4 replacements per update in a short run)."""
+    from plastix.interventions import REGISTRY
+
     counts = [c for c in df.columns if c.startswith("intervention/")]
     if not counts or "method" not in df:
         return []
+
+    def intervenes(labels: set) -> bool:  # `none` and optimizer-only methods (weight decay) have nothing to count
+        return any(REGISTRY[m].build is not None if m in REGISTRY else True for m in labels)
+
     idle = [
         setting
         for setting in settings
-        if set(df.loc[df.setting == setting, "method"]) != {"none"}
+        if intervenes(set(df.loc[df.setting == setting, "method"]))
         and not (df.loc[df.setting == setting, counts].fillna(0).to_numpy() > 0).any()
     ]
     if not idle:
