@@ -31,7 +31,14 @@ import pandas as pd
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, drq_epsilon_config
 from plastix.experiments.marl import DESCRIPTIONS as MARL_DESCRIPTIONS
-from plastix.experiments.marl import MARL_EXPERIMENTS, MARL_METHOD_CHOICES, MIXER_CHOICES, marl_cells, report_section
+from plastix.experiments.marl import (
+    MARL_EXPERIMENTS,
+    MARL_METHOD_CHOICES,
+    MIXER_CHOICES,
+    inactive_methods,
+    marl_cells,
+    report_section,
+)
 from plastix.experiments.rl import RLConfig, build_train, groups, run_cell, run_cell_group
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete
@@ -605,6 +612,9 @@ def write_report(
         cells += [format_estimate(r[k], percent="dormant" in k) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
     n_min = min((r[k].n for r in rows for k in ["iqm_return", *extra] if r[k].n > 0), default=0)
+    if experiment not in MARL_EXPERIMENTS:  # the MARL section says it itself
+        settings_df = df.assign(setting=df[by].astype(str).agg(" ".join, axis=1))
+        marl_lines = inactive_methods(settings_df, list(dict.fromkeys(settings_df["setting"])))
     lines += ["", *marl_lines, few_seeds_note(n_min)]
     lines += [*[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
     report = os.path.join(path, "report.md")
