@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from typing import Literal
@@ -468,13 +467,10 @@ def _group_id(names: list[str]) -> str:
 def _record_cells(root: str, cells: list[tuple[dict, RLConfig]]) -> None:
     """Write ``cells.json``: what each cell really runs (e.g. ``vmap_seeds`` after the XLA:CPU
     workaround of ``sac-dormant``), next to the experiment's own ``config.json``."""
-    from plastix.experiments.rundir import config_dict
+    from plastix.experiments.rundir import config_dict, write_json
 
     record = {cell_id(labels): {"labels": labels, "config": config_dict(cell)} for labels, cell in cells}
-    path = os.path.join(root, "cells.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=str)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(root, "cells.json"), record, sort_keys=True)
 
 
 def _with_pruning(cell: RLConfig, path: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -508,13 +504,17 @@ def _networks(df: pd.DataFrame) -> list[str]:
     ]
 
 
+def with_settings(experiment: str, df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with a ``setting`` column: the experiment's label values joined by spaces."""
+    return df.assign(setting=df[_labels(experiment)].astype(str).agg(" ".join, axis=1))
+
+
 def summary(experiment: str, df: pd.DataFrame) -> list[dict]:
     """Per setting: IQM final evaluation return [95% CI] and mean final dormant fraction per network [CI]."""
     from plastix.report import final_values, iqm_ci, mean_ci
 
     by = _labels(experiment)
-    df = df.copy()
-    df["setting"] = df[by].astype(str).agg(" ".join, axis=1)
+    df = with_settings(experiment, df)
     finals = final_values(df, "eval_return", ["setting"])
     iqm = iqm_ci({s: g["eval_return"].to_numpy()[:, None] for s, g in finals.groupby("setting", sort=False)})
     rows = []
@@ -541,8 +541,7 @@ def write_report(
     from plastix.report import few_seeds_note, format_estimate, plot_curves, save_figure
 
     by = _labels(experiment)
-    df = df.copy()
-    df["setting"] = df[by].astype(str).agg(" ".join, axis=1)
+    df = with_settings(experiment, df)
     nets = _networks(df)
     files = []
     panel_key = by[0] if len(by) > 1 else None
@@ -613,8 +612,7 @@ def write_report(
         lines.append("| " + " | ".join(cells) + " |")
     n_min = min((r[k].n for r in rows for k in ["iqm_return", *extra] if r[k].n > 0), default=0)
     if experiment not in MARL_EXPERIMENTS:  # the MARL section says it itself
-        settings_df = df.assign(setting=df[by].astype(str).agg(" ".join, axis=1))
-        marl_lines = inactive_methods(settings_df, list(dict.fromkeys(settings_df["setting"])))
+        marl_lines = inactive_methods(df, list(dict.fromkeys(df["setting"])))
     lines += ["", *marl_lines, few_seeds_note(n_min)]
     lines += [*[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
     report = os.path.join(path, "report.md")

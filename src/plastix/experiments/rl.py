@@ -30,7 +30,7 @@ from plastix.agents import DQNConfig, LoopConfig, SACConfig, make_dqn, make_sac,
 from plastix.agents.marl import MARLConfig, make_marl
 from plastix.agents.off_policy import Train
 from plastix.envs import make_env
-from plastix.experiments.rundir import RunDir
+from plastix.experiments.rundir import RunDir, write_json
 from plastix.experiments.runner import Stage, run_stages, stacked_rows
 from plastix.interventions import PlasticityBundle, PlasticityConfig, assign_members, group_key
 from plastix.metrics import DiagnosticsConfig
@@ -386,7 +386,7 @@ def run_cell_group(
             where = f"{group_path} (agent {group.agent}, env {group.env}, methods {group.plasticity.method})"
             _, result = _learn(
                 rundir, group, where, progress, stop_after_chunks, devices,
-                on_start=lambda: _write_json(rundir.file("members.json"), names),
+                on_start=lambda: write_json(rundir.file("members.json"), names),
             )  # fmt: skip
             if not result.finished:
                 return None
@@ -415,12 +415,6 @@ def _group_members(rundir: RunDir, paths: list[str]) -> list[int]:
             raise ValueError(f"{rundir.path}: this group ran cells {missing} that are not in the experiment any more")
         return [names.index(m) for m in members]
     return [i for i, path in enumerate(paths) if not RunDir(path).finished]
-
-
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
 
 
 def load_final(config: RLConfig, path: str):

@@ -39,6 +39,19 @@ class NonFiniteError(RuntimeError):
     """Training produced a NaN / inf loss or parameter."""
 
 
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file, then a rename): a reader or a kill
+    never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def write_json(path: str, value: Any, sort_keys: bool = False) -> None:
+    """:func:`write_text` of ``value`` as indented JSON (values JSON cannot hold written with ``str``)."""
+    write_text(path, json.dumps(value, indent=2, sort_keys=sort_keys, default=str))
+
+
 def array_digest(tree: Any) -> str:
     """SHA-256 over every array of a pytree (shapes, dtypes and bytes, in leaf order)."""
     h = hashlib.sha256()
@@ -82,9 +95,8 @@ def check_finite(state: Any, rows: pd.DataFrame, where: str, last_good: Any) -> 
         bad = ~np.isfinite(rows[column].to_numpy())
         if bad.any():
             first = rows[bad].iloc[0]
-            at = ", ".join(
-                f"{k} {int(first[k])}" for k in ("seed", "epoch", "period", "env_steps", "updates") if k in rows
-            )
+            counters = ("seed", "epoch", "period", "env_steps", "updates")
+            at = ", ".join(f"{k} {int(first[k])}" for k in counters if k in rows)
             raise NonFiniteError(
                 f"training diverged: {column} is {first[column]} at {at} in {where}; the chunk was not saved; "
                 f"last good checkpoint: {last_good()}. Lower the learning rate or check the inputs."
@@ -206,9 +218,7 @@ class RunDir:
                 )
             return
         os.makedirs(self.path, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(wanted, f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        write_json(path, wanted, sort_keys=True)
 
     def _checkpoints(self):
         import orbax.checkpoint as ocp

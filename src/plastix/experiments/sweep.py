@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from plastix.experiments.rundir import RunDir, check_run_name, config_dict
+from plastix.experiments.rundir import RunDir, check_run_name, config_dict, write_json, write_text
 
 Backend = Literal["local", "ray"]
 LogTarget = Literal["tensorboard", "wandb"]
@@ -448,10 +448,7 @@ def write_status(root: str, cells: list[SweepCell]) -> pd.DataFrame:
         "|" + "---|" * len(table.columns),
     ]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    path = os.path.join(root, "status.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    write_text(os.path.join(root, "status.md"), "\n".join(lines) + "\n")
     return table
 
 
@@ -491,7 +488,7 @@ def run_one_cell(
     failed = os.path.join(path, "FAILED")
     if os.path.exists(failed):
         os.remove(failed)
-    _write_json(os.path.join(path, "RUNNING"), record_attempt(path))
+    write_json(os.path.join(path, "RUNNING"), record_attempt(path))
     loggers = open_loggers(root, cell, options)
     try:
         run_cell(
@@ -538,12 +535,6 @@ def record_attempt(path: str) -> dict:
     return entry
 
 
-def _write_json(path: str, value: Any) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2, default=str)  # insertion order: cells.json keeps the grid's order
-    os.replace(path + ".tmp", path)
-
-
 def prepare(config: SweepConfig) -> list[SweepCell]:
     """Expand the grid, check every cell, and create (or check) the sweep directory."""
     cells = expand(config)
@@ -552,7 +543,7 @@ def prepare(config: SweepConfig) -> list[SweepCell]:
     for cell in cells:
         build_train(dataclasses.replace(cell.config, seeds=1, seed=0, checkpoint_every=0))  # checks, no compile
     RunDir(config.root).prepare(config, "sweep")
-    _write_json(
+    write_json(
         os.path.join(config.root, "cells.json"),
         {c.id: {"labels": c.labels, "config": config_dict(c.config)} for c in cells},
     )

@@ -150,8 +150,8 @@ def write_sweep_report(root: str) -> list[str]:
 
 
 def _write(root: str, lines: list[str], files: list[str]) -> list[str]:
+    from plastix.experiments.rundir import write_text
+
     path = os.path.join(root, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines))
-    os.replace(path + ".tmp", path)
+    write_text(path, "\n".join(lines))
     return files + [path]
