@@ -470,3 +470,27 @@ def test_report_names_methods_that_never_acted():
     lines = inactive_methods(df, list(dict.fromkeys(df["setting"])))
     assert len(lines) == 2 and lines[0].startswith("**Never acted:** qmix cbp:")
     assert inactive_methods(df[df.method != "cbp"], ["qmix none", "qmix redo", "qmix cbp-fast"]) == []
+
+
+def test_a_corrupt_group_record_is_refused_with_its_path(tmp_path):
+    """A half-written ``members.json`` of a started group gives one clear error naming the file."""
+    from plastix.experiments.rl import _group_members
+    from plastix.experiments.rundir import CorruptRunError, RunDir
+
+    group = RunDir(str(tmp_path / "group"))
+    os.makedirs(group.path)
+    open(group.file("config.json"), "w").write("{}")
+    open(group.file("members.json"), "w").write('["mixer-qmix_meth')
+    with pytest.raises(CorruptRunError, match="members.json: not valid JSON.*delete"):
+        _group_members(group, [str(tmp_path / "mixer-qmix_method-none")])
+
+
+def test_a_diverging_group_names_the_member_and_its_method():
+    """NaN in one run of a group: the error names the member index, seed and the members' methods."""
+    import pandas as pd
+
+    from plastix.experiments.rundir import NonFiniteError, check_finite
+
+    rows = pd.DataFrame({"member": [0, 1], "seed": [1, 1], "period": [3, 3], "loss": [1.0, np.nan]})
+    with pytest.raises(NonFiniteError, match="at member 1, seed 1, period 3 in g \\(member 1: redo\\)"):
+        check_finite({}, rows, "g (member 1: redo)", lambda: "none")

@@ -30,7 +30,7 @@ from plastix.agents import DQNConfig, LoopConfig, SACConfig, make_dqn, make_sac,
 from plastix.agents.marl import MARLConfig, make_marl
 from plastix.agents.off_policy import Train
 from plastix.envs import make_env
-from plastix.experiments.rundir import RunDir, write_json
+from plastix.experiments.rundir import CorruptRunError, RunDir, write_json
 from plastix.experiments.runner import Stage, run_stages, stacked_rows
 from plastix.interventions import PlasticityBundle, PlasticityConfig, assign_members, group_key
 from plastix.metrics import DiagnosticsConfig
@@ -383,7 +383,8 @@ def run_cell_group(
         group = group_config([configs[i] for i in todo])
         if not rundir.finished:
             names = [os.path.basename(os.path.normpath(paths[i])) for i in todo]
-            where = f"{group_path} (agent {group.agent}, env {group.env}, methods {group.plasticity.method})"
+            methods = ", ".join(f"member {m}: {p.method}" for m, p in enumerate(group.plasticity.members))
+            where = f"{group_path} (agent {group.agent}, env {group.env}; {methods})"
             _, result = _learn(
                 rundir, group, where, progress, stop_after_chunks, devices,
                 on_start=lambda: write_json(rundir.file("members.json"), names),
@@ -408,8 +409,12 @@ def _group_members(rundir: RunDir, paths: list[str]) -> list[int]:
     names = [os.path.basename(os.path.normpath(p)) for p in paths]
     recorded = rundir.file("members.json")
     if os.path.exists(rundir.file("config.json")) and os.path.exists(recorded):
-        with open(recorded) as f:
-            members = json.load(f)
+        try:
+            with open(recorded) as f:
+                members = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            why = f"not valid JSON ({e}); delete {rundir.path} to rerun the group"
+            raise CorruptRunError(f"{recorded}: {why}") from None
         missing = [m for m in members if m not in names]
         if missing:
             raise ValueError(f"{rundir.path}: this group ran cells {missing} that are not in the experiment any more")

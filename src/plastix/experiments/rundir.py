@@ -95,7 +95,7 @@ def check_finite(state: Any, rows: pd.DataFrame, where: str, last_good: Any) -> 
         bad = ~np.isfinite(rows[column].to_numpy())
         if bad.any():
             first = rows[bad].iloc[0]
-            counters = ("seed", "epoch", "period", "env_steps", "updates")
+            counters = ("member", "seed", "epoch", "period", "env_steps", "updates")
             at = ", ".join(f"{k} {int(first[k])}" for k in counters if k in rows)
             raise NonFiniteError(
                 f"training diverged: {column} is {first[column]} at {at} in {where}; the chunk was not saved; "
