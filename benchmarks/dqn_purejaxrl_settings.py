@@ -1,19 +1,27 @@
-"""plastix's off-policy loop vs a PureJaxRL-style DQN at PureJaxRL's DQN settings, side by side.
+"""plastix's off-policy loop vs PureJaxRL's DQN at PureJaxRL's DQN settings, side by side.
 
-Settings (PureJaxRL's ``dqn.py`` defaults): CartPole-v1 (gymnax), 10 parallel envs, 500k env
-steps, 10k of them before learning starts, one update every 10 env steps (0.1 updates per env
-step), batch 128, buffer 10k, MLP 120-84, Adam 2.5e-4, target copy every 500 updates, ε 1 → 0.05
-over 250k steps. Both runs make 49,000 updates over 500,000 env steps.
+Settings (PureJaxRL's ``purejaxrl/dqn.py`` defaults): CartPole-v1 (gymnax), 10 parallel envs,
+500k env steps, 10k of them before learning starts, one update every 10 env steps (0.1 updates
+per env step), batch 128, buffer 10k, MLP 120-84, Adam 2.5e-4, γ 0.99, target copy every 500 env
+steps (= every 50 updates; τ = 1), ε 1 → 0.05 over 250k env steps. Both make 49,000 updates.
 
 Variants, each a whole training run from a fresh key (compiled once beforehand, then timed):
 
-- ``reference``: a minimal DQN in PureJaxRL's structure, written here (PureJaxRL is not a
-  dependency): one ``lax.scan`` over vector steps; each step acts ε-greedily, steps the 10 envs,
-  adds them to a flashbax flat buffer and, past learning start, makes one update (``lax.cond``),
-  and copies the target every 500 updates (``lax.cond``). No diagnostics, no evaluation.
+- ``purejaxrl``: PureJaxRL's DQN computation re-written here (PureJaxRL is not a dependency and
+  none of its code is copied): one ``lax.scan`` over vector steps; gymnax's ``LogWrapper`` tracks
+  episode returns; each step acts ε-greedily, steps the 10 envs, adds them to a flashbax flat
+  buffer, makes one update when the buffer can sample and learning has started (``lax.cond``),
+  updates the target when the env-step count is a multiple of 500 (``lax.cond``, ``optax.incremental_update``
+  with τ = 1), and returns PureJaxRL's per-step metrics (timesteps, updates, loss, mean returned
+  episode return). Under ``vmap`` its ``lax.cond`` s become selects, so it computes an update on
+  every vector step (1,000 more than plastix).
+- ``minimal``: the same without what PureJaxRL adds for logging (``LogWrapper``, per-step metrics,
+  ``can_sample``): a stricter reference, the least a DQN loop at these settings must compute.
 - ``plastix``: the same settings expressed as plastix's ``LoopConfig`` + ``DQNConfig``
   (10k warm-up + 490k learning env steps, RR 0.1, F = 1,000 updates, seven chunks of seven
-  periods with one 10-step evaluation each), diagnostics off, no intervention.
+  periods with one 10-step evaluation each), diagnostics off, no intervention. plastix also
+  stores truncations and final observations (PureJaxRL treats a time limit as a termination),
+  tracks episode returns and logs per-period metrics.
 - ``plastix+diag+redo``: the same with diagnostics every period and ReDo (τ 0.1) every 1,000 updates.
 
 Repeats are interleaved (the order rotates each round) so that drifting machine load hits every
@@ -41,7 +49,7 @@ from plastix.agents import DQNConfig, LoopConfig, make_dqn, make_train
 from plastix.envs import make_env
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig
 
-NUM_ENVS, BUFFER, BATCH, LEARNING_STARTS, TRAIN_EVERY, TARGET_EVERY = 10, 10_000, 128, 10_000, 10, 500
+NUM_ENVS, BUFFER, BATCH, LEARNING_STARTS, TRAIN_EVERY, TARGET_EVERY_ENV_STEPS = 10, 10_000, 128, 10_000, 10, 500
 LR, GAMMA, EPS_END, EPS_STEPS, HIDDEN = 2.5e-4, 0.99, 0.05, 250_000, (120, 84)
 
 
@@ -55,10 +63,14 @@ class QNet(nn.Module):
         return nn.Dense(self.actions)(x)
 
 
-def reference_train(total_steps: int):
-    """``train(key) -> final Q params``: the PureJaxRL-structured DQN of the module docstring."""
+def reference_train(total_steps: int, faithful: bool):
+    """``train(key) -> (updates, outputs)``: PureJaxRL's DQN (``faithful``) or the minimal loop (module docstring)."""
+    from gymnax.wrappers.purerl import LogWrapper
+
     env, env_params = gymnax.make("CartPole-v1")
     actions = env.action_space(env_params).n
+    if faithful:
+        env = LogWrapper(env)  # CartPole's observations are flat already: no FlattenObservationWrapper needed
     net = QNet(actions)
     tx = optax.adam(LR)
     buffer = flashbax.make_flat_buffer(
@@ -82,7 +94,7 @@ def reference_train(total_steps: int):
             greedy = jnp.argmax(net.apply(params, obs), -1)
             random = jax.random.randint(k_rand, (NUM_ENVS,), 0, actions)
             action = jnp.where(jax.random.uniform(k_eps, (NUM_ENVS,)) < eps, random, greedy)
-            next_obs, env_state, reward, terminated, truncated, _ = vstep(
+            next_obs, env_state, reward, terminated, truncated, info = vstep(
                 jax.random.split(k_env, NUM_ENVS), env_state, action, env_params
             )
             done = terminated | truncated  # PureJaxRL's DQN treats every episode end as terminal
@@ -100,20 +112,34 @@ def reference_train(total_steps: int):
                     q = jnp.take_along_axis(net.apply(p, batch.first["obs"]), batch.first["action"][:, None], -1)
                     return jnp.mean((q[:, 0] - y) ** 2)
 
-                grads = jax.grad(loss)(params)
+                value, grads = jax.value_and_grad(loss)(params)
                 change, opt_state = tx.update(grads, opt_state, params)
-                return optax.apply_updates(params, change), opt_state, updates + 1
+                return (optax.apply_updates(params, change), opt_state, updates + 1), value
 
             ready = (t > LEARNING_STARTS) & (t % TRAIN_EVERY == 0)
-            params, opt_state, updates = jax.lax.cond(ready, learn, lambda a: a, (params, opt_state, updates))
-            sync = ready & (updates % TARGET_EVERY == 0)
-            target = jax.lax.cond(sync, lambda: params, lambda: target)
+            if faithful:
+                ready = ready & buffer.can_sample(buffer_state)
+            (params, opt_state, updates), loss = jax.lax.cond(
+                ready, learn, lambda a: (a, jnp.float32(0)), (params, opt_state, updates)
+            )
+            sync = t % TARGET_EVERY_ENV_STEPS == 0
+            if faithful:
+                target = jax.lax.cond(sync, lambda: optax.incremental_update(params, target, 1.0), lambda: target)
+            else:
+                target = jax.lax.cond(sync, lambda: params, lambda: target)
             carry = (params, target, opt_state, buffer_state, env_state, next_obs, t, updates, key)
-            return carry, None
+            if not faithful:
+                return carry, None
+            return carry, {
+                "timesteps": t,
+                "updates": updates,
+                "loss": loss,
+                "returns": jnp.mean(info["returned_episode_returns"]),
+            }
 
         carry = (params, params, opt_state, buffer_state, env_state, obs, jnp.int32(0), jnp.int32(0), key)
-        carry, _ = jax.lax.scan(step, carry, None, length=total_steps // NUM_ENVS)
-        return carry[0], carry[7]
+        carry, outputs = jax.lax.scan(step, carry, None, length=total_steps // NUM_ENVS)
+        return carry[7], (carry[0], outputs)
 
     return train
 
@@ -141,7 +167,7 @@ def plastix_train(total_steps: int, diagnostics: bool, redo: bool):
         network="mlp",
         mlp_hidden=HIDDEN,
         optimizer=OptimizerConfig("adam", LR),
-        target_update_period=TARGET_EVERY,
+        target_update_period=TARGET_EVERY_ENV_STEPS // TRAIN_EVERY,
         epsilon_end=EPS_END,
         epsilon_decay_steps=EPS_STEPS,
         huber_delta=1e6,  # squared error, as the reference
@@ -160,11 +186,15 @@ def main():
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})")
     print(f"{args.seeds} seed(s), {args.env_steps} env steps per seed, {args.repeats} interleaved repeats")
 
-    reference = jax.jit(jax.vmap(reference_train(args.env_steps)))
+    def reference_runner(faithful):
+        train = jax.jit(jax.vmap(reference_train(args.env_steps, faithful)))
 
-    def run_reference(keys):
-        _, updates = reference(keys)
-        return jax.block_until_ready(updates)
+        def run(keys):
+            updates, outputs = train(keys)
+            jax.block_until_ready(outputs)
+            return updates
+
+        return run
 
     def plastix_runner(diagnostics, redo):
         train = plastix_train(args.env_steps, diagnostics, redo)
@@ -178,7 +208,8 @@ def main():
         return run
 
     variants = {
-        "reference": run_reference,
+        "purejaxrl": reference_runner(True),
+        "minimal": reference_runner(False),
         "plastix": plastix_runner(False, False),
         "plastix+diag+redo": plastix_runner(True, True),
     }
@@ -200,15 +231,17 @@ def main():
     for name in names:
         t = float(np.median(times[name]))
         print(f"{name:18s} {t:9.2f} {total / t:12.0f}")
-    ref = np.asarray(times["reference"])
+
+    def show(label, ratio):
+        print(f"{label:44s} median {np.median(ratio):.3f}  range [{ratio.min():.3f}, {ratio.max():.3f}]")
+
     plain = np.asarray(times["plastix"])
     diag = np.asarray(times["plastix+diag+redo"])
-    for label, ratio in (
-        ("plastix speed / reference speed", ref / plain),
-        ("plastix+diag+redo speed / reference speed", ref / diag),
-        ("plastix+diag+redo time / plastix time", diag / plain),
-    ):
-        print(f"{label:44s} median {np.median(ratio):.3f}  range [{ratio.min():.3f}, {ratio.max():.3f}]")
+    for reference in ("purejaxrl", "minimal"):
+        ref = np.asarray(times[reference])
+        show(f"plastix speed / {reference} speed", ref / plain)
+        show(f"plastix+diag+redo speed / {reference} speed", ref / diag)
+    show("plastix+diag+redo time / plastix time", diag / plain)
 
 
 if __name__ == "__main__":

@@ -653,7 +653,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         carry, _ = collect(carry, warm_keys, explore=False)
         return carry
 
-    def iteration(carry: Carry, key: Array):
+    def iteration(carry: Carry, xs: tuple[Array, Array]):
+        key, index = xs  # index: the iteration's number in the period, unbatched under the seed vmap
         # Every key of the iteration from one split: on XLA:CPU each threefry call is a small loop
         # whose fixed cost, per vector step, is comparable to the env step itself.
         keys = jax.random.split(key, 2 * (lay.vector_steps + lay.updates)).reshape(-1, 2, *key.shape)
@@ -663,7 +664,18 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             k_sample, k_agent = k
             return agent.update(k_agent, agent_state, replay.sample(carry.buffer, k_sample))
 
-        agent_state, stats = jax.lax.scan(one_update, carry.agent, keys[lay.vector_steps :])
+        def updates(agent_state):
+            return jax.lax.scan(one_update, agent_state, keys[lay.vector_steps :])
+
+        def updates_apart(agent_state):
+            # XLA:CPU fuses the buffer write just made into the update's sampling gathers and then
+            # copies the replay's scalar columns twice per iteration (about 5% of a small DQN's run
+            # time). A conditional is a computation of its own that fusion cannot cross, and its
+            # predicate (always true) is unbatched under the seed vmap, so it stays a conditional.
+            skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(updates, agent_state))
+            return jax.lax.cond(index >= 0, updates, lambda _: skipped, agent_state)
+
+        agent_state, stats = jax.lax.platform_dependent(carry.agent, cpu=updates_apart, default=updates)
         carry = carry._replace(agent=agent_state, updates=carry.updates + lay.updates)
         return carry, (finished, jax.tree.map(jnp.mean, stats))
 
@@ -671,7 +683,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         key, k_iter, k_score, k_int = jax.random.split(carry.key, 4)
         carry = carry._replace(key=key)
         start = carry.env_steps
-        carry, (finished, stats) = jax.lax.scan(iteration, carry, jax.random.split(k_iter, lay.iterations))
+        xs = (jax.random.split(k_iter, lay.iterations), jnp.arange(lay.iterations))
+        carry, (finished, stats) = jax.lax.scan(iteration, carry, xs)
         returns, episodes = jax.tree.map(jnp.sum, finished)
         metrics = {k: jnp.mean(v) for k, v in stats.items()}
         metrics.update(
