@@ -79,6 +79,24 @@ def test_iqm_matches_hand_computation():
     assert low <= point <= high
 
 
+def test_iqm_ci_equals_rliable():
+    """The vectorized bootstrap draws rliable's resamples: the same point, the same interval."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    rs = np.random.RandomState(3)
+    scores = {"a": rs.randn(10, 1), "b": rs.randn(7, 3) * 5, "ties": np.round(rs.rand(8, 2) * 4)}
+    np.random.seed(0)
+    point, interval = rly.get_interval_estimates(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=300)
+    ours = iqm_ci(scores, reps=300, seed=0)
+    for group in scores:
+        assert ours[group].value == pytest.approx(point[group][0], rel=1e-12)
+        assert (ours[group].low, ours[group].high) == pytest.approx(tuple(interval[group][:, 0]), rel=1e-12)
+        assert ours[group].n == len(scores[group])
+    nan = iqm_ci({"x": np.array([[1.0], [np.nan], [2.0], [3.0]])}, reps=10)["x"]
+    assert np.isnan(nan.value)
+
+
 def _fake_table():
     rows = []
     for rr in (0.25, 1):

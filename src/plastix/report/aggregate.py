@@ -1,4 +1,4 @@
-"""IQM with 95% stratified bootstrap CIs (rliable), and final-value extraction from run tables."""
+"""IQM with 95% stratified bootstrap CIs (rliable's definition, vectorized), and final values of run tables."""
 
 from __future__ import annotations
 
@@ -10,33 +10,49 @@ import pandas as pd
 from plastix.report.stats import Estimate
 
 
+def iqm(scores: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean along ``axis``: the mean of the middle values once ``int(n / 4)`` are cut from
+    each end (scipy's ``trim_mean(x, 0.25)``, rliable's ``aggregate_iqm``); NaN if any value is NaN."""
+    x = np.sort(np.asarray(scores, float), axis=axis)  # NaNs sort last; they are propagated below
+    n = x.shape[axis]
+    cut = int(0.25 * n)
+    middle = np.take(x, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
+    return np.where(np.isnan(x).any(axis=axis), np.nan, middle)
+
+
 def iqm_ci(scores: Mapping[str, np.ndarray], reps: int = 2000, seed: int = 0) -> dict[str, Estimate]:
-    """Interquartile mean and its 95% stratified bootstrap CI per group (rliable).
+    """Interquartile mean and its 95% stratified bootstrap CI per group, as rliable computes them.
+
+    rliable's ``get_interval_estimates(..., aggregate_iqm, method="percentile")`` resamples the runs
+    of every task with replacement and calls the IQM once per replicate in Python (about 10 ms for
+    2,000 replicates of one group, seconds for a study's table). This draws the same resamples from
+    the same random stream (one ``RandomState(seed)``, groups in order) and computes every
+    replicate's IQM at once: the same numbers (tested against rliable), hundreds of times faster.
 
     Args:
       scores: ``{group: (runs, tasks)}`` score matrices (tasks = environments; runs = seeds).
       reps: bootstrap replicates.
+      seed: seed of the resampling (results are reproducible; numpy's global generator is untouched).
 
     Returns:
       ``{group: Estimate(iqm, low, high, runs)}``.
     """
-    from rliable import library as rly
-    from rliable import metrics
-
-    state = np.random.get_state()  # rliable draws from numpy's global generator: seed it, then restore it
-    np.random.seed(seed)
-    try:
-        point, interval = rly.get_interval_estimates(
-            {k: np.asarray(v, float) for k, v in scores.items()},
-            lambda x: np.array([metrics.aggregate_iqm(x)]),
-            reps=reps,
-        )
-    finally:
-        np.random.set_state(state)
-    return {
-        k: Estimate(float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0]), len(scores[k]))
-        for k in scores
-    }
+    rng = np.random.RandomState(seed)
+    out = {}
+    for group, matrix in scores.items():
+        matrix = np.asarray(matrix, float)
+        if matrix.ndim != 2:
+            raise ValueError(f"iqm_ci: scores[{group!r}] must be (runs, tasks), got shape {matrix.shape}")
+        runs, tasks = matrix.shape
+        block = max(1, 2_000_000 // max(matrix.size, 1))  # replicates per draw, bounding memory
+        replicates = []
+        for start in range(0, reps, block):
+            n = min(block, reps - start)
+            rows = rng.randint(0, runs, size=(n, runs, tasks))  # the same stream as rliable's np.random.choice
+            replicates.append(iqm(matrix[rows, np.arange(tasks)].reshape(n, -1)))
+        low, high = np.percentile(np.concatenate(replicates), [2.5, 97.5])
+        out[group] = Estimate(float(iqm(matrix.reshape(-1))), float(low), float(high), runs)
+    return out
 
 
 def final_values(df: pd.DataFrame, column: str, by: list[str]) -> pd.DataFrame:
