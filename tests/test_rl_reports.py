@@ -95,6 +95,11 @@ def test_iqm_ci_equals_rliable():
         assert ours[group].n == len(scores[group])
     nan = iqm_ci({"x": np.array([[1.0], [np.nan], [2.0], [3.0]])}, reps=10)["x"]
     assert np.isnan(nan.value)
+    for bad in (np.zeros((0, 1)), np.ones(4)):
+        with pytest.raises(ValueError, match="scores\\['x'\\]"):
+            iqm_ci({"x": bad})
+    with pytest.raises(ValueError, match="reps"):
+        iqm_ci({"x": np.ones((3, 1))}, reps=0)
 
 
 def _fake_table():

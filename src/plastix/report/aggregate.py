@@ -37,12 +37,14 @@ def iqm_ci(scores: Mapping[str, np.ndarray], reps: int = 2000, seed: int = 0) ->
     Returns:
       ``{group: Estimate(iqm, low, high, runs)}``.
     """
+    if reps < 1:
+        raise ValueError(f"iqm_ci: reps must be >= 1, got {reps}")
     rng = np.random.RandomState(seed)
     out = {}
     for group, matrix in scores.items():
         matrix = np.asarray(matrix, float)
-        if matrix.ndim != 2:
-            raise ValueError(f"iqm_ci: scores[{group!r}] must be (runs, tasks), got shape {matrix.shape}")
+        if matrix.ndim != 2 or matrix.size == 0:
+            raise ValueError(f"iqm_ci: scores[{group!r}] must be a non-empty (runs, tasks) matrix, got {matrix.shape}")
         runs, tasks = matrix.shape
         block = max(1, 2_000_000 // max(matrix.size, 1))  # replicates per draw, bounding memory
         replicates = []
