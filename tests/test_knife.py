@@ -194,6 +194,30 @@ def test_ablations_change_what_they_say():
     )
 
 
+def test_knife_with_and_without_compensation_share_one_program():
+    """The ablation's missing compensation is data (a closed ``comp_gate``), not another forward
+    pass: a bundle of KNIFE and KNIFE-without-compensation computes, for each member, the outputs
+    and train state of that method alone, bit for bit, after the injection and 10 updates."""
+    from plastix.interventions.bundle import assign_members, bundle
+
+    net, topology, init_params, inputs = build("qmix")
+    params = init_params(jax.random.key(1))
+    scores = random_scores(jax.random.key(3), topology, params)
+    methods = [knife(KnifeConfig(compensation=c), topology, init_params) for c in (True, False)]
+    both = bundle(methods)
+    for member, alone in enumerate(methods):
+        expected = alone.apply(jax.random.key(4), create_train_state(alone, params, optax.adam(1e-2)), scores, CONTEXT)
+        expected = train_steps(expected, alone.forward(net.apply), inputs)
+        got = assign_members(create_train_state(both, params, optax.adam(1e-2)), jnp.int32(member))
+        got = train_steps(both.apply(jax.random.key(4), got, scores, CONTEXT), both.forward(net.apply), inputs)
+        leaves = jax.tree.leaves
+        for a, b in zip(leaves((expected.params, expected.opt_state)), leaves((got.params, got.opt_state))):
+            np.testing.assert_array_equal(a, b)
+        comp_gate = get_path(got.params, (SLOTS, "agent", "fc1", "comp_gate"))
+        gate = get_path(got.params, (SLOTS, "agent", "fc1", "gate"))
+        np.testing.assert_array_equal(comp_gate, gate if member == 0 else jnp.zeros_like(gate))
+
+
 def test_plasticity_injection_preserves_outputs_and_trains_the_new_head():
     net, topology, init_params, inputs = build("qmix")
     method = plasticity_injection(InjectionConfig(), topology, init_params)

@@ -7,17 +7,20 @@ layer ``h = σ(x @ W + b)`` with ``D`` inputs and ``N`` units: a neuron layer bu
 (``nn.Dense``, σ = identity). Each of its units gets ``K`` pre-allocated *slots*; a used slot k of
 unit i adds ::
 
-    h_i += gate[k, i] · (σ(x·U[k, :, i] + v[k, i]) − σ(x·U⁰[k, :, i] + v⁰[k, i]))
+    h_i += gate[k, i] · σ(x·U[k, :, i] + v[k, i]) − comp_gate[k, i] · σ(x·U⁰[k, :, i] + v⁰[k, i])
 
 where ``U, v`` is the *active* unit (trainable) and ``U⁰, v⁰`` the *compensation* unit, a frozen
 copy of the active one made at injection, so right after an injection both terms cancel exactly
-and every output of the network is unchanged. The slots live in the parameter tree under
-``params["plastix_injection"][<module path>]`` (``kernel (K, D, N)``, ``bias (K, N)``,
-``comp_kernel``, ``comp_bias``, ``gate (K, N)`` of 0/1), so target networks, checkpoints and the
-optimizer see them like any parameter; which elements train is the train state's element-wise
-trainable mask (:class:`~plastix.interventions.base.TrainState`): compensation units and gates never
-train, an active unit trains from its injection on, and the injected unit's previous weights (the
-*knowledge*: its original incoming weights and any earlier active slot) are frozen from then on.
+and every output of the network is unchanged. ``comp_gate`` opens with ``gate`` unless the
+injection is made without compensation (KNIFE's ablation): being data, not a program flag, runs
+with and without compensation share one compiled program. The slots live in the parameter tree
+under ``params["plastix_injection"][<module path>]`` (``kernel (K, D, N)``, ``bias (K, N)``,
+``comp_kernel``, ``comp_bias``, ``gate`` and ``comp_gate (K, N)`` of 0/1), so target networks,
+checkpoints and the optimizer see them like any parameter; which elements train is the train
+state's element-wise trainable mask (:class:`~plastix.interventions.base.TrainState`):
+compensation units and gates never train (nor get weight gradients), an active unit trains from
+its injection on, and the injected unit's previous weights (the *knowledge*: its original incoming
+weights and any earlier active slot) are frozen from then on.
 
 The learner's forward pass adds the slots through :func:`injection_forward`, which intercepts the
 target modules' ``__call__`` (``Intervention.forward``); nothing in the networks changes.
@@ -49,7 +52,7 @@ from plastix.nn.topology import (
 
 SLOTS = "plastix_injection"
 """Top-level key of the parameter tree under which the injection slots live."""
-SLOT_PARAMS = ("kernel", "bias", "comp_kernel", "comp_bias", "gate")
+SLOT_PARAMS = ("kernel", "bias", "comp_kernel", "comp_bias", "gate", "comp_gate")
 
 
 def _identity(x: Array) -> Array:
@@ -125,6 +128,7 @@ def add_slots(params: Params, targets: Sequence[Target], slots: int) -> tuple[Pa
             "comp_kernel": jnp.zeros((slots, d, n), kernel.dtype),
             "comp_bias": jnp.zeros((slots, n), kernel.dtype),
             "gate": jnp.zeros((slots, n), kernel.dtype),
+            "comp_gate": jnp.zeros((slots, n), kernel.dtype),
         }
         for key, value in zeros.items():
             tree = set_path_create(tree, t.module + (key,), value)
@@ -146,12 +150,11 @@ def slot_topology(topology: Topology, targets: Sequence[Target]) -> Topology:
     return dataclasses.replace(topology, layers=tuple(layers))
 
 
-def injection_forward(targets: Sequence[Target], compensation: bool = True):
+def injection_forward(targets: Sequence[Target]):
     """``wrap(apply_fn) -> apply_fn`` that adds every target's used slots to its output ``h``.
 
     ``apply_fn(variables, *inputs, **kwargs)`` is a Flax apply; the slots are read from
     ``variables["params"]`` (:data:`SLOTS`), so online and target parameters each use their own.
-    Without ``compensation`` (an ablation) the ``−σ(U⁰…)`` term is left out.
     """
     by_module = {t.module: t for t in targets}
 
@@ -171,16 +174,18 @@ def injection_forward(targets: Sequence[Target], compensation: bool = True):
                         f"injection into layer {target.name}: its module {type(context.module).__name__} returns "
                         "z, not h = σ(z); build dense neuron layers with plastix.nn.Neurons"
                     )
-                s = get_path(slots, target.module)
+                s = dict(get_path(slots, target.module))
+                for frozen in ("comp_kernel", "comp_bias", "gate", "comp_gate"):  # never trained: no weight gradients
+                    s[frozen] = jax.lax.stop_gradient(s[frozen])
                 x = f_args[0]
 
-                def units(kernel: str, bias: str) -> Array:  # (..., K, N)
-                    return target.activation(jnp.einsum("...d,kdn->...kn", x, s[kernel]) + s[bias])
+                def unit(kernel: str, bias: str, k: int) -> Array:  # (..., N)
+                    return target.activation(x @ s[kernel][k] + s[bias][k])
 
-                active = units("kernel", "bias")
-                if compensation:
-                    active = active - units("comp_kernel", "comp_bias")
-                return out + jnp.sum(s["gate"] * active, axis=-2)
+                for k in range(s["gate"].shape[0]):  # one plain dense layer per slot (XLA:CPU fuses these best)
+                    active = s["gate"][k] * unit("kernel", "bias", k)
+                    out = out + (active - s["comp_gate"][k] * unit("comp_kernel", "comp_bias", k))
+                return out
 
             with nn.intercept_methods(interceptor):
                 return apply_fn(variables, *inputs, **kwargs)
@@ -196,6 +201,7 @@ def inject(
     units: Array,
     fresh: Params | None,
     freeze_knowledge: bool = True,
+    compensation: bool = True,
 ) -> TrainState:
     """Inject one new active unit (and its compensation copy) into each selected unit of ``target``.
 
@@ -205,6 +211,8 @@ def inject(
     opens. Its knowledge (original incoming weights and earlier slots) is frozen when
     ``freeze_knowledge``. The optimizer moments of the new slot start at zero. Units without a free
     slot are left as they are. Shapes never change; with no unit selected the state is unchanged.
+    Without ``compensation`` (KNIFE's ablation) the slot's ``comp_gate`` stays closed: the output
+    changes by the new active unit's output.
     """
     params, trainable = state.params, state.trainable
     s = get_path(params[SLOTS], target.module)
@@ -226,6 +234,7 @@ def inject(
         "bias": jnp.where(new_slot, b_new[None], s["bias"]),
         "comp_bias": jnp.where(new_slot, b_new[None], s["comp_bias"]),
         "gate": jnp.where(new_slot, jnp.ones_like(s["gate"]), s["gate"]),
+        "comp_gate": jnp.where(new_slot, jnp.full_like(s["gate"], float(compensation)), s["comp_gate"]),
     }
     touched = zeros_like_bool(params)
     for key, value in updated.items():

@@ -103,13 +103,13 @@ def knife(config: KnifeConfig, topology: Topology, init_params: InitParams) -> I
         fresh = init_params(k_init) if config.active_init == "fresh" else None
         for k, target in zip(jax.random.split(k_select, len(targets)), targets):
             units = knife_selection(k, config.selection, scores.layers[target.name])
-            state = inject(state, target, units, fresh, config.freeze_knowledge)
+            state = inject(state, target, units, fresh, config.freeze_knowledge, config.compensation)
         return state
 
     return Intervention(
         _no_state,
         apply,
         extend=extend,
-        forward=injection_forward(targets, compensation=config.compensation),
+        forward=injection_forward(targets),
         extend_topology=lambda base: slot_topology(base, targets),
     )

@@ -96,7 +96,7 @@ register_method(
         knife,
         needs_scores=True,
         default_trigger="task_switch",
-        program=lambda s: (s.slots, s.layers, s.compensation),
+        program=lambda s: (s.slots, s.layers),
     )
 )
 register_method(
