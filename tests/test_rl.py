@@ -397,6 +397,23 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path):
     pd.testing.assert_frame_equal(again, straight)
 
 
+def test_runs_in_concurrent_threads_equal_runs_one_after_another(tmp_path):
+    """``workers=2`` (two programs at once, :func:`run_concurrently`) changes nothing in any number:
+    the same cells run one after another and side by side give bit-identical metrics."""
+    from plastix.experiments.runner import run_concurrently
+
+    loop = LoopConfig(env_steps=400, replay_ratio=1, warmup_steps=100, buffer_size=1_000, batch_size=16, period=50,
+                      eval_every=4, eval_envs=2, eval_steps=30)  # fmt: skip
+    base = RLConfig(env="CartPole-v1", loop=loop, dqn=dataclasses.replace(CARTPOLE_DQN, mlp_hidden=(16,)), seeds=2)
+    cells = [dataclasses.replace(base, seed=s, plasticity=PlasticityConfig("redo", redo=ReDoConfig(period=50)))
+             for s in (3, 4, 5)]  # fmt: skip
+    alone = run_concurrently(lambda i: run_cell(cells[i], str(tmp_path / f"one-{i}")), range(3), workers=1)
+    together = run_concurrently(lambda i: run_cell(cells[i], str(tmp_path / f"two-{i}")), range(3), workers=2)
+    for a, b in zip(alone, together):
+        pd.testing.assert_frame_equal(a, b)
+    assert not alone[0]["loss"].equals(alone[1]["loss"])  # other seeds: other runs
+
+
 @pytest.mark.slow
 def test_brax_adapter_steps_and_resets():
     pytest.importorskip("brax")

@@ -142,6 +142,11 @@ def test_run_directory_rules(tmp_path):
         dormant.DormantExperimentConfig(methods=("none", "none"))
     with pytest.raises(ValueError, match="duplicate"):
         dormant.DormantExperimentConfig(replay_ratios=(1.0, 1.0))
+    study = dormant.DormantExperimentConfig(name="s", runs_dir=str(tmp_path), workers=1)
+    RunDir(str(tmp_path / "s")).prepare(study, "matrix-sequential")
+    RunDir(str(tmp_path / "s")).prepare(dataclasses.replace(study, workers=2), "matrix-sequential")  # how, not what
+    with pytest.raises(ValueError, match="DormantExperimentConfig.workers"):
+        dormant.DormantExperimentConfig(workers=-1)
 
 
 def test_rejected_config_writes_nothing(tmp_path):

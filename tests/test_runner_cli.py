@@ -147,3 +147,32 @@ def test_cli_turns_on_the_compilation_cache_unless_told_not_to(monkeypatch, tmp_
     finally:
         jax.config.update("jax_compilation_cache_dir", saved[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+
+
+def test_run_concurrently_keeps_order_and_raises_the_first_error_after_the_running_jobs_end():
+    import threading
+    import time
+
+    from plastix.experiments.runner import run_concurrently
+
+    assert run_concurrently(lambda x: x * x, [3, 1, 2], workers=2) == [9, 1, 4]
+    assert run_concurrently(lambda x: x, [], workers=2) == []
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_concurrently(lambda x: x, [1], workers=0)
+
+    started, finished = [], []
+    lock = threading.Lock()
+
+    def work(job):
+        with lock:
+            started.append(job)
+        if job == "bad":
+            raise RuntimeError("job bad failed")
+        time.sleep(0.3)  # still running when "bad" fails
+        with lock:
+            finished.append(job)
+        return job
+
+    with pytest.raises(RuntimeError, match="job bad failed"):
+        run_concurrently(work, ["slow", "bad", "never"], workers=2)
+    assert started == ["slow", "bad"] and finished == ["slow"]  # no new job after the error; the running one ended

@@ -124,8 +124,9 @@ def check_run_name(name: str, field: str, allow_empty: bool = False) -> None:
         )
 
 
-WHERE_FIELDS = ("runs_dir",)
-"""Config fields that say where a run lives, not what it is: left out when comparing configs."""
+WHERE_FIELDS = ("runs_dir", "workers")
+"""Config fields that say where or how a run executes, not what it computes (the runs directory,
+programs run at once): left out when comparing configs, so a resumed run may change them."""
 
 
 def config_dict(config: Any) -> dict:

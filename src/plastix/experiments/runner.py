@@ -22,7 +22,8 @@ rows of the chunks before, so a resumed run produces the same table as an uninte
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -175,6 +176,51 @@ def complete(rundir: RunDir, rows: pd.DataFrame, write_report: Callable[[pd.Data
     """
     rundir.finish(rows)
     return [rundir.file("metrics.parquet")] + write_report(rows, rundir.path)
+
+
+def run_concurrently(work: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
+    """``[work(job) for job in jobs]`` with up to ``workers`` jobs running at once (threads).
+
+    For independent runs (each its own compiled program and run directory): while one program
+    compiles or runs its small serial ops, another fills the idle cores. Jobs start in list
+    order (put the longest first to balance the workers). Results come back in ``jobs`` order.
+    When a job raises, no further job starts, the running ones finish (their runs are saved and
+    skipped on resume), and the first error raised is raised here. The threads are daemons: Ctrl-C stops the
+    whole process at once, as a kill would, and every run resumes from its last checkpoint.
+
+    Raises:
+      ValueError: ``workers < 1``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (programs run at once), got {workers}")
+    if workers == 1 or len(jobs) <= 1:
+        return [work(job) for job in jobs]
+    results: dict[int, Any] = {}
+    errors: list[tuple[int, BaseException]] = []  # in the order they were raised
+    pending = list(enumerate(jobs))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if errors or not pending:
+                    return
+                index, job = pending.pop(0)
+            try:
+                results[index] = work(job)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                with lock:
+                    errors.append((index, e))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(jobs)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)  # short waits: the main thread stays responsive to Ctrl-C
+    if errors:
+        raise errors[0][1]
+    return [results[i] for i in range(len(jobs))]
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
