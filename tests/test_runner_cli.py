@@ -176,3 +176,30 @@ def test_run_concurrently_keeps_order_and_raises_the_first_error_after_the_runni
     with pytest.raises(RuntimeError, match="job bad failed"):
         run_concurrently(work, ["slow", "bad", "never"], workers=2)
     assert started == ["slow", "bad"] and finished == ["slow"]  # no new job after the error; the running one ended
+
+
+def test_ctrl_c_stops_concurrent_jobs_after_their_chunk_and_starts_no_new_one():
+    """Ctrl-C in the calling thread sets ``stop``; each running job stops at its next chunk
+    boundary (raising ``Interrupted``), no pending job starts, and ``KeyboardInterrupt`` follows."""
+    import _thread
+    import threading
+    import time
+
+    from plastix.experiments.runner import Interrupted, run_concurrently
+
+    stop, chunks, started = threading.Event(), [], []
+
+    def work(job):
+        started.append(job)
+        for chunk in range(100):
+            if stop.is_set():
+                raise Interrupted(job)
+            time.sleep(0.05)
+            chunks.append((job, chunk))
+        return job
+
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_concurrently(work, ["a", "b", "c"], workers=2, stop=stop)
+    assert stop.is_set() and sorted(started) == ["a", "b"]  # "c" never started
+    assert 2 <= len(chunks) < 60  # both ran a few chunks, then stopped

@@ -424,7 +424,8 @@ def enable_compilation_cache() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; returns the exit status (0 ok, 1 run failed, 2 bad input)."""
+    """Parse ``argv`` and run the command; returns the exit status (0 ok, 1 run failed, 2 bad input,
+    130 interrupted by Ctrl-C)."""
     import tyro
 
     from plastix.experiments.rundir import CorruptRunError, NonFiniteError
@@ -463,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # read-only directory, full disk, ...: one line naming the file
         print(f"plastix: error: {e.strerror or e} ({e.filename or 'runs directory'})", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("plastix: interrupted; run the same command again to resume from the last checkpoints", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

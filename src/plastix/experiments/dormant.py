@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -40,7 +41,7 @@ from plastix.experiments.marl import (
 )
 from plastix.experiments.rl import RLConfig, build_train, groups, run_cell, run_cell_group
 from plastix.experiments.rundir import RunDir, check_run_name
-from plastix.experiments.runner import complete, run_concurrently
+from plastix.experiments.runner import Interrupted, complete, run_concurrently
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 from plastix.metrics import DiagnosticsConfig
 
@@ -419,7 +420,13 @@ def run(
     def run_job(job) -> dict[int, pd.DataFrame]:
         i, members, label = job
         paths = [os.path.join(root, cell_id(cells[m][0])) for m in members]
-        cb = (lambda done, total: progress(label, i, len(cells), done, total)) if progress else None
+
+        def cb(done: int, total: int) -> None:  # after every chunk (and its checkpoint)
+            if stop.is_set():
+                raise Interrupted(label)
+            if progress:
+                progress(label, i, len(cells), done, total)
+
         if len(members) > 1:
             group_dir = os.path.join(root, "groups", _group_id([cell_id(cells[m][0]) for m in members]))
             results = run_cell_group([cells[m][1] for m in members], paths, group_dir, cb)
@@ -438,7 +445,8 @@ def run(
 
     jobs = sorted(run_order(experiment, config, cells), key=lambda job: -len(job[1]))  # largest groups first
     frames: dict[int, pd.DataFrame] = {}
-    for done in run_concurrently(run_job, jobs, program_workers(config)):
+    stop = threading.Event()  # Ctrl-C: every running program stops after its current chunk
+    for done in run_concurrently(run_job, jobs, program_workers(config), stop):
         frames.update(done)
     frames = [frames[m] for m in range(len(cells))]
     df = pd.concat(frames, ignore_index=True)

@@ -22,6 +22,7 @@ rows of the chunks before, so a resumed run produces the same table as an uninte
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -178,23 +179,35 @@ def complete(rundir: RunDir, rows: pd.DataFrame, write_report: Callable[[pd.Data
     return [rundir.file("metrics.parquet")] + write_report(rows, rundir.path)
 
 
-def run_concurrently(work: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
+class Interrupted(Exception):
+    """A run stopped on request (Ctrl-C) after a chunk; its run directory resumes from there."""
+
+
+def run_concurrently(
+    work: Callable[[Any], Any], jobs: Sequence[Any], workers: int, stop: threading.Event | None = None
+) -> list[Any]:
     """``[work(job) for job in jobs]`` with up to ``workers`` jobs running at once (threads).
 
     For independent runs (each its own compiled program and run directory): while one program
     compiles or runs its small serial ops, another fills the idle cores. Jobs start in list
     order (put the longest first to balance the workers). Results come back in ``jobs`` order.
     When a job raises, no further job starts, the running ones finish (their runs are saved and
-    skipped on resume), and the first error raised is raised here. The threads are daemons: Ctrl-C stops the
-    whole process at once, as a kill would, and every run resumes from its last checkpoint.
+    skipped on resume), and the first error raised is raised here.
+
+    Ctrl-C (``KeyboardInterrupt`` in the calling thread) sets ``stop``: jobs are expected to check
+    it between chunks (after their checkpoint) and raise :class:`Interrupted`; once they have,
+    ``KeyboardInterrupt`` is raised here. A second Ctrl-C stops waiting at once (the threads are
+    daemons: the process then ends as if killed, and every run resumes from its last checkpoint).
 
     Raises:
       ValueError: ``workers < 1``.
+      KeyboardInterrupt: after Ctrl-C, once the running jobs stopped.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (programs run at once), got {workers}")
     if workers == 1 or len(jobs) <= 1:
         return [work(job) for job in jobs]
+    stop = stop if stop is not None else threading.Event()
     results: dict[int, Any] = {}
     errors: list[tuple[int, BaseException]] = []  # in the order they were raised
     pending = list(enumerate(jobs))
@@ -203,7 +216,7 @@ def run_concurrently(work: Callable[[Any], Any], jobs: Sequence[Any], workers: i
     def worker():
         while True:
             with lock:
-                if errors or not pending:
+                if errors or stop.is_set() or not pending:
                     return
                 index, job = pending.pop(0)
             try:
@@ -215,11 +228,27 @@ def run_concurrently(work: Callable[[Any], Any], jobs: Sequence[Any], workers: i
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(jobs)))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)  # short waits: the main thread stays responsive to Ctrl-C
-    if errors:
-        raise errors[0][1]
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # short waits: the main thread stays responsive to Ctrl-C
+    except KeyboardInterrupt:
+        stop.set()
+        print(
+            "\ninterrupted: the running programs stop after their current chunk (saved); run the same "
+            "command again to resume. Ctrl-C again to quit at once.",
+            file=sys.stderr,
+            flush=True,
+        )
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+        raise
+    failures = [e for _, e in errors if not isinstance(e, Interrupted)]
+    if failures:
+        raise failures[0]
+    if errors:  # stopped on request from elsewhere (``stop`` set by the caller)
+        raise KeyboardInterrupt
     return [results[i] for i in range(len(jobs))]
 
 
