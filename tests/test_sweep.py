@@ -122,7 +122,7 @@ def local_sweep(tmp_path_factory):
     assert sweep.run_one_cell(config.root, cells[0], sweep.SweepOptions(), stop_after_chunks=1) == "interrupted"
     before = sweep.write_status(config.root, cells)
     partial_report = open(sweep_report(config.root)).read()
-    table = sweep.run_sweep(config)
+    table = sweep.run_sweep(config, sweep.SweepOptions(workers=2))  # both cells at once
     return config, cells, before, partial_report, table
 
 
@@ -171,7 +171,7 @@ def test_a_failing_cell_is_marked_failed_and_the_others_still_run(tmp_path, monk
         return real(cell_config, path, *a, **k)
 
     monkeypatch.setattr(rl, "run_cell", flaky)
-    table = sweep.run_sweep(config)
+    table = sweep.run_sweep(config, sweep.SweepOptions(workers=2))  # the failure does not stop the other
     assert list(table.status) == ["failed", "done"]
     assert "FloatingPointError: loss is nan" in table.detail[0]
     assert not os.path.exists(os.path.join(config.root, "cells", table.cell[0], "RUNNING"))
@@ -283,6 +283,8 @@ def test_live_logging_writes_every_chunk_metric_per_cell_and_seed(tmp_path):
 def test_unknown_log_target_is_refused():
     with pytest.raises(ValueError, match=r"allowed values are \('tensorboard', 'wandb'\)"):
         sweep.SweepOptions(log=("mlflow",))
+    with pytest.raises(ValueError, match="SweepOptions.workers"):
+        sweep.SweepOptions(workers=0)
 
 
 # ------------------------------------------------------------------------------------------ Ray

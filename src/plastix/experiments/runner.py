@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -213,25 +214,34 @@ def run_concurrently(
     pending = list(enumerate(jobs))
     lock = threading.Lock()
 
-    def worker():
-        while True:
-            with lock:
-                if errors or stop.is_set() or not pending:
-                    return
-                index, job = pending.pop(0)
-            try:
-                results[index] = work(job)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+    def worker(finished: threading.Event):
+        try:
+            while True:
                 with lock:
-                    errors.append((index, e))
+                    if errors or stop.is_set() or not pending:
+                        return
+                    index, job = pending.pop(0)
+                try:
+                    results[index] = work(job)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                    with lock:
+                        errors.append((index, e))
+        finally:
+            finished.set()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(jobs)))]
-    for thread in threads:
-        thread.start()
+    # Waiting on events, not Thread.join: a join interrupted by Ctrl-C makes CPython 3.11 mark a
+    # running thread as stopped (is_alive() False), and the process would exit under it.
+    finished = [threading.Event() for _ in range(min(workers, len(jobs)))]
+    for event in finished:
+        threading.Thread(target=worker, args=(event,), daemon=True).start()
+
+    def wait_all():
+        for event in finished:
+            while not event.wait(0.2):  # short waits: the main thread stays responsive to Ctrl-C
+                pass
+
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)  # short waits: the main thread stays responsive to Ctrl-C
+        wait_all()
     except KeyboardInterrupt:
         stop.set()
         print(
@@ -240,9 +250,14 @@ def run_concurrently(
             file=sys.stderr,
             flush=True,
         )
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
+        interrupted = time.monotonic()
+        while True:
+            try:
+                wait_all()
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C quits at once; an echo of the first does not
+                if time.monotonic() - interrupted > 1.0:
+                    raise
         raise
     failures = [e for _, e in errors if not isinstance(e, Interrupted)]
     if failures:

@@ -27,7 +27,7 @@ Grid fields, in the order they are looked up:
 Values are parsed with the field's type (``true``/``false``, numbers, choices, ``[64,64]`` for
 tuples). A field with one value is a fixed setting; fields with several values label the cells.
 
-Backends: ``local`` runs the cells one after another in this process; ``ray`` submits one task per
+Backends: ``local`` runs the cells in this process (``workers`` at a time); ``ray`` submits one task per
 cell to a Ray cluster (:mod:`plastix.experiments.sweep_ray`). Either way a cell's results exist once,
 in its run directory (``metrics.parquet`` + ``DONE`` are written last and atomically), and the
 status of every cell is read from the disk, so a sweep can be watched or reported while it runs.
@@ -41,6 +41,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import types
 import typing
@@ -50,6 +51,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from plastix.experiments.rundir import RunDir, check_run_name, config_dict, write_json, write_text
+from plastix.experiments.runner import Interrupted, run_concurrently
 
 Backend = Literal["local", "ray"]
 LogTarget = Literal["tensorboard", "wandb"]
@@ -113,13 +115,15 @@ class SweepOptions:
     """How a sweep runs (none of it changes a result).
 
     Attributes:
-      backend: ``local`` (cells one after another here) or ``ray`` (one task per cell).
+      backend: ``local`` (cells here, ``workers`` at a time) or ``ray`` (one task per cell).
       address: the Ray cluster (``auto``: the one started with ``ray start``; empty: a local one).
       cpus_per_cell / gpus_per_cell: resources a cell's Ray task declares.
       retries: times Ray restarts a cell whose worker died (the cell resumes from its checkpoint).
       devices: local devices a cell's seeds are sharded over (0: every local device).
       log: live logging of every chunk's metrics: ``tensorboard``, ``wandb`` (both may be given).
       wandb_mode: ``offline`` (default; ``wandb sync`` later) or ``online``.
+      workers: ``local`` backend: cells run at once in this process (threads,
+        :func:`~plastix.experiments.runner.run_concurrently`).
     """
 
     backend: Backend = "local"
@@ -130,6 +134,7 @@ class SweepOptions:
     devices: int = 0
     log: tuple[LogTarget, ...] = ()
     wandb_mode: Literal["offline", "online"] = "offline"
+    workers: int = 1
 
     def __post_init__(self):
         if self.backend not in ("local", "ray"):
@@ -137,6 +142,8 @@ class SweepOptions:
         bad = [x for x in self.log if x not in ("tensorboard", "wandb")]
         if bad:
             raise ValueError(f"SweepOptions.log: got {bad}, allowed values are ('tensorboard', 'wandb')")
+        if self.workers < 1:
+            raise ValueError(f"SweepOptions.workers: got {self.workers}, must be >= 1 (cells run at once)")
         if self.cpus_per_cell <= 0 or self.gpus_per_cell < 0 or self.retries < 0 or self.devices < 0:
             raise ValueError("SweepOptions: cpus_per_cell must be > 0; gpus_per_cell, retries and devices >= 0")
 
@@ -576,19 +583,33 @@ def run_sweep(
 
         run_on_ray(root, todo, options, lambda: on_status(write_status(root, cells)) if on_status else None)
     else:
-        for cell in todo:
+        status_lock, stop = threading.Lock(), threading.Event()
+
+        def run_job(cell: SweepCell) -> None:
             index = cells.index(cell)
-            cb = (lambda d, t, c=cell.id, i=index: progress(c, i, len(cells), d, t)) if progress else None
+
+            def cb(done: int, total: int) -> None:  # after every chunk (and its checkpoint)
+                if stop.is_set():
+                    raise Interrupted(cell.id)
+                if progress:
+                    progress(cell.id, index, len(cells), done, total)
+
             try:
                 run_one_cell(root, cell, options, cb)
-            except (KeyboardInterrupt, SystemExit):
-                write_status(root, cells)
+            except (KeyboardInterrupt, SystemExit, Interrupted):
                 raise
             except Exception:  # recorded in FAILED; the other cells still run
                 pass
-            table = write_status(root, cells)
-            if on_status:
-                on_status(table)
+            with status_lock:
+                table = write_status(root, cells)
+                if on_status:
+                    on_status(table)
+
+        try:
+            run_concurrently(run_job, todo, options.workers, stop)
+        except (KeyboardInterrupt, SystemExit):
+            write_status(root, cells)
+            raise
     table = write_status(root, cells)
     if (table.status == "done").all():
         from plastix.report.sweep import write_sweep_report
