@@ -41,7 +41,7 @@ from plastix.experiments.marl import (
 )
 from plastix.experiments.rl import RLConfig, build_train, groups, run_cell, run_cell_group
 from plastix.experiments.rundir import RunDir, check_run_name
-from plastix.experiments.runner import Interrupted, complete, run_concurrently
+from plastix.experiments.runner import complete, run_concurrently, stopping_progress
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 from plastix.metrics import DiagnosticsConfig
 
@@ -420,13 +420,8 @@ def run(
     def run_job(job) -> dict[int, pd.DataFrame]:
         i, members, label = job
         paths = [os.path.join(root, cell_id(cells[m][0])) for m in members]
-
-        def cb(done: int, total: int) -> None:  # after every chunk (and its checkpoint)
-            if stop.is_set():
-                raise Interrupted(label)
-            if progress:
-                progress(label, i, len(cells), done, total)
-
+        shown = (lambda done, total: progress(label, i, len(cells), done, total)) if progress else None
+        cb = stopping_progress(stop, label, shown)
         if len(members) > 1:
             group_dir = os.path.join(root, "groups", _group_id([cell_id(cells[m][0]) for m in members]))
             results = run_cell_group([cells[m][1] for m in members], paths, group_dir, cb)

@@ -184,6 +184,22 @@ class Interrupted(Exception):
     """A run stopped on request (Ctrl-C) after a chunk; its run directory resumes from there."""
 
 
+def stopping_progress(
+    stop: threading.Event, name: str, progress: Callable[[int, int], None] | None = None
+) -> Callable[[int, int], None]:
+    """A ``progress(chunks_done, chunks_total)`` for :func:`run_stages` (called after every chunk
+    and its checkpoint) that raises :class:`Interrupted` naming ``name`` once ``stop`` is set, and
+    otherwise calls ``progress``: how a job of :func:`run_concurrently` stops at a chunk boundary."""
+
+    def callback(done: int, total: int) -> None:
+        if stop.is_set():
+            raise Interrupted(name)
+        if progress:
+            progress(done, total)
+
+    return callback
+
+
 def run_concurrently(
     work: Callable[[Any], Any], jobs: Sequence[Any], workers: int, stop: threading.Event | None = None
 ) -> list[Any]:
@@ -196,7 +212,7 @@ def run_concurrently(
     skipped on resume), and the first error raised is raised here.
 
     Ctrl-C (``KeyboardInterrupt`` in the calling thread) sets ``stop``: jobs are expected to check
-    it between chunks (after their checkpoint) and raise :class:`Interrupted`; once they have,
+    it between chunks (:func:`stopping_progress`) and raise :class:`Interrupted`; once they have,
     ``KeyboardInterrupt`` is raised here. A second Ctrl-C stops waiting at once (the threads are
     daemons: the process then ends as if killed, and every run resumes from its last checkpoint).
 

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from plastix.experiments.rundir import RunDir, check_run_name, config_dict, write_json, write_text
-from plastix.experiments.runner import Interrupted, run_concurrently
+from plastix.experiments.runner import Interrupted, run_concurrently, stopping_progress
 
 Backend = Literal["local", "ray"]
 LogTarget = Literal["tensorboard", "wandb"]
@@ -587,13 +587,8 @@ def run_sweep(
 
         def run_job(cell: SweepCell) -> None:
             index = cells.index(cell)
-
-            def cb(done: int, total: int) -> None:  # after every chunk (and its checkpoint)
-                if stop.is_set():
-                    raise Interrupted(cell.id)
-                if progress:
-                    progress(cell.id, index, len(cells), done, total)
-
+            shown = (lambda done, total: progress(cell.id, index, len(cells), done, total)) if progress else None
+            cb = stopping_progress(stop, cell.id, shown)
             try:
                 run_one_cell(root, cell, options, cb)
             except (KeyboardInterrupt, SystemExit, Interrupted):

@@ -53,6 +53,8 @@ from plastix.nn.topology import (
 SLOTS = "plastix_injection"
 """Top-level key of the parameter tree under which the injection slots live."""
 SLOT_PARAMS = ("kernel", "bias", "comp_kernel", "comp_bias", "gate", "comp_gate")
+FROZEN_SLOT_PARAMS = ("comp_kernel", "comp_bias", "gate", "comp_gate")
+"""Slot parameters that never train (compensation units and gates): no weight gradients either."""
 
 
 def _identity(x: Array) -> Array:
@@ -175,7 +177,7 @@ def injection_forward(targets: Sequence[Target]):
                         "z, not h = σ(z); build dense neuron layers with plastix.nn.Neurons"
                     )
                 s = dict(get_path(slots, target.module))
-                for frozen in ("comp_kernel", "comp_bias", "gate", "comp_gate"):  # never trained: no weight gradients
+                for frozen in FROZEN_SLOT_PARAMS:
                     s[frozen] = jax.lax.stop_gradient(s[frozen])
                 x = f_args[0]
 
