@@ -45,6 +45,7 @@ from plastix.envs.base import Env, EnvSpec
 from plastix.envs.tasks import TaskSchedule
 from plastix.interventions import Context, Intervention, TrainState
 from plastix.interventions.base import changed_elements, tallies
+from plastix.jit import jit_program
 from plastix.metrics import Diagnostics, DiagnosticsConfig, diagnose, summarize
 from plastix.metrics.neurons import mean_abs
 from plastix.nn.topology import Topology, capture
@@ -752,8 +753,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         return carry._replace(key=key), metrics, evaluate(carry.agent, k_eval, schedule.task_at(carry.env_steps))
 
     return Train(
-        init=jax.jit(jax.vmap(init_single)),
-        run_chunk=jax.jit(jax.vmap(run_chunk_single)),
+        init=jit_program(jax.vmap(init_single)),
+        run_chunk=jit_program(jax.vmap(run_chunk_single)),
         layout=lay,
         init_single=init_single,
         run_chunk_single=run_chunk_single,

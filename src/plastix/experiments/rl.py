@@ -33,6 +33,7 @@ from plastix.envs import make_env
 from plastix.experiments.rundir import CorruptRunError, RunDir, write_json
 from plastix.experiments.runner import Stage, run_stages, stacked_rows
 from plastix.interventions import PlasticityBundle, PlasticityConfig, assign_members, group_key
+from plastix.jit import jit_program
 from plastix.metrics import DiagnosticsConfig
 
 AGENTS = ("dqn", "drq", "sac", "vdn", "qmix", "qplex")
@@ -247,7 +248,7 @@ def stage(config: RLConfig, devices: int = 0) -> Stage:
         init = lambda k: place(assign(train.init(place(k))))  # noqa: E731
         run_chunk = lambda c: train.run_chunk(place(c))  # noqa: E731
     else:  # one run at a time through the same jitted single-run functions
-        single_init, single_chunk = jax.jit(train.init_single), jax.jit(train.run_chunk_single)
+        single_init, single_chunk = jit_program(train.init_single), jit_program(train.run_chunk_single)
         stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
         unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(runs)]  # noqa: E731
         init = lambda k: assign(stack([single_init(x) for x in k]))  # noqa: E731

@@ -31,6 +31,7 @@ from plastix.experiments.datasets import ImageData, load_dataset
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import Stage, complete, run_stages, stacked_rows
 from plastix.interventions import OptimizerConfig, TrainState, make_optimizer
+from plastix.jit import jit_program
 from plastix.metrics import DiagnosticsConfig, diagnose, overlap_coefficient, summarize
 from plastix.nn import ConvNet, small_cnn
 
@@ -207,7 +208,9 @@ def build(config: SupervisedConfig, data: ImageData | None = None) -> Experiment
     def run_epochs(carry: Carry) -> tuple[Carry, dict]:
         return jax.lax.scan(epoch, carry, None, length=chunk)
 
-    return Experiment(net, data, tx, jax.jit(jax.vmap(init_carry)), jax.jit(jax.vmap(run_epochs)), chunk, run_epochs)
+    return Experiment(
+        net, data, tx, jit_program(jax.vmap(init_carry)), jit_program(jax.vmap(run_epochs)), chunk, run_epochs
+    )
 
 
 @functools.lru_cache(maxsize=4)
