@@ -199,59 +199,61 @@ def injection_forward(targets: Sequence[Target]):
 
 def inject(
     state: TrainState,
-    target: Target,
-    units: Array,
+    picks: Sequence[tuple[Target, Array]],
     fresh: Params | None,
     freeze_knowledge: bool = True,
     compensation: bool = True,
 ) -> TrainState:
-    """Inject one new active unit (and its compensation copy) into each selected unit of ``target``.
+    """Inject one new active unit (and its compensation copy) into each selected unit of each target.
 
-    Each unit in ``units`` (bool ``(N,)``) with a free slot gets, in its first free slot k, an active
-    unit with the incoming weights of ``fresh`` (``fresh[target.kernel]``, bias 0; ``None``: a copy of
-    the unit's current original weights and bias) and an identical frozen compensation unit; its gate
-    opens. Its knowledge (original incoming weights and earlier slots) is frozen when
-    ``freeze_knowledge``. The optimizer moments of the new slot start at zero. Units without a free
-    slot are left as they are. Shapes never change; with no unit selected the state is unchanged.
-    Without ``compensation`` (KNIFE's ablation) the slot's ``comp_gate`` stays closed: the output
-    changes by the new active unit's output.
+    ``picks`` is ``[(target, units), ...]`` with ``units`` bool ``(N,)`` of the target's units. Each
+    selected unit with a free slot gets, in its first free slot k, an active unit with the incoming
+    weights of ``fresh`` (``fresh[target.kernel]``, bias 0; ``None``: a copy of the unit's current
+    original weights and bias) and an identical frozen compensation unit; its gate opens. Its
+    knowledge (original incoming weights and earlier slots) is frozen when ``freeze_knowledge``. The
+    optimizer moments of the new slot start at zero. Units without a free slot are left as they are.
+    Shapes never change; with no unit selected the state is unchanged. Without ``compensation``
+    (KNIFE's ablation) the slot's ``comp_gate`` stays closed: the output changes by the new active
+    unit's output. All targets are done in one pass over the optimizer state (tracing and compiling
+    a pass per target made KNIFE's program markedly larger).
     """
     params, trainable = state.params, state.trainable
-    s = get_path(params[SLOTS], target.module)
-    k_slots, _, _ = s["kernel"].shape
-    used = s["gate"] > 0  # (K, N)
-    has_free = ~jnp.all(used, axis=0)
-    first_free = jnp.argmax(~used, axis=0)
-    chosen = units & has_free
-    new_slot = (jnp.arange(k_slots)[:, None] == first_free[None, :]) & chosen[None, :]  # (K, N)
-    if fresh is None:
-        w_new, b_new = get_path(params, target.kernel), get_path(params, target.bias)
-    else:
-        w_new = get_path(fresh, target.kernel)
-        b_new = jnp.zeros_like(get_path(params, target.bias))
-    hit_k = new_slot[:, None, :]
-    updated = {
-        "kernel": jnp.where(hit_k, w_new[None], s["kernel"]),
-        "comp_kernel": jnp.where(hit_k, w_new[None], s["comp_kernel"]),
-        "bias": jnp.where(new_slot, b_new[None], s["bias"]),
-        "comp_bias": jnp.where(new_slot, b_new[None], s["comp_bias"]),
-        "gate": jnp.where(new_slot, jnp.ones_like(s["gate"]), s["gate"]),
-        "comp_gate": jnp.where(new_slot, jnp.full_like(s["gate"], float(compensation)), s["comp_gate"]),
-    }
     touched = zeros_like_bool(params)
-    for key, value in updated.items():
-        params = set_path(params, (SLOTS, *target.module, key), value)
-    knowledge = used & chosen[None, :] if freeze_knowledge else jnp.zeros_like(used)  # earlier slots freeze
-    for key, hit, old in (("kernel", hit_k, knowledge[:, None, :]), ("bias", new_slot, knowledge)):
-        path = (SLOTS, *target.module, key)
-        hit = jnp.broadcast_to(hit, get_path(params, path).shape)
-        touched = set_path(touched, path, hit)  # the new active unit: trains, moments start at zero
-        trainable = set_path(trainable, path, (get_path(trainable, path) & ~old) | hit)
-    if freeze_knowledge:  # the unit's original incoming weights
-        for path, bias in ((target.kernel, False), (target.bias, True)):
-            if has_path(params, path):
-                hit = Slice(path, bias=bias).mask(chosen, get_path(params, path).shape)
-                trainable = set_path(trainable, path, get_path(trainable, path) & ~hit)
+    for target, units in picks:
+        s = get_path(params[SLOTS], target.module)
+        k_slots, _, _ = s["kernel"].shape
+        used = s["gate"] > 0  # (K, N)
+        has_free = ~jnp.all(used, axis=0)
+        first_free = jnp.argmax(~used, axis=0)
+        chosen = units & has_free
+        new_slot = (jnp.arange(k_slots)[:, None] == first_free[None, :]) & chosen[None, :]  # (K, N)
+        if fresh is None:
+            w_new, b_new = get_path(params, target.kernel), get_path(params, target.bias)
+        else:
+            w_new = get_path(fresh, target.kernel)
+            b_new = jnp.zeros_like(get_path(params, target.bias))
+        hit_k = new_slot[:, None, :]
+        updated = {
+            "kernel": jnp.where(hit_k, w_new[None], s["kernel"]),
+            "comp_kernel": jnp.where(hit_k, w_new[None], s["comp_kernel"]),
+            "bias": jnp.where(new_slot, b_new[None], s["bias"]),
+            "comp_bias": jnp.where(new_slot, b_new[None], s["comp_bias"]),
+            "gate": jnp.where(new_slot, jnp.ones_like(s["gate"]), s["gate"]),
+            "comp_gate": jnp.where(new_slot, jnp.full_like(s["gate"], float(compensation)), s["comp_gate"]),
+        }
+        for key, value in updated.items():
+            params = set_path(params, (SLOTS, *target.module, key), value)
+        knowledge = used & chosen[None, :] if freeze_knowledge else jnp.zeros_like(used)  # earlier slots freeze
+        for key, hit, old in (("kernel", hit_k, knowledge[:, None, :]), ("bias", new_slot, knowledge)):
+            path = (SLOTS, *target.module, key)
+            hit = jnp.broadcast_to(hit, get_path(params, path).shape)
+            touched = set_path(touched, path, hit)  # the new active unit: trains, moments start at zero
+            trainable = set_path(trainable, path, (get_path(trainable, path) & ~old) | hit)
+        if freeze_knowledge:  # the unit's original incoming weights
+            for path, bias in ((target.kernel, False), (target.bias, True)):
+                if has_path(params, path):
+                    hit = Slice(path, bias=bias).mask(chosen, get_path(params, path).shape)
+                    trainable = set_path(trainable, path, get_path(trainable, path) & ~hit)
     opt_state = reset_optimizer_elements(state.tx, state.opt_state, touched)
     return state.replace(params=params, opt_state=opt_state).with_trainable(trainable)
 
@@ -295,10 +297,7 @@ def plasticity_injection(config: InjectionConfig, topology: Topology, init_param
         return add_slots(params, targets, config.slots)
 
     def apply(key: Array, state: TrainState, scores, context) -> TrainState:
-        fresh = init_params(key)
-        for target in targets:
-            n = get_path(state.params, target.kernel).shape[-1]
-            state = inject(state, target, jnp.ones(n, bool), fresh)
-        return state
+        every_unit = [(t, jnp.ones(get_path(state.params, t.kernel).shape[-1], bool)) for t in targets]
+        return inject(state, every_unit, init_params(key))
 
     return Intervention(_no_state, apply, extend=extend, forward=injection_forward(targets))

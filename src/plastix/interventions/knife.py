@@ -101,10 +101,11 @@ def knife(config: KnifeConfig, topology: Topology, init_params: InitParams) -> I
     def apply(key: Array, state: TrainState, scores, context) -> TrainState:
         k_init, k_select = jax.random.split(key)
         fresh = init_params(k_init) if config.active_init == "fresh" else None
-        for k, target in zip(jax.random.split(k_select, len(targets)), targets):
-            units = knife_selection(k, config.selection, scores.layers[target.name])
-            state = inject(state, target, units, fresh, config.freeze_knowledge, config.compensation)
-        return state
+        picks = [
+            (target, knife_selection(k, config.selection, scores.layers[target.name]))
+            for k, target in zip(jax.random.split(k_select, len(targets)), targets)
+        ]
+        return inject(state, picks, fresh, config.freeze_knowledge, config.compensation)
 
     return Intervention(
         _no_state,
