@@ -97,6 +97,14 @@ def test_check_finite_names_step_and_last_good_checkpoint():
     check_finite(STATE, ROWS.assign(train_return=np.nan), "run-x", lambda: "here")  # NaN outside losses is allowed
 
 
+def test_finite_check_on_host_and_on_device_agree():
+    from plastix.experiments import rundir
+
+    for leaves, finite in (([jnp.ones(3), jnp.zeros((2, 2))], True), ([jnp.ones(3), jnp.array([0.0, jnp.nan])], False)):
+        assert rundir._leaves_finite(leaves) is finite  # NumPy: the arrays live in host memory here
+        assert bool(rundir._all_finite(leaves)) is finite  # the compiled check used for accelerator arrays
+
+
 def test_diverging_run_stops_with_the_step_and_setting(tmp_path, capsys):
     config = supervised.SupervisedConfig(
         name="nan",
