@@ -29,7 +29,7 @@ from plastix.interventions import (
     plasticity_injection,
     reborn,
 )
-from plastix.interventions.injection import SLOTS
+from plastix.interventions.injection import SLOT_PARAMS, SLOTS
 from plastix.nn.recurrent import GRUAgent
 from plastix.nn.topology import Topology, get_path
 
@@ -216,6 +216,43 @@ def test_knife_with_and_without_compensation_share_one_program():
         comp_gate = get_path(got.params, (SLOTS, "agent", "fc1", "comp_gate"))
         gate = get_path(got.params, (SLOTS, "agent", "fc1", "gate"))
         np.testing.assert_array_equal(comp_gate, gate if member == 0 else jnp.zeros_like(gate))
+
+
+def test_knife_and_plasticity_injection_share_one_program_with_the_union_of_their_slots():
+    """KNIFE (slots on the dense neuron layers) and plasticity injection (slots on the output heads)
+    in one bundle: the bundle allocates both; each member computes the outputs and, on the
+    parameters it has alone, the train state of that method alone after its injection and 10
+    updates (up to float rounding: a closed slot adds exactly 0, but the extra terms change how XLA
+    fuses a layer's sums, by ~1 ulp); the other method's slots stay closed, zero and frozen."""
+    from plastix.interventions.bundle import assign_members, bundle
+
+    net, topology, init_params, inputs = build("qmix")
+    params = init_params(jax.random.key(1))
+    scores = random_scores(jax.random.key(3), topology, params)
+    methods = [
+        knife(KnifeConfig(slots=2), topology, init_params),
+        plasticity_injection(InjectionConfig(slots=2), topology, init_params),
+    ]
+    both = bundle(methods)
+    union = {t.module for t in both.slots[0]}
+    assert union == {t.module for m in methods for t in m.slots[0]} and both.slots[1] == 2
+    for member, alone in enumerate(methods):
+        expected = alone.apply(jax.random.key(4), create_train_state(alone, params, optax.adam(1e-2)), scores, CONTEXT)
+        expected = train_steps(expected, alone.forward(net.apply), inputs)
+        got = assign_members(create_train_state(both, params, optax.adam(1e-2)), jnp.int32(member))
+        got = train_steps(both.apply(jax.random.key(4), got, scores, CONTEXT), both.forward(net.apply), inputs)
+        alone_out = outputs(alone.forward(net.apply), expected.params, inputs)
+        for a, b in zip(alone_out, outputs(both.forward(net.apply), got.params, inputs)):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        for module in union - {t.module for t in alone.slots[0]}:  # the other method's slots
+            for name in SLOT_PARAMS:
+                path = (SLOTS, *module, name)
+                assert not np.any(get_path(got.params, path)), f"{path} was touched"
+                assert not np.any(get_path(got.trainable, path)), f"{path} trains"
+        for tree in ("params", "opt_state", "trainable"):  # every array the method has alone
+            got_flat = dict(jax.tree_util.tree_flatten_with_path(getattr(got, tree))[0])
+            for path, value in jax.tree_util.tree_flatten_with_path(getattr(expected, tree))[0]:
+                np.testing.assert_allclose(got_flat[path], value, rtol=1e-5, atol=1e-6, err_msg=f"{tree} {path}")
 
 
 def test_plasticity_injection_preserves_outputs_and_trains_the_new_head():

@@ -411,9 +411,9 @@ def test_methods_vmapped_in_one_program_equal_the_cells_run_alone(tmp_path):
 
 
 def test_only_methods_with_the_same_program_are_grouped():
-    """KNIFE adds parameters (slots): it groups with its own ablations of the same slot layout, not
-    with ReDo (the no-compensation ablation included: its compensation gate is data); other fields
-    must be equal."""
+    """KNIFE adds parameters (slots): it groups with its own ablations and with plasticity injection
+    (same slots per unit: the group allocates both methods' slots), not with ReDo (the
+    no-compensation ablation included: its compensation gate is data); other fields must be equal."""
     import dataclasses
 
     from plastix.experiments.rl import group_config, groups
@@ -421,7 +421,7 @@ def test_only_methods_with_the_same_program_are_grouped():
 
     methods = ("none", "knife", "redo", "knife-random", "knife-no-compensation", "injection", "knife-copy", "cbp")
     cells = group_cells(methods)
-    assert groups(cells) == [[0, 2], [1, 3, 4, 6], [5], [7]]
+    assert groups(cells) == [[0, 2], [1, 3, 4, 5, 6], [7]]
     with pytest.raises(ValueError, match="cannot share a program"):
         PlasticityBundle((cells[0].plasticity, cells[1].plasticity))
     with pytest.raises(ValueError, match=r"cells differ in \['seeds'\]"):

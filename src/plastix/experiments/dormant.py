@@ -66,7 +66,8 @@ class DormantExperimentConfig:
       vmap_seeds: run the seeds of a cell together with ``vmap``.
       vmap_methods: run cells that differ only in their plasticity method as one compiled program,
         methods and seeds vmapped together (:func:`plastix.experiments.rl.run_cell_group`; KNIFE and
-        plasticity injection, which add parameters, form their own groups). Compiles once per group
+        plasticity injection, which add parameters, form a group of their own; CBP, which acts
+        after every update, too). Compiles once per group
         instead of once per method and steps small networks far faster; memory (replay buffers
         above all) grows with the number of methods. ``None`` (default): on at ``small`` scale, off at
         ``paper`` scale, where one replay per method and seed may not fit on one GPU.

@@ -165,6 +165,10 @@ class Intervention(NamedTuple):
         computes them (KNIFE lists its slots' weights as incoming slices of the injected layers, so
         the diagnostics score an injected neuron by the part of it that learns); identity by default.
         Learners pass it to :func:`~plastix.metrics.diagnose`.
+      slots: ``(targets, K)`` for methods whose ``extend`` / ``forward`` / ``extend_topology`` are
+        injection slots (:func:`~plastix.interventions.injection.slot_parts`: KNIFE, plasticity
+        injection), so that a bundle of such methods allocates the union of their slots; ``None``
+        otherwise.
     """
 
     init: Callable[[Params], Any]
@@ -173,6 +177,7 @@ class Intervention(NamedTuple):
     extend: Callable[[Params], tuple[Params, Params | None]] = _no_extension
     forward: Callable[[Callable], Callable] = _same_forward
     extend_topology: Callable[[Topology], Topology] = _same_topology
+    slots: Any = None
 
 
 def create_train_state(

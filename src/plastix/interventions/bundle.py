@@ -12,7 +12,11 @@ the run's own result selected element-wise (as ``vmap`` does with a ``lax.cond``
 
 Members must build the same parameters and forward pass (same ``extend``, ``forward`` and
 ``extend_topology``): :func:`program_key` says which methods may share a program (the registry's
-``Method.program``), and :class:`PlasticityBundle` refuses members whose keys differ. A per-update
+``Method.program``), and :class:`PlasticityBundle` refuses members whose keys differ. Methods with
+injection slots (KNIFE, plasticity injection) share a program when they have as many slots per
+unit: the bundle allocates the union of their slots (``Intervention.slots``), each member injects
+into its own; a closed slot adds exactly 0, so a member computes what it computes alone up to
+float rounding (the extra terms can change how XLA fuses a layer's sums). A per-update
 hook (CBP) runs for every run of a bundle at every update, so :func:`group_key`, which decides
 what experiments put together, keeps such methods apart unless their settings are identical.
 
@@ -33,6 +37,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.interventions.base import Intervention, TrainState, _keep, tree_select
+from plastix.interventions.injection import union_slot_parts
 from plastix.interventions.weight_decay import OptimizerConfig
 
 
@@ -56,7 +61,8 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
     """One intervention that behaves as ``members[state.member]``.
 
     ``extend``, ``forward`` and ``extend_topology`` are the first member's (all members must have
-    the same; see :func:`program_key`). Members without a per-update hook cost nothing per update.
+    the same; see :func:`program_key`), or for methods with injection slots those of the union of
+    the members' slots. Members without a per-update hook cost nothing per update.
     """
     members = tuple(members)
     if not members:
@@ -84,6 +90,11 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
 
     first = members[0]
     on_update_fn = on_update if any(m.on_update is not _keep for m in members) else _keep
+    slotted = [m.slots for m in members if m.slots is not None]
+    if slotted and len(slotted) < len(members):
+        raise ValueError("bundle: methods with injection slots cannot share a program with methods without")
+    if slotted:  # KNIFE and plasticity injection: the union of the members' slots
+        return Intervention(init, apply, on_update_fn, **union_slot_parts(slotted))
     return Intervention(init, apply, on_update_fn, first.extend, first.forward, first.extend_topology)
 
 
@@ -107,7 +118,7 @@ def program_key(config: Any) -> Hashable:
     and the optimizer's weight decay. Configs with equal keys can share one program (a bundle)."""
     spec = config.spec
     settings = config.intervention
-    shape = None if spec.program is None or settings is None else (spec.name, spec.program(settings))
+    shape = None if spec.program is None or settings is None else spec.program(settings)
     return shape, config.weight_decay
 
 

@@ -197,6 +197,31 @@ def injection_forward(targets: Sequence[Target]):
     return wrap
 
 
+def slot_parts(targets: Sequence[Target], slots: int) -> dict:
+    """The :class:`~plastix.interventions.base.Intervention` fields of a method that adds ``slots``
+    injection slots to every unit of ``targets``: ``extend``, ``forward``, ``extend_topology`` and
+    ``slots`` (as ``Intervention(init, apply, **slot_parts(...))``)."""
+    targets = tuple(targets)
+    return {
+        "extend": lambda params: add_slots(params, targets, slots),
+        "forward": injection_forward(targets),
+        "extend_topology": lambda base: slot_topology(base, targets),
+        "slots": (targets, slots),
+    }
+
+
+def union_slot_parts(members: Sequence[tuple[tuple[Target, ...], int]]) -> dict:
+    """:func:`slot_parts` for the union of several methods' slots (``Intervention.slots`` of each),
+    which must all have the same number of slots per unit: a bundle of KNIFE and plasticity
+    injection allocates both (each member injects into its own targets only; a slot never used
+    is closed and adds exactly 0 to its unit)."""
+    counts = {k for _, k in members}
+    if len(counts) != 1:
+        raise ValueError(f"injection slots per unit differ between the bundled methods: {sorted(counts)}")
+    targets = tuple(dict.fromkeys(t for ts, _ in members for t in ts))
+    return slot_parts(targets, counts.pop())
+
+
 def inject(
     state: TrainState,
     picks: Sequence[tuple[Target, Array]],
@@ -293,11 +318,8 @@ def plasticity_injection(config: InjectionConfig, topology: Topology, init_param
     if not targets:
         raise ValueError("InjectionConfig: the topology declares no output head (ParamLayer that feeds nothing)")
 
-    def extend(params):
-        return add_slots(params, targets, config.slots)
-
     def apply(key: Array, state: TrainState, scores, context) -> TrainState:
         every_unit = [(t, jnp.ones(get_path(state.params, t.kernel).shape[-1], bool)) for t in targets]
         return inject(state, every_unit, init_params(key))
 
-    return Intervention(_no_state, apply, extend=extend, forward=injection_forward(targets))
+    return Intervention(_no_state, apply, **slot_parts(targets, config.slots))

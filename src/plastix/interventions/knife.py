@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.interventions.base import InitParams, Intervention, TrainState, _no_state, check_choice
-from plastix.interventions.injection import add_slots, inject, injection_forward, neuron_targets, slot_topology
+from plastix.interventions.injection import inject, neuron_targets, slot_parts
 from plastix.interventions.redo import _lowest
 from plastix.nn.topology import Topology
 
@@ -95,9 +95,6 @@ def knife(config: KnifeConfig, topology: Topology, init_params: InitParams) -> I
     except ValueError as e:
         raise ValueError(f"KnifeConfig.{e}") from None
 
-    def extend(params):
-        return add_slots(params, targets, config.slots)
-
     def apply(key: Array, state: TrainState, scores, context) -> TrainState:
         k_init, k_select = jax.random.split(key)
         fresh = init_params(k_init) if config.active_init == "fresh" else None
@@ -107,10 +104,4 @@ def knife(config: KnifeConfig, topology: Topology, init_params: InitParams) -> I
         ]
         return inject(state, picks, fresh, config.freeze_knowledge, config.compensation)
 
-    return Intervention(
-        _no_state,
-        apply,
-        extend=extend,
-        forward=injection_forward(targets),
-        extend_topology=lambda base: slot_topology(base, targets),
-    )
+    return Intervention(_no_state, apply, **slot_parts(targets, config.slots))

@@ -57,7 +57,9 @@ class Method:
         method adds and its forward pass (``Intervention.extend`` / ``forward``), for methods that
         change them (KNIFE, plasticity injection); ``None``: the method keeps the network as it is.
         Methods with equal programs can run in one compiled program
-        (:class:`~plastix.interventions.bundle.PlasticityBundle`).
+        (:class:`~plastix.interventions.bundle.PlasticityBundle`), also across methods: KNIFE and
+        plasticity injection both return ``("injection slots", K)``, and their bundle allocates
+        the union of their slots.
     """
 
     name: str
@@ -96,7 +98,7 @@ register_method(
         knife,
         needs_scores=True,
         default_trigger="task_switch",
-        program=lambda s: (s.slots, s.layers),
+        program=lambda s: ("injection slots", s.slots),
     )
 )
 register_method(
@@ -105,7 +107,7 @@ register_method(
         "injection",
         plasticity_injection,
         default_trigger="task_switch",
-        program=lambda s: (s.slots, s.layers),
+        program=lambda s: ("injection slots", s.slots),
     )
 )
 register_method(Method("reborn", "reborn", reborn, needs_scores=True))
