@@ -181,11 +181,14 @@ def test_run_concurrently_keeps_order_and_raises_the_first_error_after_the_runni
 def test_ctrl_c_stops_concurrent_jobs_after_their_chunk_and_starts_no_new_one():
     """Ctrl-C in the calling thread sets ``stop``; each running job stops at its next chunk
     boundary (raising ``Interrupted``), no pending job starts, and ``KeyboardInterrupt`` follows."""
-    import _thread
+    import os
+    import signal
     import threading
     import time
 
     from plastix.experiments.runner import Interrupted, run_concurrently
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # else SIGINT would kill pytest
 
     stop, chunks, started = threading.Event(), [], []
 
@@ -198,7 +201,9 @@ def test_ctrl_c_stops_concurrent_jobs_after_their_chunk_and_starts_no_new_one():
             chunks.append((job, chunk))
         return job
 
-    threading.Timer(0.3, _thread.interrupt_main).start()
+    # a real SIGINT, as a terminal's Ctrl-C sends (``_thread.interrupt_main`` once went unnoticed
+    # in a full CI run on a loaded 2-core machine: the test ran to the end without an interrupt)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         run_concurrently(work, ["a", "b", "c"], workers=2, stop=stop)
     assert stop.is_set() and sorted(started) == ["a", "b"]  # "c" never started

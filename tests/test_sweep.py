@@ -219,9 +219,11 @@ def test_seeds_sharded_over_four_cpu_devices_give_the_unsharded_metrics(tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     sharded, single = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
     assert len(single) == 4 * 3 * 2 and {"loss", "eval_return", "q/dormant_fraction"} <= set(single.columns)
-    # diagnostics that reduce over a batch (the scoring batch's loss, Q means) may be reduced in
-    # another order once partitioned: they agree to float32 rounding; the training is bit-identical
-    assert_same_metrics(sharded, single, rounding=("q/loss", "q_mean"))
+    # values that reduce over a batch (the losses, Q means, gradient norms) are reduced in another
+    # order once partitioned (XLA:CPU at LLVM -O1 vectorizes a reduction over 1 seed per device
+    # differently from one over 4): they agree to float32 rounding; returns and every neuron
+    # fraction are bit-identical
+    assert_same_metrics(sharded, single, rounding=("loss", "q/loss", "q_mean", "q/layer/hidden_0/grad_norm"))
 
 
 def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame, rounding: tuple[str, ...] = ()) -> None:
