@@ -25,7 +25,8 @@ from plastix.interventions.reset import last_layers
 from plastix.metrics import diagnose
 from plastix.nn import Topology, capture, impala_resnet, validate
 from plastix.nn.mixers import QMixer
-from plastix.nn.recurrent import GRUAgent
+from plastix.nn.recurrent import GRU, GRUAgent, gru_layer, orthogonal
+from plastix.nn.topology import CAPTURE, PERTURB
 
 T, B, N_AGENTS, OBS, STATE, H, E, ACTIONS = 6, 3, 2, 5, 7, 8, 4, 3
 
@@ -93,6 +94,61 @@ def test_capture_under_rnn_stacks_time_and_matches_numpy(params):
     assert z["agent/gru"].shape == (T, B, N_AGENTS, H)
     np.testing.assert_allclose(z["agent/gru"], np_gru(params["agent"]["gru"], fc1), atol=1e-5)
     assert z["mixer/mixing"].shape == (T, B, E)
+
+
+class _FlaxGRUNet(nn.Module):
+    """The reference: Flax's ``nn.GRUCell`` under ``nn.RNN`` (what GRUAgent used before its fused GRU)."""
+
+    @nn.compact
+    def __call__(self, x, h0=None):
+        if h0 is None:
+            h0 = jnp.zeros(x.shape[1:-1] + (H,))
+        cell = nn.GRUCell(H, recurrent_kernel_init=orthogonal(), name="gru")
+        rnn = nn.RNN(cell, time_major=True, return_carry=True, variable_axes={CAPTURE: 0, PERTURB: 0})
+        h_last, hs = rnn(x, initial_carry=h0)
+        return hs.sum(-1), h_last
+
+
+class _FusedGRUNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, h0=None):
+        h_last, hs = GRU(H, name="gru")(x, h0)
+        return hs.sum(-1), h_last
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_fused_gru_equals_flax_grucell_in_values_init_and_neuron_gradients(steps, with_h0):
+    x = jax.random.normal(jax.random.key(5), (steps, B, OBS))
+    h0 = jax.random.normal(jax.random.key(6), (B, H)) if with_h0 else None
+    reference, fused = _FlaxGRUNet(), _FusedGRUNet()
+    params = reference.init(jax.random.key(7), x, h0)["params"]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fused.init(jax.random.key(7), x, h0)["params"])):
+        np.testing.assert_array_equal(a, b)  # same parameter tree, same initial draws
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(8), p.shape), params)  # biases ≠ 0
+    for got, want in zip(fused.apply({"params": params}, x, h0), reference.apply({"params": params}, x, h0)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+    # ∂L/∂z_t through the recurrence: capture's perturbation enters the fused loop at every step
+    weights = jax.random.normal(jax.random.key(9), (steps, B))
+
+    def dz_grad(net, layer):
+        topology = Topology((layer,), (), ())
+        zeros = {"gru": jnp.zeros((steps, B, H))}
+
+        def loss(dz):
+            (out, _), z = capture(lambda v, *a, **k: net.apply(v, *a, **k), topology, dz)(params, x, h0)
+            return jnp.sum(weights * out), z["gru"]
+
+        return jax.grad(loss, has_aux=True)(zeros)
+
+    (g_fused, z_fused) = dz_grad(fused, gru_layer("gru", "gru", []))
+    (g_ref, z_ref) = dz_grad(reference, gru_layer("gru", "gru", [], flax_cell=True))
+    assert z_fused.shape == (steps, B, H)
+    np.testing.assert_allclose(z_fused, z_ref, atol=1e-6)
+    np.testing.assert_allclose(g_fused["gru"], g_ref["gru"], atol=1e-5)
+    if steps > 1:  # the gradient of an early state includes its effect on later steps
+        assert not np.allclose(g_fused["gru"][0], np.broadcast_to(weights[0][:, None], (B, H)), atol=1e-3)
 
 
 def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):

@@ -15,7 +15,7 @@ flows on through those rows), so ReDo with a GRU unit is function-preserving lik
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from plastix.nn.mlp import _check_widths
-from plastix.nn.topology import CAPTURE, PERTURB, NeuronLayer, Neurons, ParamLayer, Path, Slice, Topology, _as_path
+from plastix.nn.topology import NeuronLayer, Neurons, ParamLayer, Path, Slice, Topology, _as_path
 
 GRU_INPUT_GATES = ("ir", "iz", "in")
 GRU_HIDDEN_GATES = ("hr", "hz", "hn")
@@ -75,14 +75,18 @@ def gru_layer(
     cell: str | Sequence[str],
     readers: Sequence[str | Sequence[str]],
     group: str = "net",
+    flax_cell: bool = False,
 ) -> NeuronLayer:
-    """The :class:`NeuronLayer` of the hidden units of a Flax ``nn.GRUCell``.
+    """The :class:`NeuronLayer` of the hidden units of a :class:`GRU` (or of a Flax ``nn.GRUCell``).
 
     Args:
       name: layer name.
-      cell: module path of the cell (e.g. ``"gru"``; inside ``nn.RNN`` the cell keeps its own path).
+      cell: module path of the :class:`GRU` (e.g. ``"gru"``), or of the ``nn.GRUCell`` (inside
+        ``nn.RNN`` the cell keeps its own path).
       readers: kernel paths (other than the cell's own) that read the hidden state; unit j is row j.
       group: the network the layer belongs to.
+      flax_cell: the module is a Flax ``nn.GRUCell`` (``z`` is the first of the ``(carry, output)``
+        it returns per step; it needs ``nn.RNN(..., variable_axes={CAPTURE: 0, PERTURB: 0})``).
     """
     path: Path = _as_path(cell)
     incoming = tuple(Slice(path + (g, "kernel")) for g in GRU_INPUT_GATES + GRU_HIDDEN_GATES) + tuple(
@@ -92,8 +96,105 @@ def gru_layer(
         Slice(_as_path(r), axis=0) for r in readers
     )
     return NeuronLayer(
-        name, path, consumers, kind="recurrent", activation=_identity, group=group, incoming=incoming, output_index=0
+        name,
+        path,
+        consumers,
+        kind="recurrent",
+        activation=_identity,
+        group=group,
+        incoming=incoming,
+        output_index=0 if flax_cell else None,
     )
+
+
+class _GateParams(nn.Module):
+    """One gate's parameters, laid out (names, shapes, initial draws) as Flax's ``nn.Dense``."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Callable
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[Array, Array | None]:
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,)) if self.use_bias else None
+        return kernel, bias
+
+
+class GRU(nn.Module):
+    """A GRU run over time: Flax ``nn.GRUCell``'s parameters and equations, computed in fewer, larger matmuls.
+
+    Same parameters as ``nn.GRUCell`` at this module's path (``ir, iz, in`` with biases on the
+    input, ``hr, hz`` without and ``hn`` with a bias on the hidden state; same initializers, so
+    ``init`` draws the same values) and the same equations::
+
+        r = σ(x W_ir + b_ir + h W_hr)    u = σ(x W_iz + b_iz + h W_hz)
+        n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))    h' = (1 − u) ⊙ n + u ⊙ h
+
+    What differs is the arithmetic: the input side of all three gates is one matmul for all time
+    steps at once (``(T·B, D) × (D, 3H)``), the hidden side one ``(B, H) × (H, 3H)`` matmul per step,
+    and when no initial state is given the first step skips it (``h = 0``: the hidden side is the
+    bias alone; on one-step episodes, e.g. matrix games, that is half of the recurrent work). The
+    results equal ``nn.RNN(nn.GRUCell(...))`` up to float32 rounding.
+
+    Neuron capture (:func:`plastix.nn.topology.capture`): the module runs its own loop, so it
+    takes the perturbation itself (``perturbation()``, added to every step's state inside the
+    recurrence) and reports the states of all steps through ``preactivation`` (``z = h_t``,
+    ``(T, *batch, H)``).
+
+    ``__call__(x (T, *batch, D), h0 (*batch, H) | None) -> (h_T (*batch, H), states (T, *batch, H))``.
+    """
+
+    features: int
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    recurrent_kernel_init: Callable = orthogonal()
+    perturbs_itself = True  # see plastix.nn.topology: capture's perturbation enters the recurrence here
+
+    @nn.compact
+    def __call__(self, x: Array, h0: Array | None = None) -> tuple[Array, Array]:
+        n = self.features
+        given = [_GateParams(n, True, self.kernel_init, name=g)(x.shape[-1]) for g in GRU_INPUT_GATES]
+        hidden = [_GateParams(n, g == "hn", self.recurrent_kernel_init, name=g)(n) for g in GRU_HIDDEN_GATES]
+        w_x = jnp.concatenate([kernel for kernel, _ in given], axis=1)  # (D, 3H)
+        b_x = jnp.concatenate([bias for _, bias in given])
+        w_h = jnp.concatenate([kernel for kernel, _ in hidden], axis=1)  # (H, 3H)
+        b_hn = hidden[2][1]
+        from_x = jnp.dot(x, w_x) + b_x  # (T, *batch, 3H)
+        dz = self.perturbation()
+
+        def step(h, x_t, dz_t):
+            """``h' = GRU(h, x)``; ``h = None`` is the zero state (no hidden-side matmul)."""
+            if h is None:
+                r = jax.nn.sigmoid(x_t[..., :n])
+                u = jax.nn.sigmoid(x_t[..., n : 2 * n])
+                new = (1.0 - u) * jnp.tanh(x_t[..., 2 * n :] + r * b_hn)
+            else:
+                from_h = jnp.dot(h, w_h)
+                r = jax.nn.sigmoid(x_t[..., :n] + from_h[..., :n])
+                u = jax.nn.sigmoid(x_t[..., n : 2 * n] + from_h[..., n : 2 * n])
+                new = (1.0 - u) * jnp.tanh(x_t[..., 2 * n :] + r * (from_h[..., 2 * n :] + b_hn)) + u * h
+            return new if dz_t is None else new + dz_t
+
+        def scanned(h, xs):
+            new = step(h, *xs)
+            return new, new
+
+        rest = (from_x, dz)
+        if h0 is None:
+            h0 = step(None, from_x[0], None if dz is None else dz[0])
+            rest = (from_x[1:], None if dz is None else dz[1:])
+        h_last, states = jax.lax.scan(scanned, h0, rest)
+        if rest[0].shape[0] < from_x.shape[0]:
+            states = jnp.concatenate([h0[None], states])
+        return h_last, self.preactivation(states)
+
+    def perturbation(self) -> Array | None:
+        """``None``; under :func:`~plastix.nn.topology.capture` with perturbations, ``dz (T, *batch, H)``."""
+        return None
+
+    def preactivation(self, z: Array) -> Array:
+        """The states of all steps ``(T, *batch, H)``, returned unchanged (where capture records ``z``)."""
+        return z
 
 
 class GRUAgent(nn.Module):
@@ -119,15 +220,7 @@ class GRUAgent(nn.Module):
             raise ValueError(f"GRUAgent expects time-major (T, *batch, D) observations, got shape {obs.shape}")
         (width,) = _check_widths((self.hidden,), self.width_multiplier, "GRUAgent")
         x = Neurons(width, name="fc1")(obs)
-        if h0 is None:
-            h0 = jnp.zeros(obs.shape[1:-1] + (width,), x.dtype)
-        rnn = nn.RNN(
-            nn.GRUCell(width, recurrent_kernel_init=orthogonal(), name="gru"),
-            time_major=True,
-            return_carry=True,
-            variable_axes={CAPTURE: 0, PERTURB: 0},
-        )
-        h_last, hs = rnn(x, initial_carry=h0)
+        h_last, hs = GRU(width, name="gru")(x, h0)
         return nn.Dense(self.actions, name="fc2")(hs), h_last
 
     def topology(self, group: str = "agent") -> Topology:
