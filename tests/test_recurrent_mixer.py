@@ -97,7 +97,7 @@ def test_capture_under_rnn_stacks_time_and_matches_numpy(params):
 
 
 class _FlaxGRUNet(nn.Module):
-    """The reference: Flax's ``nn.GRUCell`` under ``nn.RNN`` (what GRUAgent used before its fused GRU)."""
+    """The reference: Flax's ``nn.GRUCell`` under ``nn.RNN`` (what GRUAgent used before plastix's GRU)."""
 
     @nn.compact
     def __call__(self, x, h0=None):
@@ -109,7 +109,7 @@ class _FlaxGRUNet(nn.Module):
         return hs.sum(-1), h_last
 
 
-class _FusedGRUNet(nn.Module):
+class _PlastixGRUNet(nn.Module):
     @nn.compact
     def __call__(self, x, h0=None):
         h_last, hs = GRU(H, name="gru")(x, h0)
@@ -118,18 +118,18 @@ class _FusedGRUNet(nn.Module):
 
 @pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_fused_gru_equals_flax_grucell_in_values_init_and_neuron_gradients(steps, with_h0):
+def test_gru_equals_flax_grucell_in_values_init_and_neuron_gradients(steps, with_h0):
     x = jax.random.normal(jax.random.key(5), (steps, B, OBS))
     h0 = jax.random.normal(jax.random.key(6), (B, H)) if with_h0 else None
-    reference, fused = _FlaxGRUNet(), _FusedGRUNet()
+    reference, ours = _FlaxGRUNet(), _PlastixGRUNet()
     params = reference.init(jax.random.key(7), x, h0)["params"]
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fused.init(jax.random.key(7), x, h0)["params"])):
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ours.init(jax.random.key(7), x, h0)["params"])):
         np.testing.assert_array_equal(a, b)  # same parameter tree, same initial draws
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(8), p.shape), params)  # biases ≠ 0
-    for got, want in zip(fused.apply({"params": params}, x, h0), reference.apply({"params": params}, x, h0)):
+    for got, want in zip(ours.apply({"params": params}, x, h0), reference.apply({"params": params}, x, h0)):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
-    # ∂L/∂z_t through the recurrence: capture's perturbation enters the fused loop at every step
+    # ∂L/∂z_t through the recurrence: capture's perturbation enters the module's own loop at every step
     weights = jax.random.normal(jax.random.key(9), (steps, B))
 
     def dz_grad(net, layer):
@@ -142,13 +142,13 @@ def test_fused_gru_equals_flax_grucell_in_values_init_and_neuron_gradients(steps
 
         return jax.grad(loss, has_aux=True)(zeros)
 
-    (g_fused, z_fused) = dz_grad(fused, gru_layer("gru", "gru", []))
+    (g_ours, z_ours) = dz_grad(ours, gru_layer("gru", "gru", []))
     (g_ref, z_ref) = dz_grad(reference, gru_layer("gru", "gru", [], flax_cell=True))
-    assert z_fused.shape == (steps, B, H)
-    np.testing.assert_allclose(z_fused, z_ref, atol=1e-6)
-    np.testing.assert_allclose(g_fused["gru"], g_ref["gru"], atol=1e-5)
+    assert z_ours.shape == (steps, B, H)
+    np.testing.assert_allclose(z_ours, z_ref, atol=1e-6)
+    np.testing.assert_allclose(g_ours["gru"], g_ref["gru"], atol=1e-5)
     if steps > 1:  # the gradient of an early state includes its effect on later steps
-        assert not np.allclose(g_fused["gru"][0], np.broadcast_to(weights[0][:, None], (B, H)), atol=1e-3)
+        assert not np.allclose(g_ours["gru"][0], np.broadcast_to(weights[0][:, None], (B, H)), atol=1e-3)
 
 
 def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):

@@ -122,7 +122,7 @@ class _GateParams(nn.Module):
 
 
 class GRU(nn.Module):
-    """A GRU run over time: Flax ``nn.GRUCell``'s parameters and equations, computed in fewer, larger matmuls.
+    """A GRU over time: Flax ``nn.GRUCell``'s parameters and equations, minus a zero initial state's zero work.
 
     Same parameters as ``nn.GRUCell`` at this module's path (``ir, iz, in`` with biases on the
     input, ``hr, hz`` without and ``hn`` with a bias on the hidden state; same initializers, so
@@ -131,13 +131,13 @@ class GRU(nn.Module):
         r = σ(x W_ir + b_ir + h W_hr)    u = σ(x W_iz + b_iz + h W_hz)
         n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))    h' = (1 − u) ⊙ n + u ⊙ h
 
-    What differs is the arithmetic: per step, the input side of all three gates is one
-    ``(B, D) × (D, 3H)`` matmul and the hidden side one ``(B, H) × (H, 3H)`` matmul, and when no
-    initial state is given the first step skips the hidden side (``h = 0``: it is the bias alone;
-    on one-step episodes, e.g. matrix games, that is half of the recurrent work). The input side
-    stays inside the loop on purpose: hoisted out as one ``(T·B, D) × (D, 3H)`` matmul before the
-    scan, the forward pass over 101 steps was 2.8× slower on XLA:CPU (14.6 vs 5.2 ms). The results
-    equal ``nn.RNN(nn.GRUCell(...))`` up to float32 rounding.
+    What differs: when no initial state is given, the first step skips the hidden side (``h = 0``:
+    it is ``b_hn`` alone, and its weight gradients are exactly 0), which on one-step episodes
+    (matrix games: 2 stored steps) is half of the recurrent work; the values are the same bit for
+    bit. The matmuls stay per gate and per step, as in Flax: on XLA:CPU, hoisting the input side
+    out of the loop as one ``(T·B, D) × (D, 3H)`` matmul made the forward pass over 101 steps 2.8×
+    slower (14.6 vs 5.2 ms), and one ``(H, 3H)`` matmul for the three gates was slower in the
+    backward pass.
 
     Neuron capture (:func:`plastix.nn.topology.capture`): the module runs its own loop, so it
     takes the perturbation itself (``perturbation()``, added to every step's state inside the

@@ -28,8 +28,8 @@ so no module needs changes. A pre-activation can be perturbed by an array given 
 :data:`PERTURB` (the gradient of a loss with respect to a zero perturbation is ``∂L/∂z``). Under
 ``nn.scan`` / ``nn.RNN`` over time, declare both collections in ``variable_axes`` (e.g.
 ``nn.RNN(cell, variable_axes={CAPTURE: 0, PERTURB: 0})``): the captured ``z`` is then stacked over
-time, ``(time, batch, N)``. A module that runs its own loop over time (plain ``lax.scan``, so that
-it can fuse its matmuls across steps) takes part through two methods: ``self.perturbation()``
+time, ``(time, batch, N)``. A module that runs its own loop over time (plain ``lax.scan``, e.g. to
+treat its first step apart) takes part through two methods: ``self.perturbation()``
 returns ``None``, or the ``(time, *batch, N)`` perturbation that capture supplies, which the module
 adds to its state at every step *inside* the recurrence (so that its gradient is the total
 ``∂L/∂z_t``, through the later steps too); and ``self.preactivation(z)``, called once with the
