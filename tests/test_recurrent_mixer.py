@@ -151,6 +151,14 @@ def test_gru_equals_flax_grucell_in_values_init_and_neuron_gradients(steps, with
         assert not np.allclose(g_ours["gru"][0], np.broadcast_to(weights[0][:, None], (B, H)), atol=1e-3)
 
 
+def test_gru_names_a_wrong_input_or_initial_state_shape():
+    x = jnp.zeros((3, B, OBS))
+    with pytest.raises(ValueError, match=r"h0 has shape \(2, 8\), expected"):
+        _PlastixGRUNet().init(jax.random.key(0), x, jnp.zeros((2, H)))
+    with pytest.raises(ValueError, match="time-major"):
+        _PlastixGRUNet().init(jax.random.key(0), jnp.zeros((OBS,)))
+
+
 def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):
     diag = diagnose(TOPO, LEARNER.apply, params, INPUTS, loss_fn, valid=VALID)
     assert set(diag.groups) == {"agent", "mixer"}

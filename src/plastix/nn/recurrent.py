@@ -155,6 +155,10 @@ class GRU(nn.Module):
     @nn.compact
     def __call__(self, x: Array, h0: Array | None = None) -> tuple[Array, Array]:
         n = self.features
+        if x.ndim < 2:
+            raise ValueError(f"GRU expects time-major inputs (T, *batch, D), got shape {x.shape}")
+        if h0 is not None and h0.shape != x.shape[1:-1] + (n,):
+            raise ValueError(f"GRU: h0 has shape {h0.shape}, expected (*batch, H) = {x.shape[1:-1] + (n,)}")
         given = [_GateParams(n, True, self.kernel_init, name=g)(x.shape[-1]) for g in GRU_INPUT_GATES]
         hidden = [_GateParams(n, g == "hn", self.recurrent_kernel_init, name=g)(n) for g in GRU_HIDDEN_GATES]
         dz = self.perturbation()
