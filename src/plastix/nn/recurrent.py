@@ -181,13 +181,12 @@ class GRU(nn.Module):
             new = step(h, *xs)
             return new, new
 
-        rest = (x, dz)
-        if h0 is None:
-            h0 = step(None, x[0], None if dz is None else dz[0])
-            rest = (x[1:], None if dz is None else dz[1:])
-        h_last, states = jax.lax.scan(scanned, h0, rest)
-        if rest[0].shape[0] < x.shape[0]:
-            states = jnp.concatenate([h0[None], states])
+        if h0 is not None:
+            h_last, states = jax.lax.scan(scanned, h0, (x, dz))
+        else:  # the first step from the zero state, then the rest (possibly none) from there
+            first = step(None, x[0], None if dz is None else dz[0])
+            h_last, rest = jax.lax.scan(scanned, first, (x[1:], None if dz is None else dz[1:]))
+            states = jnp.concatenate([first[None], rest])
         return h_last, self.preactivation(states)
 
     def perturbation(self) -> Array | None:
