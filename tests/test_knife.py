@@ -271,6 +271,48 @@ def test_plasticity_injection_preserves_outputs_and_trains_the_new_head():
     assert not np.array_equal(get_path(after.params, new), get_path(state.params, new))  # new head learns
 
 
+def test_linear_head_slots_are_one_layer_equal_to_the_per_slot_sum():
+    """A linear head adds its K slots as one kernel Σ gate·U − comp_gate·U⁰: values and slot
+    gradients equal the per-slot formula, and an injection leaves the output bit-identical."""
+    import flax.linen as nn
+
+    from plastix.interventions.injection import Target, injection_forward
+
+    x = jax.random.normal(jax.random.key(0), (7, 5))
+    params = nn.Dense(3).init(jax.random.key(1), x)["params"]
+    ks = jax.random.split(jax.random.key(2), 6)
+    shapes = {"kernel": (2, 5, 3), "bias": (2, 3)}
+    slots = {name: jax.random.normal(k, shapes[name.removeprefix("comp_")]) for name, k in zip(SLOT_PARAMS[:4], ks)}
+    for name, k in zip(("gate", "comp_gate"), ks[4:]):
+        slots[name] = (jax.random.uniform(k, (2, 3)) < 0.5).astype(jnp.float32)
+    apply = injection_forward([Target("head", (), lambda z: z, neuron=False)])(nn.Dense(3).apply)
+
+    def reference(slots):
+        out = x @ params["kernel"] + params["bias"]
+        for k in range(2):
+            out = out + slots["gate"][k] * (x @ slots["kernel"][k] + slots["bias"][k])
+            out = out - slots["comp_gate"][k] * (x @ slots["comp_kernel"][k] + slots["comp_bias"][k])
+        return out
+
+    def ours(slots):
+        return apply({"params": {"kernel": params["kernel"], "bias": params["bias"], SLOTS: slots}}, x)
+
+    np.testing.assert_allclose(ours(slots), reference(slots), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(lambda s: jnp.sum(jnp.sin(ours(s))))(slots)
+    g_ref = jax.grad(lambda s: jnp.sum(jnp.sin(reference(s))))(slots)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(g_ours[name], g_ref[name], rtol=1e-5, atol=1e-5)
+    # a fresh injection into slot 1 of every unit (U = U⁰, both gates open): bit-identical output
+    fresh = jax.random.normal(jax.random.key(3), (5, 3))
+    injected = dict(slots, gate=slots["gate"].at[1].set(1.0), comp_gate=slots["comp_gate"].at[1].set(1.0))
+    injected["kernel"] = slots["kernel"].at[1].set(fresh)
+    injected["comp_kernel"] = slots["comp_kernel"].at[1].set(fresh)
+    injected["bias"] = slots["bias"].at[1].set(0.0)
+    injected["comp_bias"] = slots["comp_bias"].at[1].set(0.0)
+    closed = dict(slots, gate=slots["gate"].at[1].set(0.0), comp_gate=slots["comp_gate"].at[1].set(0.0))
+    np.testing.assert_array_equal(ours(injected), ours(closed))
+
+
 def test_trigger_defaults_to_task_switch_and_fires_only_there():
     net, topology, init_params, inputs = build("qmix")
     config = PlasticityConfig("knife", knife=KnifeConfig(selection="all"))

@@ -11,8 +11,9 @@ unit i adds ::
 
 where ``U, v`` is the *active* unit (trainable) and ``U⁰, v⁰`` the *compensation* unit, a frozen
 copy of the active one made at injection, so right after an injection both terms cancel exactly
-and every output of the network is unchanged. ``comp_gate`` opens with ``gate`` unless the
-injection is made without compensation (KNIFE's ablation): being data, not a program flag, runs
+and every output of the network is unchanged. (A linear head, σ = identity, adds all its slots as one
+layer with kernel ``Σ_k gate·U_k − comp_gate·U⁰_k``: one matmul instead of ``2K``; equal values and
+gradients up to float rounding, exact at injection.) ``comp_gate`` opens with ``gate`` unless the injection is made without compensation (KNIFE's ablation): being data, not a program flag, runs
 with and without compensation share one compiled program. The slots live in the parameter tree
 under ``params["plastix_injection"][<module path>]`` (``kernel (K, D, N)``, ``bias (K, N)``,
 ``comp_kernel``, ``comp_bias``, ``gate`` and ``comp_gate (K, N)`` of 0/1), so target networks,
@@ -181,6 +182,9 @@ def injection_forward(targets: Sequence[Target]):
                     s[frozen] = jax.lax.stop_gradient(s[frozen])
                 x = f_args[0]
 
+                if not target.neuron:  # linear head: Σ_k gate·(x U_k + v_k) − comp_gate·(x U⁰_k + v⁰_k) is one layer
+                    return out + x @ _linear_sum(s, "kernel") + _linear_sum(s, "bias")
+
                 def unit(kernel: str, bias: str, k: int) -> Array:  # (..., N)
                     return target.activation(x @ s[kernel][k] + s[bias][k])
 
@@ -195,6 +199,17 @@ def injection_forward(targets: Sequence[Target]):
         return apply
 
     return wrap
+
+
+def _linear_sum(s: dict, part: str) -> Array:
+    """``Σ_k gate[k]·s[part][k] − comp_gate[k]·s["comp_" + part][k]``: a linear head's slots as one
+    kernel ``(D, N)`` or bias ``(N,)``. One matmul instead of ``2K``; right after an injection the
+    new slot's two terms cancel exactly (``U = U⁰``, both gates 1), so the head's output is unchanged
+    bit for bit, and each active kernel's gradient is ``gate[k]·xᵀg`` as with separate layers."""
+    gate, comp_gate = s["gate"], s["comp_gate"]  # (K, N)
+    if part == "kernel":
+        gate, comp_gate = gate[:, None, :], comp_gate[:, None, :]
+    return jnp.sum(gate * s[part] - comp_gate * s["comp_" + part], axis=0)
 
 
 def slot_parts(targets: Sequence[Target], slots: int) -> dict:
