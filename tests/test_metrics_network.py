@@ -93,11 +93,23 @@ def test_diagnose_jit_vmap_equivalence_and_determinism(setup):
         np.testing.assert_array_equal(batched[key], again[key])
 
 
-def test_overlap_coefficient_by_hand():
-    from plastix.metrics.network import overlap_coefficient
+def test_overlaps_pool_the_neurons_of_every_layer_by_hand():
+    """Group and network overlaps count neurons of all their layers together, with DESIGN.md's
+    convention for empty sets (1.0 when both are empty, 0 when one is)."""
+    from types import SimpleNamespace
 
-    a = jnp.array([True, True, False, False, True])
-    b = jnp.array([True, False, False, True, False])
-    assert float(overlap_coefficient(a, b)) == 0.5  # |A∩B| = 1, min(|A|, |B|) = 2
-    assert float(overlap_coefficient(a, a & b)) == 1.0  # a subset overlaps fully
-    assert np.isnan(float(overlap_coefficient(a, jnp.zeros(5, bool))))  # undefined for an empty set
+    from plastix.metrics.network import MASK_FIELDS, group_overlaps
+
+    def layer(stagnant, dormant, grama):
+        masks = dict.fromkeys(MASK_FIELDS, jnp.zeros(len(stagnant), bool))
+        masks.update(stagnant=jnp.array(stagnant, bool), dormant=jnp.array(dormant, bool))
+        return SimpleNamespace(**masks | {"grama_dormant": jnp.array(grama, bool)})
+
+    # stagnant {0, 1, 3}, dormant {0, 3, 4}, GraMa {} over the two layers together
+    layers = {"a": layer([1, 1, 0], [1, 0, 0], [0, 0, 0]), "b": layer([1, 0], [1, 1], [0, 0])}
+    got = {k: float(v) for k, v in group_overlaps(layers).items()}
+    assert got == pytest.approx(
+        {"overlap_stagnant_dormant": 2 / 3, "overlap_stagnant_grama": 0.0, "overlap_dormant_grama": 0.0}
+    )
+    empty = {"a": layer([0, 0], [0, 0], [1, 0])}
+    assert float(group_overlaps(empty)["overlap_stagnant_dormant"]) == 1.0  # both empty

@@ -11,9 +11,10 @@ unit i adds ::
 
 where ``U, v`` is the *active* unit (trainable) and ``U⁰, v⁰`` the *compensation* unit, a frozen
 copy of the active one made at injection, so right after an injection both terms cancel exactly
-and every output of the network is unchanged. (A linear head, σ = identity, adds all its slots as one
-layer with kernel ``Σ_k gate·U_k − comp_gate·U⁰_k``: one matmul instead of ``2K``; equal values and
-gradients up to float rounding, exact at injection.) ``comp_gate`` opens with ``gate`` unless the injection is made without compensation (KNIFE's ablation): being data, not a program flag, runs
+and every output of the network is unchanged. (A linear head, σ = identity, adds all its slots as
+one layer with kernel ``Σ_k gate·U_k − comp_gate·U⁰_k``: one matmul instead of ``2K``; equal values
+and gradients up to float rounding, exact at injection.) ``comp_gate`` opens with ``gate`` unless
+the injection is made without compensation (KNIFE's ablation): being data, not a program flag, runs
 with and without compensation share one compiled program. The slots live in the parameter tree
 under ``params["plastix_injection"][<module path>]`` (``kernel (K, D, N)``, ``bias (K, N)``,
 ``comp_kernel``, ``comp_bias``, ``gate`` and ``comp_gate (K, N)`` of 0/1), so target networks,

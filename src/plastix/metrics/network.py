@@ -96,24 +96,20 @@ OVERLAPS = {
     "overlap_stagnant_grama": ("stagnant", "grama_dormant"),
     "overlap_dormant_grama": ("dormant", "grama_dormant"),
 }
-"""Overlap coefficients reported per group: field → the two neuron masks compared."""
-
-
-def overlap_coefficient(a: Array, b: Array) -> Array:
-    """``|A ∩ B| / min(|A|, |B|)`` of two boolean neuron masks (1: one set contains the other);
-    NaN when either set is empty (the coefficient is undefined there)."""
-    smaller = jnp.minimum(jnp.sum(a), jnp.sum(b))
-    return jnp.where(smaller > 0, jnp.sum(a & b) / jnp.maximum(smaller, 1), jnp.nan)
+"""Overlap coefficients reported per group and for the whole network: field → the two neuron
+masks compared (:func:`plastix.metrics.overlap_coefficient`, DESIGN.md: 1.0 when both sets are
+empty, 0 when one is)."""
 
 
 def group_overlaps(layers: Mapping[str, LayerDiagnostics]) -> dict[str, Array]:
     """The :data:`OVERLAPS` of the neurons of ``layers`` taken together."""
     masks = {m: jnp.concatenate([getattr(layer, m) for layer in layers.values()]) for m in MASK_FIELDS}
-    return {field: overlap_coefficient(masks[a], masks[b]) for field, (a, b) in OVERLAPS.items()}
+    return {field: nm.overlap_coefficient(masks[a], masks[b]) for field, (a, b) in OVERLAPS.items()}
 
 
 class Diagnostics(NamedTuple):
-    """Diagnostics of a whole learner: per-layer results, per-group and network-wide fractions.
+    """Diagnostics of a whole learner: per-layer results, per-group and network-wide fractions and
+    overlap coefficients (:data:`OVERLAPS`).
 
     ``effective_rank`` / ``srank`` at the top level are those of the first group's feature layer;
     every group's are in ``groups``.
@@ -128,6 +124,9 @@ class Diagnostics(NamedTuple):
     effective_rank: Array
     srank: Array
     loss: Array
+    overlap_stagnant_dormant: Array
+    overlap_stagnant_grama: Array
+    overlap_dormant_grama: Array
     groups: dict[str, GroupDiagnostics] = {}
 
 
@@ -288,6 +287,7 @@ def diagnose(
         effective_rank=first.effective_rank,
         srank=first.srank,
         loss=loss,
+        **group_overlaps(layers),
         groups=groups,
     )
 
@@ -302,8 +302,8 @@ def summarize(diagnostics: Diagnostics) -> dict[str, Array]:
         "effective_rank": diagnostics.effective_rank,
         "srank": diagnostics.srank,
     }
-    for frac in FRACTION_FIELDS.values():
-        out[frac] = getattr(diagnostics, frac)
+    for field in (*FRACTION_FIELDS.values(), *OVERLAPS):
+        out[field] = getattr(diagnostics, field)
     for name, layer in diagnostics.layers.items():
         for mask, frac in FRACTION_FIELDS.items():
             out[f"layer/{name}/{frac}"] = jnp.mean(getattr(layer, mask), axis=-1)
