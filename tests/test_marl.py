@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from plastix.agents import LoopConfig, make_train
-from plastix.agents.episode_replay import EpisodeBatch
+from plastix.agents.episode_replay import EpisodeBatch, episode_replay
 from plastix.agents.marl import MARLConfig, lambda_returns, make_marl
-from plastix.agents.marl.common import mix
+from plastix.agents.marl.common import agent_inputs, mix
+from plastix.agents.off_policy import Step
 from plastix.envs.base import MultiAgentObs
 from plastix.envs.matrix_games import make_matrix_game
 from plastix.envs.predator_prey import PredatorPreyConfig, make_predator_prey
@@ -138,6 +139,63 @@ def test_padded_steps_contribute_nothing_to_loss_gradients_or_diagnostics(learne
     d1, d2 = diagnose(state, clean)["marl"], diagnose(state, noisy)["marl"]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), d1, d2)
     assert set(d1.groups) == {"agent", "mixer"}
+
+
+def test_without_truncations_the_final_observation_is_not_needed(learner):
+    """An env that never truncates gives windows of L observations (no final one): when every
+    episode terminates, the update and the diagnostics equal those over L + 1 observations."""
+    env, agent, state, _ = learner
+    full = episode_batch(jax.random.key(5), env.spec, [4, 2, 1, 3])
+    full = full._replace(terminated=full.terminated | full.truncated, truncated=full.truncated & False)
+    L = env.spec.max_episode_steps
+    short = full._replace(obs=jax.tree.map(lambda x: x[:, :L], full.obs))
+    (s1, m1), (s2, m2) = (agent.update(jax.random.key(0), state, b) for b in (full, short))
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1.online.params, s2.online.params
+    )
+    d1, d2 = agent.diagnose(state, full)["marl"], agent.diagnose(state, short)["marl"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), d1, d2)
+
+
+def test_a_one_step_game_learns_from_its_rewards_alone():
+    """Matrix games never truncate: the replay returns one observation per episode and the
+    learner's targets are the rewards (the target network is not used at all)."""
+    env = make_matrix_game("classic")
+    assert not env.spec.truncates
+    loop = LoopConfig(
+        env_steps=80, num_envs=8, replay_ratio=1 / 8, warmup_steps=64, buffer_size=512, batch_size=8, period=5
+    )
+    replay = episode_replay(loop, env.spec)
+    obs, _ = jax.vmap(env.reset, (0, None))(jax.random.split(jax.random.key(0), 8), 0)
+    ones = jnp.ones((8, 4), bool)
+    steps = Step(
+        jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], (8, 4) + x.shape[1:]), obs),
+        jax.random.randint(jax.random.key(2), (8, 4, 2), 0, 3),
+        jnp.arange(32, dtype=jnp.float32).reshape(8, 4),
+        ones,
+        ~ones,
+        None,
+    )
+    buffer = replay.add(replay.init(jax.tree.map(lambda x: x[0, 0], steps)), steps)
+    batch = replay.sample(buffer, jax.random.key(1))
+    assert batch.obs.obs.shape == (8, 1, 2, 1) and batch.reward.shape == (8, 1)
+    agent, net, _ = make_marl(env.spec, MARLConfig(mixer="qmix", **TINY))
+    state = agent.init(jax.random.key(0), None)
+    poisoned = state._replace(target=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.target))
+    (_, m1), (_, m2) = (agent.update(jax.random.key(0), st, batch) for st in (state, poisoned))
+    np.testing.assert_array_equal(m1["loss"], m2["loss"])  # finite: the target network is not used
+    no_last_action = jnp.zeros((1, 8, 2, 3))
+    inputs = agent_inputs(jnp.swapaxes(batch.obs.obs, 0, 1), no_last_action)
+    q_tot = net.apply(
+        {"params": state.online.params},
+        inputs,
+        jnp.swapaxes(batch.action, 0, 1),
+        jnp.swapaxes(batch.obs.state, 0, 1),
+        jnp.swapaxes(batch.obs.avail, 0, 1),
+    )
+    want = np.mean((np.asarray(q_tot[0]) - np.asarray(batch.reward[:, 0])) ** 2)
+    np.testing.assert_allclose(m1["loss"], want, rtol=1e-5)
 
 
 def test_loss_is_the_masked_squared_td_error(learner):

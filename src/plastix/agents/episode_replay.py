@@ -13,6 +13,8 @@ Bootstrapping: in the returned window, the observation right after the episode's
 (position ``length``) is the episode's *final observation* (``Step.final_obs``), so a learner
 that runs a recurrent network over all ``L + 1`` observations gets the value of the state a
 truncated episode ended in; after a termination it is masked out by the learner (no bootstrap).
+An env that never truncates (``EnvSpec.truncates`` false) needs no final observation: its windows
+are ``L`` steps long.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ class EpisodeBatch(NamedTuple):
     """B padded episodes of at most L steps (batch-major).
 
     Attributes:
-      obs: pytree of ``(B, L + 1, ...)``: observations of steps 0…L; position ``length`` holds the
-        final observation of the episode (the state it ended in); later positions are padding.
+      obs: pytree of ``(B, W, ...)``, ``W = L + 1``: observations of steps 0…L; position ``length``
+        holds the final observation of the episode (the state it ended in); later positions are
+        padding. ``W = L`` for an env that never truncates (no final observation is needed).
       action: ``(B, L, ...)`` actions.
       reward: ``(B, L)`` rewards.
       terminated: ``(B, L)`` the episode terminated at this step (only at its last step).
@@ -68,6 +71,7 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     E = config.num_envs
     capacity = config.buffer_size // E
     L = spec.max_episode_steps
+    W = L + 1 if spec.truncates else L  # observations per sampled episode
     if capacity < L + 1:
         raise ValueError(
             f"LoopConfig.buffer_size ({config.buffer_size}) must hold one episode of {spec.name} per env: "
@@ -120,9 +124,9 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         flat = jnp.clip(jnp.searchsorted(cumulative, u, side="right"), 0, E * capacity - 1)
         env, slot = flat // capacity, flat % capacity
         start, length = state.episode_start[env, slot], state.episode_length[env, slot]
-        positions = (start[:, None] + jnp.arange(L + 1)[None, :]) % capacity  # (B, L + 1)
+        positions = (start[:, None] + jnp.arange(W)[None, :]) % capacity  # (B, W)
         window = jax.tree.map(lambda x: x[env[:, None], positions], state.steps.experience)
-        at_end = (jnp.arange(L + 1)[None, :] == length[:, None]).reshape(batch, L + 1)
+        at_end = (jnp.arange(W)[None, :] == length[:, None]).reshape(batch, W)
         last = jnp.maximum(length - 1, 0)
 
         def with_final(obs, final):
@@ -130,7 +134,9 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
             mask = at_end.reshape(at_end.shape + (1,) * (obs.ndim - 2))
             return jnp.where(mask, final_at_end[:, None], obs)
 
-        obs = jax.tree.map(with_final, window.obs, window.final_obs) if window.final_obs is not None else window.obs
+        obs = window.obs
+        if window.final_obs is not None and spec.truncates:
+            obs = jax.tree.map(with_final, obs, window.final_obs)
         valid = jnp.arange(L)[None, :] < length[:, None]
         return EpisodeBatch(
             obs,

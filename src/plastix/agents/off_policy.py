@@ -231,7 +231,8 @@ class Step(NamedTuple):
     """One stored env step (per parallel env).
 
     ``final_obs`` is the observation the step reached when it ended the episode by truncation
-    (``None`` when the env cannot return it, see :attr:`EnvSpec.final_obs`).
+    (``None`` when the env cannot return it, see :attr:`EnvSpec.final_obs`, or never truncates,
+    see :attr:`EnvSpec.truncates`).
     """
 
     obs: Array
@@ -577,6 +578,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
     E = config.num_envs
     replay = (agent.replay or transition_replay)(config, spec)
     eval_steps = config.eval_steps or spec.max_episode_steps
+    keep_final = spec.final_obs and spec.truncates  # final observations are only bootstrapped from after a truncation
     schedule = config.schedule
     schedule.check(env.num_tasks, spec.name)
     switch_steps = jnp.asarray(schedule.switch_steps or (-1,), jnp.int32)
@@ -601,9 +603,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         done = ts.done
         ret = carry.episode_return + ts.reward
         finished = (jnp.sum(jnp.where(done, ret, 0.0)), jnp.sum(done))
-        step = Step(
-            carry.obs, actions, ts.reward, ts.terminated, ts.truncated, ts.final_obs if spec.final_obs else None
-        )
+        step = Step(carry.obs, actions, ts.reward, ts.terminated, ts.truncated, ts.final_obs if keep_final else None)
         carry = carry._replace(
             env_state=ts.state,
             obs=ts.obs,
@@ -634,7 +634,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             jnp.zeros((), jnp.float32),
             no,
             no,
-            first if spec.final_obs else None,
+            first if keep_final else None,
         )
         carry = Carry(
             agent=agent.init(k_agent, jax.tree.map(lambda x: x[:1], obs)),

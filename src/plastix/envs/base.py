@@ -59,6 +59,10 @@ class EnvSpec(NamedTuple):
         (newest last) and at an episode start the older frames are zero, as ale-py resets its
         stack; a replay may then store single frames and rebuild the stacks
         (:func:`~plastix.agents.off_policy.rebuild_stacks`). 0: not a frame stack.
+      truncates: an episode can be cut by the time limit. ``False`` where every episode ends in a
+        termination at or before ``max_episode_steps`` (a one-step matrix game): no target ever
+        bootstraps from an episode's final observation, so an episode replay need not return it
+        and a recurrent learner runs its networks over ``L`` steps instead of ``L + 1``.
     """
 
     name: str
@@ -74,6 +78,7 @@ class EnvSpec(NamedTuple):
     agents: int = 0
     state_shape: tuple[int, ...] = ()
     frame_stack: int = 0
+    truncates: bool = True
 
     @property
     def discrete(self) -> bool:

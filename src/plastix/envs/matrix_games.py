@@ -73,7 +73,9 @@ def make_matrix_game(payoffs: np.ndarray | str = SEQUENTIAL_GAMES, name: str = "
     if payoffs.ndim != 3 or payoffs.shape[1] != payoffs.shape[2] or payoffs.shape[1] < 2:
         raise ValueError(f"matrix game payoffs must be (K, A, A) with A >= 2, got shape {payoffs.shape}")
     actions = payoffs.shape[1]
-    spec = EnvSpec(name, (1,), jnp.float32, num_actions=actions, max_episode_steps=1, agents=2, state_shape=(1,))
+    spec = EnvSpec(
+        name, (1,), jnp.float32, num_actions=actions, max_episode_steps=1, agents=2, state_shape=(1,), truncates=False
+    )
     observation = MultiAgentObs(
         jnp.ones((2, 1), jnp.float32), jnp.ones((1,), jnp.float32), jnp.ones((2, actions), bool)
     )

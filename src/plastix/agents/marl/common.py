@@ -4,9 +4,11 @@ Per agent, PyMARL's recurrent network (:class:`~plastix.nn.recurrent.GRUAgent`: 
 parameters shared across agents) reads the agent's observation with its id one-hot and its last
 action one-hot appended. Acting is ε-greedy over the *available* actions. Learning uses whole
 padded episodes (:func:`~plastix.agents.episode_replay.episode_replay`): the agent network runs
-over the ``L + 1`` observations of each episode, the mixer (:mod:`plastix.nn.mixers`) combines the
-chosen per-agent values into ``Q_tot`` with the global state, and the loss is the squared TD(λ)
-error over the valid steps only (padded steps contribute exactly zero)::
+over the ``L + 1`` observations of each episode (``L`` where the env never truncates, so no
+final observation is bootstrapped from: a one-step game's targets are its rewards), the mixer
+(:mod:`plastix.nn.mixers`) combines the chosen per-agent values into ``Q_tot`` with the global
+state, and the loss is the squared TD(λ) error over the valid steps only (padded steps contribute
+exactly zero)::
 
     G_t = r_t + γ (1 − term_t) [V_{t+1} + λ·c_t·(G_{t+1} − V_{t+1})]
 
@@ -238,11 +240,13 @@ def make_marl(
         return actions, (h, jax.nn.one_hot(actions, A))
 
     def time_major(batch: EpisodeBatch):
-        """``(inputs (L+1, B, n, D'), state (L+1, B, S), avail (L+1, B, n, A))`` and time-major steps."""
+        """``(inputs (W, B, n, D'), state (W, B, S), avail (W, B, n, A))`` and time-major steps
+        (``W = L + 1`` observations, ``L`` for an env that never truncates)."""
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         obs = jax.tree.map(swap, batch.obs)
         actions = swap(batch.action)
-        last = jax.nn.one_hot(jnp.concatenate([jnp.full_like(actions[:1], -1), actions], 0), A)  # -1: zeros
+        W = obs.obs.shape[0]
+        last = jax.nn.one_hot(jnp.concatenate([jnp.full_like(actions[:1], -1), actions[: W - 1]], 0), A)  # -1: 0s
         inputs = agent_inputs(obs.obs.astype(jnp.float32), last)
         return (
             inputs,
@@ -255,17 +259,27 @@ def make_marl(
         )
 
     def targets(state: MARLState, inputs, global_state, avail, reward, terminated, valid, q_online=None):
-        """TD(λ) targets; ``q_online``: the online agent values over ``inputs`` if already computed."""
-        q_target, _ = apply({"params": state.target}, inputs, method=FactorizedQ.agent_q)
-        chooser = q_target
-        if config.double_q:
-            if q_online is None:
-                q_online, _ = apply({"params": state.online.params}, inputs, method=FactorizedQ.agent_q)
-            chooser = jax.lax.stop_gradient(q_online)
-        greedy = jnp.argmax(jnp.where(avail, chooser, -jnp.inf), -1)[1:]
-        v_next = apply(
-            {"params": state.target}, q_target[1:], greedy, global_state[1:], avail[1:], method=FactorizedQ.mixed
-        )
+        """TD(λ) targets ``(L, B)``; ``q_online``: the online agent values over ``inputs`` if already computed.
+
+        ``inputs`` hold ``W = L + 1`` observations, or ``W = L`` when the env never truncates: then
+        the last step of an episode of ``L`` steps always terminates and bootstraps nothing (its
+        ``V`` is 0), and a one-step env (``L = 1``) needs no target network at all.
+        """
+        L, W = reward.shape[0], inputs.shape[0]
+        if W == 1:
+            v_next = jnp.zeros_like(reward)
+        else:
+            q_target, _ = apply({"params": state.target}, inputs, method=FactorizedQ.agent_q)
+            chooser = q_target
+            if config.double_q:
+                if q_online is None:
+                    q_online, _ = apply({"params": state.online.params}, inputs, method=FactorizedQ.agent_q)
+                chooser = jax.lax.stop_gradient(q_online)
+            greedy = jnp.argmax(jnp.where(avail, chooser, -jnp.inf), -1)[1:]
+            v_next = apply(
+                {"params": state.target}, q_target[1:], greedy, global_state[1:], avail[1:], method=FactorizedQ.mixed
+            )
+            v_next = jnp.concatenate([v_next, jnp.zeros((L + 1 - W,) + v_next.shape[1:], v_next.dtype)], 0)
         return jax.lax.stop_gradient(lambda_returns(reward, terminated, valid, v_next, gamma, config.td_lambda))
 
     def masked_loss(q_tot, g, valid):
@@ -275,14 +289,16 @@ def make_marl(
     def update(key, state: MARLState, batch: EpisodeBatch):
         inputs, global_state, avail, actions, reward, terminated, valid = time_major(batch)
 
+        L = actions.shape[0]
+
         def loss_fn(params):  # one online forward serves the loss and the double-Q argmax
             q, _ = apply({"params": params}, inputs, method=FactorizedQ.agent_q)
             g = targets(state, inputs, global_state, avail, reward, terminated, valid, q_online=q)
-            q_tot = apply({"params": params}, q[:-1], actions, global_state[:-1], avail[:-1], method=FactorizedQ.mixed)
+            q_tot = apply({"params": params}, q[:L], actions, global_state[:L], avail[:L], method=FactorizedQ.mixed)
             return masked_loss(q_tot, g, valid), q_tot
 
         (loss, q_tot), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
-        scoring_inputs = (inputs[:-1], actions, global_state[:-1], avail[:-1])
+        scoring_inputs = (inputs[:L], actions, global_state[:L], avail[:L])
         online = apply_update(intervention, topology, apply, state.online, grads, key, scoring_inputs, valid)
         sync = online.step % config.target_update_period == 0
         target = jax.tree.map(lambda o, t: jnp.where(sync, o, t), online.params, state.target)
@@ -292,7 +308,8 @@ def make_marl(
     def diagnose_fn(state: MARLState, batch: EpisodeBatch):
         inputs, global_state, avail, actions, reward, terminated, valid = time_major(batch)
         g = targets(state, inputs, global_state, avail, reward, terminated, valid)
-        scoring_inputs = (inputs[:-1], actions, global_state[:-1], avail[:-1])
+        L = actions.shape[0]
+        scoring_inputs = (inputs[:L], actions, global_state[:L], avail[:L])
 
         def apply_fn(variables, x, **kwargs):
             return apply(variables, *x, **kwargs)
