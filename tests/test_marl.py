@@ -143,19 +143,18 @@ def test_padded_steps_contribute_nothing_to_loss_gradients_or_diagnostics(learne
 
 def test_without_truncations_the_final_observation_is_not_needed(learner):
     """An env that never truncates gives windows of L observations (no final one): when every
-    episode terminates, the update and the diagnostics equal those over L + 1 observations."""
+    episode terminates, the update equals the one over L + 1 observations."""
     env, agent, state, _ = learner
     full = episode_batch(jax.random.key(5), env.spec, [4, 2, 1, 3])
     full = full._replace(terminated=full.terminated | full.truncated, truncated=full.truncated & False)
     L = env.spec.max_episode_steps
     short = full._replace(obs=jax.tree.map(lambda x: x[:, :L], full.obs))
-    (s1, m1), (s2, m2) = (agent.update(jax.random.key(0), state, b) for b in (full, short))
+    update = jax.jit(agent.update)
+    (s1, m1), (s2, m2) = (update(jax.random.key(0), state, b) for b in (full, short))
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1.online.params, s2.online.params
     )
-    d1, d2 = agent.diagnose(state, full)["marl"], agent.diagnose(state, short)["marl"]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), d1, d2)
 
 
 def test_a_one_step_game_learns_from_its_rewards_alone():
@@ -177,17 +176,18 @@ def test_a_one_step_game_learns_from_its_rewards_alone():
         ~ones,
         None,
     )
-    buffer = replay.add(replay.init(jax.tree.map(lambda x: x[0, 0], steps)), steps)
-    batch = replay.sample(buffer, jax.random.key(1))
+    buffer = jax.jit(replay.add)(replay.init(jax.tree.map(lambda x: x[0, 0], steps)), steps)
+    batch = jax.jit(replay.sample)(buffer, jax.random.key(1))
     assert batch.obs.obs.shape == (8, 1, 2, 1) and batch.reward.shape == (8, 1)
     agent, net, _ = make_marl(env.spec, MARLConfig(mixer="qmix", **TINY))
     state = agent.init(jax.random.key(0), None)
     poisoned = state._replace(target=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.target))
-    (_, m1), (_, m2) = (agent.update(jax.random.key(0), st, batch) for st in (state, poisoned))
+    update = jax.jit(agent.update)
+    (_, m1), (_, m2) = (update(jax.random.key(0), st, batch) for st in (state, poisoned))
     np.testing.assert_array_equal(m1["loss"], m2["loss"])  # finite: the target network is not used
     no_last_action = jnp.zeros((1, 8, 2, 3))
     inputs = agent_inputs(jnp.swapaxes(batch.obs.obs, 0, 1), no_last_action)
-    q_tot = net.apply(
+    q_tot = jax.jit(net.apply)(
         {"params": state.online.params},
         inputs,
         jnp.swapaxes(batch.action, 0, 1),
@@ -202,9 +202,10 @@ def test_loss_is_the_masked_squared_td_error(learner):
     """Changing one valid reward changes the loss; the loss of a batch equals its valid-step mean."""
     env, agent, state, _ = learner
     batch = episode_batch(jax.random.key(4), env.spec, [4, 2, 1, 3])
-    _, m1 = agent.update(jax.random.key(0), state, batch)
+    update = jax.jit(agent.update)
+    _, m1 = update(jax.random.key(0), state, batch)
     bumped = batch._replace(reward=batch.reward.at[1, 0].add(1.0))
-    _, m2 = agent.update(jax.random.key(0), state, bumped)
+    _, m2 = update(jax.random.key(0), state, bumped)
     assert float(m1["loss"]) != float(m2["loss"])
 
 
