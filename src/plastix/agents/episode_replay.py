@@ -134,9 +134,7 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
             mask = at_end.reshape(at_end.shape + (1,) * (obs.ndim - 2))
             return jnp.where(mask, final_at_end[:, None], obs)
 
-        obs = window.obs
-        if window.final_obs is not None and spec.truncates:
-            obs = jax.tree.map(with_final, obs, window.final_obs)
+        obs = jax.tree.map(with_final, window.obs, window.final_obs) if window.final_obs is not None else window.obs
         valid = jnp.arange(L)[None, :] < length[:, None]
         return EpisodeBatch(
             obs,

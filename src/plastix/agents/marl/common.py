@@ -258,6 +258,11 @@ def make_marl(
             swap(batch.valid),
         )
 
+    def acting_steps(inputs, actions, global_state, avail):
+        """``(inputs, actions, state, avail)`` of the ``L`` steps acted in (the final observation dropped)."""
+        L = actions.shape[0]
+        return inputs[:L], actions, global_state[:L], avail[:L]
+
     def targets(state: MARLState, inputs, global_state, avail, reward, terminated, valid, q_online=None):
         """TD(λ) targets ``(L, B)``; ``q_online``: the online agent values over ``inputs`` if already computed.
 
@@ -288,7 +293,6 @@ def make_marl(
 
     def update(key, state: MARLState, batch: EpisodeBatch):
         inputs, global_state, avail, actions, reward, terminated, valid = time_major(batch)
-
         L = actions.shape[0]
 
         def loss_fn(params):  # one online forward serves the loss and the double-Q argmax
@@ -298,7 +302,7 @@ def make_marl(
             return masked_loss(q_tot, g, valid), q_tot
 
         (loss, q_tot), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
-        scoring_inputs = (inputs[:L], actions, global_state[:L], avail[:L])
+        scoring_inputs = acting_steps(inputs, actions, global_state, avail)
         online = apply_update(intervention, topology, apply, state.online, grads, key, scoring_inputs, valid)
         sync = online.step % config.target_update_period == 0
         target = jax.tree.map(lambda o, t: jnp.where(sync, o, t), online.params, state.target)
@@ -308,8 +312,7 @@ def make_marl(
     def diagnose_fn(state: MARLState, batch: EpisodeBatch):
         inputs, global_state, avail, actions, reward, terminated, valid = time_major(batch)
         g = targets(state, inputs, global_state, avail, reward, terminated, valid)
-        L = actions.shape[0]
-        scoring_inputs = (inputs[:L], actions, global_state[:L], avail[:L])
+        scoring_inputs = acting_steps(inputs, actions, global_state, avail)
 
         def apply_fn(variables, x, **kwargs):
             return apply(variables, *x, **kwargs)
