@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests are tiny programs whose time goes to compiling them: LLVM at -O0 for everything but the
+# training programs (``plastix.jit.jit_program`` asks for -O1 itself). Set before JAX starts, and
+# inherited by the processes the tests start (CLI runs, Ray workers).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
 

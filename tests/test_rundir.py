@@ -172,3 +172,31 @@ def test_resumed_rows_keep_their_dtypes(tmp_path):
     rundir.save_checkpoint(STATE, rows, {})
     _, back, _ = rundir.load_checkpoint(STATE)
     assert dict(back.dtypes) == dict(rows.dtypes)
+
+
+def test_a_resumed_run_does_not_compile_its_chunk_again(tmp_path):
+    """A weakly typed carry leaf (``jnp.array(0)``, as flashbax's buffer index) is made strong when
+    the stage starts, so the carry restored from a checkpoint has the same types and the chunk
+    function compiled for the first run serves the resumed one."""
+    import jax
+
+    from plastix.experiments.runner import Stage, run_stages
+
+    traces = []
+
+    @jax.jit
+    def step(carry):
+        traces.append(jax.typeof(carry["count"]))
+        return {"count": carry["count"] + 1, "w": carry["w"] * 0.5}
+
+    def run_chunk(carry, done):
+        carry = step(carry)
+        return carry, pd.DataFrame({"seed": [0], "period": [done + 1], "loss": [float(carry["w"].sum())]})
+
+    stages = [Stage("train", 3, lambda _: {"count": jnp.array(0), "w": jnp.ones(3)}, run_chunk)]
+    rundir = RunDir(str(tmp_path / "run"))
+    rundir.prepare(supervised.SupervisedConfig(name="toy", runs_dir=str(tmp_path)))
+    assert not run_stages(rundir, stages, "toy", stop_after_chunks=1).finished
+    result = run_stages(rundir, stages, "toy")
+    assert result.finished and int(result.carry["count"]) == 3
+    assert len(traces) == 1 and not traces[0].weak_type, traces
