@@ -5,6 +5,7 @@ equivalence), diagnostics of injected neurons, ReBorn (equals the pruned network
 weight sharing) and CBP (hand-computed utilities and replacements, inside a jitted update), and
 their config errors."""
 
+import functools
 from types import SimpleNamespace
 
 import jax
@@ -37,8 +38,10 @@ N_AGENTS, A, D, S, T, B = 3, 4, 5, 6, 4, 2
 CONTEXT = Context.at(10, 1, True)
 
 
+@functools.cache  # one network and one compiled init per mixer for the whole module
 def build(mixer="qmix"):
-    """``(net, topology, init_params, inputs)`` of a tiny agent network + mixer."""
+    """``(net, topology, init_params, inputs)`` of a tiny agent network + mixer; ``init_params`` is
+    jitted (eager, every call would trace and compile the GRU's scan again)."""
     spec = EnvSpec("toy", (D,), jnp.float32, num_actions=A, agents=N_AGENTS, state_shape=(S,))
     config = MARLConfig(mixer=mixer, hidden=8, mixing_embed=4, hypernet_hidden=8, qplex_heads=2)
     net = FactorizedQ(GRUAgent(8, A), make_mixer(spec, config))
@@ -53,12 +56,14 @@ def build(mixer="qmix"):
         jnp.ones((T, B, N_AGENTS, A), bool),
     )
 
+    @jax.jit
     def init_params(key):
         return net.init(key, *inputs)["params"]
 
     return net, topology, init_params, inputs
 
 
+@functools.partial(jax.jit, static_argnums=0)  # compiled once per forward function
 def outputs(apply, params, inputs):
     """Agent Qs ``(T, B, n, A)`` and ``Q_tot (T, B)``."""
     q, _ = apply({"params": params}, inputs[0], method=FactorizedQ.agent_q)
