@@ -60,6 +60,15 @@ def loss_fn(q_tot):
     return jnp.sum(jnp.where(VALID, (q_tot - 1.0) ** 2, 0.0)) / jnp.sum(VALID)
 
 
+@jax.jit  # compiled once for the module (eager, every call traces and compiles the GRU's scan)
+def diagnosed(params, inputs=INPUTS):
+    """``diagnose`` of the learner over the valid steps of ``inputs``."""
+    return diagnose(TOPO, LEARNER.apply, params, inputs, loss_fn, valid=VALID)
+
+
+loss_grads = jax.jit(jax.grad(lambda p: loss_fn(LEARNER.apply({"params": p}, INPUTS))))
+
+
 def np_gru(params, x):
     """Flax's GRUCell equations in NumPy, over time: x (T, ..., D) -> h (T, ..., H)."""
     p = jax.tree.map(np.asarray, params)
@@ -160,7 +169,7 @@ def test_gru_names_a_wrong_input_or_initial_state_shape():
 
 
 def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):
-    diag = diagnose(TOPO, LEARNER.apply, params, INPUTS, loss_fn, valid=VALID)
+    diag = diagnosed(params)
     assert set(diag.groups) == {"agent", "mixer"}
     # dormant score of the GRU by hand: mean |h| over valid (t, b) and agents, over the layer mean
     fc1 = np.maximum(
@@ -170,7 +179,7 @@ def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):
     per_unit = h[np.asarray(VALID)].mean(axis=(0, 1))
     np.testing.assert_allclose(diag.layers["agent/gru"].dormant_score, per_unit / per_unit.mean(), rtol=1e-4)
     # GraMa of generated mixing unit j: mean |dL/dw| over the hypernetwork columns that generate it
-    grads = jax.grad(lambda p: loss_fn(LEARNER.apply({"params": p}, INPUTS)))(params)
+    grads = loss_grads(params)
     gw1 = np.abs(np.asarray(grads["mixer"]["hyper_w1_1"]["kernel"]))  # (6, n*E), column i*E + j -> unit j
     gb1 = np.abs(np.asarray(grads["mixer"]["hyper_b1"]["kernel"]))  # (S, E)
     per_unit = np.array(
@@ -186,8 +195,8 @@ def test_diagnostics_skip_padded_steps_and_match_hand_computation(params):
 def test_padded_steps_change_no_diagnostic(params):
     noisy = OBS_X + 100.0 * (~VALID)[:, :, None, None]  # garbage at padded steps only
     state_noise = STATE_X + 100.0 * (~VALID)[:, :, None]
-    a = diagnose(TOPO, LEARNER.apply, params, INPUTS, loss_fn, valid=VALID)
-    b = diagnose(TOPO, LEARNER.apply, params, (noisy, state_noise), loss_fn, valid=VALID)
+    a = diagnosed(params)
+    b = diagnosed(params, (noisy, state_noise))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
@@ -197,7 +206,7 @@ def test_redo_on_gru_and_generated_units_equals_pruning_them(params):
     (unchanged when they were dormant), whatever their fresh incoming weights."""
     state = TrainState.create(params, optax.adam(1e-2))
     for _ in range(2):
-        state = state.apply_gradients(jax.grad(lambda p: loss_fn(LEARNER.apply({"params": p}, INPUTS)))(state.params))
+        state = state.apply_gradients(loss_grads(state.params))
     masks = {
         name: jax.random.bernoulli(jax.random.key(i), 0.4, (layer.size(params),))
         for i, (name, layer) in enumerate((layer.name, layer) for layer in TOPO.layers)
@@ -243,7 +252,7 @@ def np_qmix(p, q, s):
 
 
 def test_mixer_dormant_scores_by_hand_over_valid_steps(params):
-    diag = diagnose(TOPO, LEARNER.apply, params, INPUTS, loss_fn, valid=VALID)
+    diag = diagnosed(params)
     q, _ = GRUAgent(H, ACTIONS).apply({"params": params["agent"]}, OBS_X)
     h = np.abs(jax.nn.elu(np_qmix(params["mixer"], np.asarray(q.max(-1)), np.asarray(STATE_X))))
     per_unit = h[np.asarray(VALID)].mean(axis=0)
@@ -260,7 +269,7 @@ def test_redo_tau_zero_on_dead_gru_and_mixing_units_is_bit_identical(params):
     p["mixer"]["hyper_b1"] = {k: v.at[..., 2].set(0.0) for k, v in p["mixer"]["hyper_b1"].items()}
     p["mixer"]["hyper_w2_0"]["bias"] = p["mixer"]["hyper_w2_0"]["bias"].at[1].set(-1e3)  # a dead hypernet unit
     state = TrainState.create(p, optax.adam(1e-3))
-    scores = diagnose(TOPO, LEARNER.apply, p, INPUTS, loss_fn, valid=VALID)
+    scores = diagnosed(p)
     assert bool(scores.layers["agent/gru"].dormant[3]) and bool(scores.layers["mixer/mixing"].dormant[2])
     assert bool(scores.layers["mixer/hyper_w2_0"].dormant[1])
     new = redo(ReDoConfig(tau=0.0), TOPO, init_params).apply(jax.random.key(5), state, scores, Context.at(1))

@@ -60,20 +60,26 @@ def test_global_state_is_smacs_normalized_one_for_every_scenario():
 
     for name in ("smax/3s_vs_5z", "smax-drift"):
         env = make_env(name)
-        _, state = jax.jit(env.reset)(jax.random.key(0))
-        step = jax.jit(env.step)
+
+        @jax.jit  # one program per scenario: 120 random steps, episodes restart inside env.step
+        def battle(key):
+            def step(state, t):
+                k = jax.random.fold_in(key, t)
+                ts = env.step(k, state, jax.random.randint(k, (env.spec.agents,), 0, env.spec.num_actions))
+                return ts.state, (ts.obs.state, ts.done, ts.state.state.unit_teams, ts.state.state.unit_alive)
+
+            return jax.lax.scan(step, env.reset(key)[1], jnp.arange(120))[1]
+
+        worlds, dones, teams, alive = jax.tree.map(np.asarray, battle(jax.random.key(0)))
         largest, saw_dead = 0.0, False
-        for t in range(120):
-            k = jax.random.key(t + 1)
-            ts = step(k, state, jax.random.randint(k, (env.spec.agents,), 0, env.spec.num_actions))
-            state, units, world = ts.state, ts.state.state, np.asarray(ts.obs.state)
-            n = units.unit_alive.shape[0]
+        for world, done, unit_teams, unit_alive in zip(worlds, dones, teams, alive):
+            n = unit_alive.shape[0]
             assert world.shape == env.spec.state_shape
             largest = max(largest, float(np.abs(world).max()))
-            if bool(ts.done):
+            if done:
                 continue
-            np.testing.assert_array_equal(world[-n:], np.asarray(units.unit_teams, np.float32))
-            dead = ~np.asarray(units.unit_alive)
+            np.testing.assert_array_equal(world[-n:], unit_teams.astype(np.float32))
+            dead = ~unit_alive
             if dead.any():
                 saw_dead = True
                 assert not world[:-n].reshape(n, -1)[dead].any()
