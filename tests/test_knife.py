@@ -430,10 +430,10 @@ def test_diagnostics_score_an_injected_neuron_by_its_whole_output_and_its_learni
     state = intervention.apply(jax.random.key(3), state, scores, CONTEXT)
     apply = intervention.forward(net.apply)
     loss_fn = lambda out: jnp.mean((out - y) ** 2)  # noqa: E731
-    diag = diagnose_state(intervention, topology, apply, state, x, loss_fn, DiagnosticsConfig())
+    diag = jax.jit(lambda s: diagnose_state(intervention, topology, apply, s, x, loss_fn, DiagnosticsConfig()))(state)
 
     p = state.params
-    grads = jax.grad(lambda q: loss_fn(apply({"params": q}, x)))(p)
+    grads = jax.jit(jax.grad(lambda q: loss_fn(apply({"params": q}, x))))(p)
     h0 = jax.nn.relu(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"])
     slot = p[SLOTS]["hidden_0"]
     active = jax.nn.relu(x @ slot["kernel"][0] + slot["bias"][0])
