@@ -318,6 +318,9 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     assert len(partial) < len(straight)
     resumed = run_cell(cell, str(tmp_path / "killed"))
     pd.testing.assert_frame_equal(resumed, straight)
+    from test_rl import assert_one_chunk_program
+
+    assert_one_chunk_program(cell)
     assert straight["task_switch_step"].max() == 120
     assert {"marl/group/agent/stagnant_fraction", "marl/group/mixer/grama_fraction"} <= set(straight.columns)
 

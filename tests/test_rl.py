@@ -395,6 +395,15 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path):
     pd.testing.assert_frame_equal(resumed, straight)
     again = run_cell(cell, str(tmp_path / "killed"))  # finished: read back, no rerun
     pd.testing.assert_frame_equal(again, straight)
+    assert_one_chunk_program(cell)
+
+
+def assert_one_chunk_program(cell: RLConfig) -> None:
+    """Every chunk of the cell's runs, the resumed one's included, ran one compiled program (a
+    carry whose types changed, e.g. a weakly typed leaf, would have compiled it again)."""
+    from plastix.experiments.rl import _compute_key, build_train
+
+    assert build_train(_compute_key(cell)).run_chunk._cache_size() == 1
 
 
 def test_runs_in_concurrent_threads_equal_runs_one_after_another(tmp_path):
