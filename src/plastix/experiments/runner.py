@@ -154,7 +154,7 @@ def run_stages(
         index, done = meta.get("stage", 0), meta["chunks_done"]
         fresh = _template(stages, index)
         carry, rows, _ = rundir.load_checkpoint(fresh)
-        carry = stages[index].resumed(fresh, _as_device(carry))
+        carry = strong_types(stages[index].resumed(fresh, _as_device(carry)))  # fresh parts (host envs' episodes) too
         frames = [rows] if len(rows) else []
     else:
         carry = strong_types(stages[0].start(None))
