@@ -468,11 +468,14 @@ def test_sac_loop_runs_on_brax_with_redo():
 # ---------------------------------------------------------------------------- the loop's extension points
 
 
-def test_loop_serves_a_recurrent_policy_with_its_own_replay():
+@pytest.mark.parametrize("fence", ["conditional", "barrier", "wall"])
+def test_loop_serves_a_recurrent_policy_with_its_own_replay(fence):
     """A toy recurrent learner: its memory counts the steps of the current episode (restarted by the
     loop at every episode end), its action is that count, and its own replay keeps a window of the
     last 4 vector steps per env. Every update sees the agent's batch type, not n-step transitions,
-    and after warm-up every stored action equals the step counter the env reports."""
+    and after warm-up every stored action equals the step counter the env reports. Both ways of
+    keeping the buffer write apart from the sampling (``Replay.fence``) compute the same; another
+    value is refused."""
     from plastix.agents.off_policy import Agent, Replay
 
     limit, window, envs = 5, 4, 2
@@ -498,7 +501,7 @@ def test_loop_serves_a_recurrent_policy_with_its_own_replay():
         def sample(state, key):
             return {"obs": state.obs[..., 0], "action": state.action}
 
-        return Replay(init, add, sample, sample)
+        return Replay(init, add, sample, sample, fence)
 
     def act(key, state, obs, step, greedy, memory):
         return memory, memory + 1
@@ -520,6 +523,10 @@ def test_loop_serves_a_recurrent_policy_with_its_own_replay():
     loop = LoopConfig(
         env_steps=48, num_envs=envs, warmup_steps=2 * window, buffer_size=64, batch_size=4, period=8, eval_every=3
     )
+    if fence == "wall":
+        with pytest.raises(ValueError, match=r"Replay.fence: got 'wall', allowed values are 'conditional', 'barrier'"):
+            make_train(loop, Env(spec, reset, step), agent)
+        return
     train = make_train(loop, Env(spec, reset, step), agent)
     carry = train.init(jax.random.split(jax.random.PRNGKey(0), 2))
     carry, metrics, evals = train.run_chunk(carry)

@@ -150,4 +150,5 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         add=add,
         sample=lambda state, key: sample(state, key, config.batch_size),
         sample_scoring=lambda state, key: sample(state, key, config.scoring_batch),
+        fence="barrier",  # the agent state of a recurrent learner is large for its batches
     )

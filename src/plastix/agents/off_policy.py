@@ -219,12 +219,19 @@ class Replay(NamedTuple):
         ``(E, T, ...)``: T consecutive vector steps of the E parallel envs.
       sample: ``sample(replay_state, key) -> batch`` for one update.
       sample_scoring: ``sample_scoring(replay_state, key) -> batch`` of the diagnostics' size.
+      fence: how the loop keeps an iteration's buffer write apart from its updates' sampling on
+        XLA:CPU, where fusing the two costs copies: ``"conditional"`` runs the updates in a
+        conditional (fusion cannot cross it; best for the flat transition replay: ~5 % of a small
+        DQN's run time), ``"barrier"`` passes the buffer through ``lax.optimization_barrier``
+        (no conditional, whose outputs XLA:CPU copies: every leaf of the agent state, each
+        iteration; 10–25 % of the QMIX matrix-game study's chunk time with the episode replay).
     """
 
     init: Callable[[Any], Any]
     add: Callable[[Any, Any], Any]
     sample: Callable[[Any, Array], Any]
     sample_scoring: Callable[[Any, Array], Any]
+    fence: str = "conditional"
 
 
 class Step(NamedTuple):
@@ -577,6 +584,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
     spec = env.spec
     E = config.num_envs
     replay = (agent.replay or transition_replay)(config, spec)
+    if replay.fence not in ("conditional", "barrier"):
+        raise ValueError(f"Replay.fence: got {replay.fence!r}, allowed values are 'conditional', 'barrier'")
     eval_steps = config.eval_steps or spec.max_episode_steps
     keep_final = spec.final_obs and spec.truncates  # final observations are only bootstrapped from after a truncation
     schedule = config.schedule
@@ -661,18 +670,20 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         keys = jax.random.split(key, 2 * (lay.vector_steps + lay.updates)).reshape(-1, 2, *key.shape)
         carry, finished = collect(carry, keys[: lay.vector_steps], explore=True)
 
-        def one_update(agent_state, k):
-            k_sample, k_agent = k
-            return agent.update(k_agent, agent_state, replay.sample(carry.buffer, k_sample))
+        def updates(agent_state, buffer=carry.buffer):
+            def one_update(agent_state, k):
+                k_sample, k_agent = k
+                return agent.update(k_agent, agent_state, replay.sample(buffer, k_sample))
 
-        def updates(agent_state):
             return jax.lax.scan(one_update, agent_state, keys[lay.vector_steps :])
 
         def updates_apart(agent_state):
-            # XLA:CPU fuses the buffer write just made into the update's sampling gathers and then
-            # copies the replay's scalar columns twice per iteration (about 5% of a small DQN's run
-            # time). A conditional is a computation of its own that fusion cannot cross, and its
-            # predicate (always true) is unbatched under the seed vmap, so it stays a conditional.
+            # XLA:CPU fuses the buffer write just made into the updates' sampling gathers and then
+            # copies the replay's columns each iteration (see ``Replay.fence``).
+            if replay.fence == "barrier":
+                return updates(agent_state, jax.lax.optimization_barrier(carry.buffer))
+            # A conditional is a computation of its own that fusion cannot cross; its predicate
+            # (always true) is unbatched under the seed vmap, so it stays a conditional.
             skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(updates, agent_state))
             return jax.lax.cond(index >= 0, updates, lambda _: skipped, agent_state)
 
