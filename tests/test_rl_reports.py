@@ -154,6 +154,22 @@ def test_estimates_flag_fewer_than_five_seeds():
     assert format_estimate(mean_ci([np.nan])) == "–"
 
 
+def test_curve_ci_equals_mean_ci_step_by_step():
+    """The curves' CIs resample all complete steps at once; each step still gets mean_ci's numbers
+    (steps with a missing seed, a single seed, no seed included)."""
+    from plastix.report import curve_ci, mean_ci
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(7, 12))
+    values[2, 4] = np.nan
+    values[:, 7] = np.nan
+    values[1:, 9] = np.nan
+    for table in (values, values[:1], values[:, :3]):
+        got = np.stack(curve_ci(table), axis=1)
+        want = np.array([mean_ci(table[:, t], n_boot=1000)[:3] for t in range(table.shape[1])])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_cells_json_records_what_really_runs(tmp_path):
     """Every cell's full config is recorded; sac-dormant vmaps its seeds on every backend again
     (the XLA:CPU deadlock came from batched LAPACK eigen-solves, see metrics.representation.eigvalsh)."""

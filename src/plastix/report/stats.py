@@ -41,6 +41,18 @@ def format_estimate(e: Estimate, percent: bool = False, digits: int = 1) -> str:
     return f"{e.value * k:.{digits}f}{unit} [{e.low * k:.{digits}f}, {e.high * k:.{digits}f}]{mark}"
 
 
+def _bootstrap(x: np.ndarray, confidence: float, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Means of the columns of ``x (n ≥ 2, k)`` (no NaN) and their percentile-bootstrap CIs; every
+    column is resampled with the same draw of ``n`` row indices per resample."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n = x.shape[0]
+    boots = x[np.random.default_rng(seed).integers(0, n, (n_boot, n))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha], axis=0)
+    return x.mean(axis=0), low, high
+
+
 def mean_ci(values, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Estimate:
     """Mean of ``values`` (one per seed) and a percentile-bootstrap CI of that mean.
 
@@ -62,15 +74,19 @@ def mean_ci(values, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0)
     mean = float(x.mean())
     if x.size == 1:
         return Estimate(mean, mean, mean, 1)
-    rng = np.random.default_rng(seed)
-    boots = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(boots, [alpha, 1 - alpha])
-    return Estimate(mean, float(low), float(high), int(x.size))
+    _, low, high = _bootstrap(x[:, None], confidence, n_boot, seed)
+    return Estimate(mean, float(low[0]), float(high[0]), int(x.size))
 
 
 def curve_ci(values: np.ndarray, confidence: float = 0.95, n_boot: int = 1000, seed: int = 0):
-    """Per-step mean and bootstrap CI of ``values (n_seeds, n_steps)``: three ``(n_steps,)`` arrays."""
+    """Per-step mean and bootstrap CI of ``values (n_seeds, n_steps)``: three ``(n_steps,)`` arrays,
+    each step's as :func:`mean_ci` gives it (the steps with every seed are resampled together)."""
     values = np.asarray(values, dtype=np.float64)
-    stats = np.array([mean_ci(values[:, t], confidence, n_boot, seed)[:3] for t in range(values.shape[1])])
-    return stats[:, 0], stats[:, 1], stats[:, 2]
+    n, steps = values.shape
+    mean, low, high = np.empty(steps), np.empty(steps), np.empty(steps)
+    together = ~np.isnan(values).any(axis=0) if n >= 2 else np.zeros(steps, bool)
+    if together.any():
+        mean[together], low[together], high[together] = _bootstrap(values[:, together], confidence, n_boot, seed)
+    for t in np.flatnonzero(~together):  # steps with a missing seed, or a single seed
+        mean[t], low[t], high[t] = mean_ci(values[:, t], confidence, n_boot, seed)[:3]
+    return mean, low, high
