@@ -677,17 +677,20 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
 
             return jax.lax.scan(one_update, agent_state, keys[lay.vector_steps :])
 
-        def updates_apart(agent_state):
-            # XLA:CPU fuses the buffer write just made into the updates' sampling gathers and then
-            # copies the replay's columns each iteration (see ``Replay.fence``).
-            if replay.fence == "barrier":
-                return updates(agent_state, jax.lax.optimization_barrier(carry.buffer))
-            # A conditional is a computation of its own that fusion cannot cross; its predicate
-            # (always true) is unbatched under the seed vmap, so it stays a conditional.
-            skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(updates, agent_state))
-            return jax.lax.cond(index >= 0, updates, lambda _: skipped, agent_state)
+        # XLA:CPU fuses the buffer write just made into the updates' sampling gathers and then
+        # copies the replay's columns each iteration; ``Replay.fence`` says how to keep them apart.
+        if replay.fence == "barrier":  # the updates are traced once; only the buffer differs by platform
+            buffer = jax.lax.platform_dependent(carry.buffer, cpu=jax.lax.optimization_barrier, default=lambda b: b)
+            agent_state, stats = updates(carry.agent, buffer)
+        else:
 
-        agent_state, stats = jax.lax.platform_dependent(carry.agent, cpu=updates_apart, default=updates)
+            def updates_apart(agent_state):
+                # A conditional is a computation of its own that fusion cannot cross; its predicate
+                # (always true) is unbatched under the seed vmap, so it stays a conditional.
+                skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(updates, agent_state))
+                return jax.lax.cond(index >= 0, updates, lambda _: skipped, agent_state)
+
+            agent_state, stats = jax.lax.platform_dependent(carry.agent, cpu=updates_apart, default=updates)
         carry = carry._replace(agent=agent_state, updates=carry.updates + lay.updates)
         return carry, (finished, jax.tree.map(jnp.mean, stats))
 
