@@ -210,6 +210,10 @@ class Agent(NamedTuple):
         return () if self.init_memory is None else self.init_memory(n)
 
 
+REPLAY_FENCES = ("conditional", "barrier")
+"""Allowed values of :attr:`Replay.fence`."""
+
+
 class Replay(NamedTuple):
     """How the loop stores env steps and what an update's batch is (chosen by the agent).
 
@@ -584,8 +588,9 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
     spec = env.spec
     E = config.num_envs
     replay = (agent.replay or transition_replay)(config, spec)
-    if replay.fence not in ("conditional", "barrier"):
-        raise ValueError(f"Replay.fence: got {replay.fence!r}, allowed values are 'conditional', 'barrier'")
+    if replay.fence not in REPLAY_FENCES:
+        allowed = ", ".join(map(repr, REPLAY_FENCES))
+        raise ValueError(f"Replay.fence: got {replay.fence!r}, allowed values are {allowed}")
     eval_steps = config.eval_steps or spec.max_episode_steps
     keep_final = spec.final_obs and spec.truncates  # final observations are only bootstrapped from after a truncation
     schedule = config.schedule
