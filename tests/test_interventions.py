@@ -497,3 +497,22 @@ def test_redo_without_tau_recycles_exactly_what_the_diagnostics_report(score, ma
         )
         np.testing.assert_array_equal(explicit, reported)
     assert sum(int(getattr(diags.layers[n], mask_field).sum()) for n in TOPO.names) > 0, "the test needs some"
+
+
+def test_any_run_reduces_over_every_vmapped_level_and_keeps_the_conditional():
+    from plastix.jit import any_run
+
+    assert bool(any_run(jnp.asarray(True))) and not bool(jax.jit(any_run)(jnp.asarray(False)))
+    runs = jnp.array([False, True, False])  # (vmap broadcasts the one unbatched answer to every run)
+    np.testing.assert_array_equal(jax.vmap(any_run)(runs), [True] * 3)
+    np.testing.assert_array_equal(jax.vmap(any_run)(jnp.zeros(3, bool)), [False] * 3)
+    grid = jnp.array([[False, False], [False, True]])
+    np.testing.assert_array_equal(jax.vmap(jax.vmap(any_run))(grid), jnp.ones((2, 2), bool))
+    np.testing.assert_array_equal(jax.vmap(jax.vmap(any_run))(jnp.zeros((2, 2), bool)), jnp.zeros((2, 2), bool))
+
+    def step(pred, x):
+        return jax.lax.cond(any_run(pred), lambda v: jnp.where(pred, v + 1, v), lambda v: v, x)
+
+    hlo = jax.jit(jax.vmap(step)).lower(runs, jnp.zeros(3)).as_text()
+    assert "stablehlo.case" in hlo or "stablehlo.if" in hlo  # still a conditional, not a select of both
+    np.testing.assert_array_equal(jax.jit(jax.vmap(step))(runs, jnp.zeros(3)), [0.0, 1.0, 0.0])

@@ -199,17 +199,27 @@ def test_ablations_change_what_they_say():
     )
 
 
-def test_knife_with_and_without_compensation_share_one_program():
-    """The ablation's missing compensation is data (a closed ``comp_gate``), not another forward
-    pass: a bundle of KNIFE and KNIFE-without-compensation computes, for each member, the outputs
-    and train state of that method alone, bit for bit, after the injection and 10 updates."""
+def test_knife_and_its_ablations_share_one_program_and_one_apply():
+    """The ablations are data (the selection, a closed ``comp_gate``, the freeze and copy flags in
+    KNIFE's state), not other programs: a bundle of KNIFE and every ablation runs KNIFE's ``apply``
+    once and computes, for each member, the outputs and train state of that method alone, bit for
+    bit, after the injection and 10 updates."""
     from plastix.interventions.bundle import assign_members, bundle
 
     net, topology, init_params, inputs = build("qmix")
     params = init_params(jax.random.key(1))
     scores = random_scores(jax.random.key(3), topology, params)
-    methods = [knife(KnifeConfig(compensation=c), topology, init_params) for c in (True, False)]
-    both = bundle(methods)
+    configs = [KnifeConfig(compensation=c) for c in (True, False)] + [
+        KnifeConfig(selection="random", freeze_knowledge=False),
+        KnifeConfig(selection="dormant", active_init="copy"),
+    ]
+    methods = [knife(c, topology, init_params) for c in configs]
+    assert len({m.shares for m in methods}) == 1
+    calls = []
+    counted = methods[0]._replace(apply=lambda *a: calls.append(1) or methods[0].apply(*a))
+    both = bundle([counted, *methods[1:]])
+    both.apply(jax.random.key(4), create_train_state(both, params, optax.adam(1e-2)), scores, CONTEXT)
+    assert len(calls) == 1
     for member, alone in enumerate(methods):
         expected = alone.apply(jax.random.key(4), create_train_state(alone, params, optax.adam(1e-2)), scores, CONTEXT)
         expected = train_steps(expected, alone.forward(net.apply), inputs)
@@ -220,7 +230,7 @@ def test_knife_with_and_without_compensation_share_one_program():
             np.testing.assert_array_equal(a, b)
         comp_gate = get_path(got.params, (SLOTS, "agent", "fc1", "comp_gate"))
         gate = get_path(got.params, (SLOTS, "agent", "fc1", "gate"))
-        np.testing.assert_array_equal(comp_gate, gate if member == 0 else jnp.zeros_like(gate))
+        np.testing.assert_array_equal(comp_gate, gate if configs[member].compensation else jnp.zeros_like(gate))
 
 
 def test_knife_and_plasticity_injection_share_one_program_with_the_union_of_their_slots():
@@ -426,7 +436,9 @@ def test_diagnostics_score_an_injected_neuron_by_its_whole_output_and_its_learni
     intervention = knife(KnifeConfig(compensation=False), topology, init_params)
     state = create_train_state(intervention, init_params(jax.random.key(0)), optax.adam(1e-3))
     units = {"hidden_0": jnp.array([True, False, True, False]), "hidden_1": jnp.array([False, True, False])}
-    scores = SimpleNamespace(layers={n: SimpleNamespace(stagnant=m) for n, m in units.items()})
+    scores = SimpleNamespace(
+        layers={n: SimpleNamespace(stagnant=m, dormant=~m, grama_dormant=~m) for n, m in units.items()}
+    )
     state = intervention.apply(jax.random.key(3), state, scores, CONTEXT)
     apply = intervention.forward(net.apply)
     loss_fn = lambda out: jnp.mean((out - y) ** 2)  # noqa: E731
@@ -649,3 +661,23 @@ def test_cbp_runs_inside_the_jitted_dqn_update_through_the_registry():
     cbp_state = state.online.intervention_state["hidden_0"]
     assert float(cbp_state.utility.max()) > 0
     assert int(cbp_state.age.max()) <= 4 and int((cbp_state.age < 4).sum()) >= 2  # some were replaced
+
+
+def test_cbp_vmapped_runs_where_only_one_replaces_equal_each_run_alone():
+    """Under ``vmap`` the replacement's conditional runs for every run as soon as one run replaces
+    (``any_run``); a run that replaces nothing must come out bit-identical to its update alone."""
+    net, topology, init_params, method, state, grads, x = cbp_setup(replacement_rate=0.5, maturity=0)
+    stepped = state.apply_gradients(grads)
+    quiet = stepped.replace(  # nothing pending and the rate's share of 6 neurons < 1: no replacement
+        intervention_state={k: v._replace(pending=jnp.asarray(-10.0)) for k, v in stepped.intervention_state.items()}
+    )
+    activity = {"hidden_0": jnp.arange(1.0, 7.0), "hidden_1": jnp.ones(4)}
+    on_update = jax.jit(lambda key, s: method.on_update(key, s, lambda: activity))
+    keys = jax.random.split(jax.random.key(3), 2)
+    runs = jax.tree.map(lambda a, b: jnp.stack([a, b]), stepped, quiet)
+    together = jax.jit(jax.vmap(lambda key, s: method.on_update(key, s, lambda: activity)))(keys, runs)
+    for i, alone in enumerate((on_update(keys[0], stepped), on_update(keys[1], quiet))):
+        jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a[i], b), together, alone)
+    assert int(together.intervention_state["hidden_0"].replaced.count[0]) == 3  # run 0 replaced ...
+    assert int(together.intervention_state["hidden_0"].replaced.count[1]) == 0  # ... run 1 did not
+    jax.tree.map(np.testing.assert_array_equal, on_update(keys[1], quiet).params, quiet.params)

@@ -41,3 +41,24 @@ def jit_program(fn: Callable, **kwargs) -> Callable:
     """``jax.jit(fn, **kwargs)`` with :func:`compiler_options`: for whole training programs (a run's
     init and chunk), not for small helpers, whose compile time does not matter."""
     return jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+
+
+@jax.custom_batching.custom_vmap
+def any_run(pred: Any) -> jax.Array:
+    """Bool scalar ``pred`` of this run; under ``vmap`` over runs, whether it holds for *any* run (unbatched).
+
+    ``vmap`` turns a ``lax.cond`` whose predicate is batched into both branches computed for every
+    run and a select, so a costly branch that a run rarely needs (CBP's replacement after an
+    update, an intervention that fires at a task switch) would run at every step. With the
+    predicate reduced over the runs the conditional stays one: its branch runs, for every run, only
+    when some run needs it. Use it only where the branch leaves a run that does not need it
+    unchanged (e.g. a surgery with an all-false mask), so each run computes what it computes alone.
+    Under nested ``vmap`` s the reduction covers every level.
+    """
+    return jax.numpy.asarray(pred, bool)
+
+
+@any_run.def_vmap
+def _any_run_batched(axis_size: int, in_batched: list[bool], pred: jax.Array):
+    (batched,) = in_batched
+    return any_run(jax.numpy.any(pred, axis=0) if batched else pred), False

@@ -23,7 +23,7 @@ included) and then keeps every frozen element bit-identical and its optimizer mo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from plastix.jit import any_run
 from plastix.nn.topology import Params, Path, Topology, get_path, set_path
 
 InitParams = Callable[[Array], Params]
@@ -169,6 +170,9 @@ class Intervention(NamedTuple):
         injection slots (:func:`~plastix.interventions.injection.slot_parts`: KNIFE, plasticity
         injection), so that a bundle of such methods allocates the union of their slots; ``None``
         otherwise.
+      shares: a hashable key, or ``None``. Interventions with equal keys have the same ``apply``
+        code and keep whatever differs between them as data in their state (KNIFE's ablations):
+        a bundle computes their ``apply`` once, on each run's own state, instead of once per member.
     """
 
     init: Callable[[Params], Any]
@@ -178,6 +182,7 @@ class Intervention(NamedTuple):
     forward: Callable[[Callable], Callable] = _same_forward
     extend_topology: Callable[[Topology], Topology] = _same_topology
     slots: Any = None
+    shares: Hashable | None = None
 
 
 def create_train_state(
@@ -243,14 +248,26 @@ def tree_select(pred: Array, on_true: Any, on_false: Any) -> Any:
 def triggered(intervention: Intervention, trigger: Trigger) -> Intervention:
     """Apply ``intervention`` only when ``trigger.fires(context)``.
 
-    Both branches are computed and one is selected with a mask, which is what ``vmap`` would
-    do with a ``lax.cond`` anyway; the surgery costs little next to the updates of a period.
+    A periodic trigger computes both branches and selects one with a mask (what ``vmap`` makes of
+    a ``lax.cond`` whose predicate differs between runs anyway): such methods fire at most period
+    ends, and a conditional would copy the whole train state out of its branch each time on
+    XLA:CPU. A trigger that fires at task switches puts the surgery in a conditional that runs
+    when it fires for any of the vmapped runs (:func:`~plastix.jit.any_run`; the others select
+    their unchanged state), so between switches, i.e. at most period ends, it costs nothing.
     """
 
     def apply(key, state, scores, context):
-        return tree_select(trigger.fires(context), intervention.apply(key, state, scores, context), state)
+        fires = trigger.fires(context)
 
-    return intervention._replace(apply=apply)
+        def act(state):
+            return tree_select(fires, intervention.apply(key, state, scores, context), state)
+
+        if not trigger.on_task_switch:
+            return act(state)
+        return jax.lax.cond(any_run(fires), act, lambda state: state, state)
+
+    shares = None if intervention.shares is None else (intervention.shares, trigger)
+    return intervention._replace(apply=apply, shares=shares)
 
 
 def every(intervention: Intervention, period: int) -> Intervention:

@@ -62,7 +62,8 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
 
     ``extend``, ``forward`` and ``extend_topology`` are the first member's (all members must have
     the same; see :func:`program_key`), or for methods with injection slots those of the union of
-    the members' slots. Members without a per-update hook cost nothing per update.
+    the members' slots. Members without a per-update hook cost nothing per update. Members that
+    declare the same ``Intervention.shares`` key (KNIFE and its ablations) run one ``apply``.
     """
     members = tuple(members)
     if not members:
@@ -71,22 +72,39 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
     def init(params) -> BundleState:
         return BundleState(jnp.zeros((), jnp.int32), tuple(m.init(params) for m in members))
 
-    def each(state: TrainState, call, skip=lambda m: False) -> TrainState:
+    def each(state: TrainState, call, groups) -> TrainState:
+        """``call(member, state)`` once per group of members (indices), each run getting its own
+        member's result: a group shares one call, made on each run's own member state."""
         inner: BundleState = state.intervention_state
         result = state
-        for i, member in enumerate(members):
-            if skip(member):
-                continue
-            out = call(member, state.replace(intervention_state=inner.states[i]))
-            out = out.replace(intervention_state=inner.replace(states=_put(inner.states, i, out.intervention_state)))
-            result = tree_select(inner.member == i, out, result)
+        for group in groups:
+            own = inner.states[group[0]]
+            for i in group[1:]:
+                own = tree_select(inner.member == i, inner.states[i], own)
+            out = call(members[group[0]], state.replace(intervention_state=own))
+            if len(group) == 1:
+                states = _put(inner.states, group[0], out.intervention_state)
+            else:
+                states = inner.states
+                for i in group:
+                    states = _put(states, i, tree_select(inner.member == i, out.intervention_state, states[i]))
+            mine = inner.member == group[0]
+            for i in group[1:]:
+                mine = mine | (inner.member == i)
+            result = tree_select(mine, out.replace(intervention_state=inner.replace(states=states)), result)
         return result
 
+    shared: dict = {}
+    for i, member in enumerate(members):
+        shared.setdefault(("alone", i) if member.shares is None else ("shared", member.shares), []).append(i)
+    apply_groups = [tuple(group) for group in shared.values()]
+    hook_groups = [(i,) for i, m in enumerate(members) if m.on_update is not _keep]
+
     def apply(key, state, scores, context):
-        return each(state, lambda m, s: m.apply(key, s, scores, context))
+        return each(state, lambda m, s: m.apply(key, s, scores, context), apply_groups)
 
     def on_update(key, state, activity):
-        return each(state, lambda m, s: m.on_update(key, s, activity), skip=lambda m: m.on_update is _keep)
+        return each(state, lambda m, s: m.on_update(key, s, activity), hook_groups)
 
     first = members[0]
     on_update_fn = on_update if any(m.on_update is not _keep for m in members) else _keep

@@ -29,6 +29,7 @@ from jax import Array
 
 from plastix.interventions.base import InitParams, Intervention, Tally, TrainState
 from plastix.interventions.redo import _lowest, recycle_neurons
+from plastix.jit import any_run
 from plastix.nn.topology import NeuronLayer, Params, Topology, get_path
 
 
@@ -124,8 +125,10 @@ def cbp(config: CBPConfig, topology: Topology, init_params: InitParams) -> Inter
                 s.replaced.add(jnp.sum(replace)),
             )
         any_replaced = sum(jnp.sum(m) for m in masks.values()) > 0
-        state = jax.lax.cond(  # most updates replace nothing: no initializer draw, no surgery then
-            any_replaced, lambda s: recycle_neurons(s, topology, masks, init_params(key)), lambda s: s, state
+        # Most updates replace nothing in any run: no initializer draw, no surgery then. When some
+        # run does, every run does the surgery, which leaves a run with all-false masks unchanged.
+        state = jax.lax.cond(
+            any_run(any_replaced), lambda s: recycle_neurons(s, topology, masks, init_params(key)), lambda s: s, state
         )
         return state.replace(intervention_state=new_stats)
 

@@ -242,22 +242,26 @@ def inject(
     state: TrainState,
     picks: Sequence[tuple[Target, Array]],
     fresh: Params | None,
-    freeze_knowledge: bool = True,
-    compensation: bool = True,
+    freeze_knowledge: bool | Array = True,
+    compensation: bool | Array = True,
+    copy_current: bool | Array = False,
 ) -> TrainState:
     """Inject one new active unit (and its compensation copy) into each selected unit of each target.
 
     ``picks`` is ``[(target, units), ...]`` with ``units`` bool ``(N,)`` of the target's units. Each
     selected unit with a free slot gets, in its first free slot k, an active unit with the incoming
-    weights of ``fresh`` (``fresh[target.kernel]``, bias 0; ``None``: a copy of the unit's current
-    original weights and bias) and an identical frozen compensation unit; its gate opens. Its
-    knowledge (original incoming weights and earlier slots) is frozen when ``freeze_knowledge``. The
-    optimizer moments of the new slot start at zero. Units without a free slot are left as they are.
-    Shapes never change; with no unit selected the state is unchanged. Without ``compensation``
-    (KNIFE's ablation) the slot's ``comp_gate`` stays closed: the output changes by the new active
-    unit's output. All targets are done in one pass over the optimizer state (tracing and compiling
-    a pass per target made KNIFE's program markedly larger).
+    weights of ``fresh`` (``fresh[target.kernel]``, bias 0; ``None`` or ``copy_current``: a copy of
+    the unit's current original weights and bias) and an identical frozen compensation unit; its
+    gate opens. Its knowledge (original incoming weights and earlier slots) is frozen when
+    ``freeze_knowledge``. The optimizer moments of the new slot start at zero. Units without a free
+    slot are left as they are. Shapes never change; with no unit selected the state is unchanged.
+    Without ``compensation`` (KNIFE's ablation) the slot's ``comp_gate`` stays closed: the output
+    changes by the new active unit's output. The three flags may be bool scalars computed under
+    ``jit`` (KNIFE's ablations are data, so they share one compiled program). All targets are done
+    in one pass over the optimizer state (tracing and compiling a pass per target made KNIFE's
+    program markedly larger).
     """
+    freeze = jnp.asarray(freeze_knowledge, bool)
     params, trainable = state.params, state.trainable
     touched = zeros_like_bool(params)
     for target, units in picks:
@@ -268,11 +272,10 @@ def inject(
         first_free = jnp.argmax(~used, axis=0)
         chosen = units & has_free
         new_slot = (jnp.arange(k_slots)[:, None] == first_free[None, :]) & chosen[None, :]  # (K, N)
-        if fresh is None:
-            w_new, b_new = get_path(params, target.kernel), get_path(params, target.bias)
-        else:
-            w_new = get_path(fresh, target.kernel)
-            b_new = jnp.zeros_like(get_path(params, target.bias))
+        w_new, b_new = get_path(params, target.kernel), get_path(params, target.bias)
+        if fresh is not None:
+            w_new = jnp.where(copy_current, w_new, get_path(fresh, target.kernel))
+            b_new = jnp.where(copy_current, b_new, jnp.zeros_like(b_new))
         hit_k = new_slot[:, None, :]
         updated = {
             "kernel": jnp.where(hit_k, w_new[None], s["kernel"]),
@@ -280,21 +283,20 @@ def inject(
             "bias": jnp.where(new_slot, b_new[None], s["bias"]),
             "comp_bias": jnp.where(new_slot, b_new[None], s["comp_bias"]),
             "gate": jnp.where(new_slot, jnp.ones_like(s["gate"]), s["gate"]),
-            "comp_gate": jnp.where(new_slot, jnp.full_like(s["gate"], float(compensation)), s["comp_gate"]),
+            "comp_gate": jnp.where(new_slot, jnp.asarray(compensation, s["gate"].dtype), s["comp_gate"]),
         }
         for key, value in updated.items():
             params = set_path(params, (SLOTS, *target.module, key), value)
-        knowledge = used & chosen[None, :] if freeze_knowledge else jnp.zeros_like(used)  # earlier slots freeze
+        knowledge = used & chosen[None, :] & freeze  # earlier slots freeze
         for key, hit, old in (("kernel", hit_k, knowledge[:, None, :]), ("bias", new_slot, knowledge)):
             path = (SLOTS, *target.module, key)
             hit = jnp.broadcast_to(hit, get_path(params, path).shape)
             touched = set_path(touched, path, hit)  # the new active unit: trains, moments start at zero
             trainable = set_path(trainable, path, (get_path(trainable, path) & ~old) | hit)
-        if freeze_knowledge:  # the unit's original incoming weights
-            for path, bias in ((target.kernel, False), (target.bias, True)):
-                if has_path(params, path):
-                    hit = Slice(path, bias=bias).mask(chosen, get_path(params, path).shape)
-                    trainable = set_path(trainable, path, get_path(trainable, path) & ~hit)
+        for path, bias in ((target.kernel, False), (target.bias, True)):  # the unit's original incoming weights
+            if has_path(params, path):
+                hit = Slice(path, bias=bias).mask(chosen & freeze, get_path(params, path).shape)
+                trainable = set_path(trainable, path, get_path(trainable, path) & ~hit)
     opt_state = reset_optimizer_elements(state.tx, state.opt_state, touched)
     return state.replace(params=params, opt_state=opt_state).with_trainable(trainable)
 

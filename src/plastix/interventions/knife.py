@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-from plastix.interventions.base import InitParams, Intervention, TrainState, _no_state, check_choice
+from plastix.interventions.base import InitParams, Intervention, TrainState, check_choice
 from plastix.interventions.injection import inject, neuron_targets, slot_parts
 from plastix.interventions.redo import _lowest
 from plastix.nn.topology import Topology
 
 KNIFE_SELECTIONS = ("stagnant", "dormant", "grama", "random", "all")
 ACTIVE_INITS = ("fresh", "copy")
-_SELECTION_MASKS = {"stagnant": "stagnant", "dormant": "dormant", "grama": "grama_dormant", "random": "stagnant"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,18 +74,54 @@ class KnifeConfig:
         object.__setattr__(self, "layers", tuple(self.layers))
 
 
-def knife_selection(key: Array, selection: str, layer_scores) -> Array:
-    """Neurons of one layer to inject (bool ``(N,)``) from its :class:`~plastix.metrics.LayerDiagnostics`."""
-    below = getattr(layer_scores, _SELECTION_MASKS.get(selection, "stagnant"))
-    if selection == "all":
-        return jnp.ones_like(below)
-    if selection == "random":
-        return _lowest(jax.random.uniform(key, below.shape), jnp.sum(below))
-    return below
+class KnifeSettings(flax.struct.PyTreeNode):
+    """KNIFE's settings that are data, not program (its intervention state): KNIFE and its
+    ablations compute the same program, so a bundle runs their ``apply`` once for all of them.
+
+    Attributes:
+      selection: int32 scalar, index into :data:`KNIFE_SELECTIONS`.
+      compensation, freeze_knowledge: bool scalars (:class:`KnifeConfig`).
+      copy_active: bool scalar, ``active_init == "copy"``.
+    """
+
+    selection: Array
+    compensation: Array
+    freeze_knowledge: Array
+    copy_active: Array
+
+    @classmethod
+    def of(cls, config: KnifeConfig) -> KnifeSettings:
+        return cls(
+            jnp.asarray(KNIFE_SELECTIONS.index(config.selection), jnp.int32),
+            jnp.asarray(config.compensation),
+            jnp.asarray(config.freeze_knowledge),
+            jnp.asarray(config.active_init == "copy"),
+        )
+
+
+def knife_selection(key: Array, selection: str | Array, layer_scores) -> Array:
+    """Neurons of one layer to inject (bool ``(N,)``) from its :class:`~plastix.metrics.LayerDiagnostics`.
+
+    ``selection``: a name of :data:`KNIFE_SELECTIONS` or its index (an int32 scalar, possibly traced).
+    """
+    if isinstance(selection, str):
+        selection = KNIFE_SELECTIONS.index(selection)
+    stagnant = layer_scores.stagnant
+    options = {
+        "stagnant": stagnant,
+        "dormant": layer_scores.dormant,
+        "grama": layer_scores.grama_dormant,
+        "random": _lowest(jax.random.uniform(key, stagnant.shape), jnp.sum(stagnant)),
+        "all": jnp.ones_like(stagnant),
+    }
+    return jnp.stack([options[name] for name in KNIFE_SELECTIONS])[selection]
 
 
 def knife(config: KnifeConfig, topology: Topology, init_params: InitParams) -> Intervention:
     """KNIFE as an :class:`Intervention` (``make_intervention`` adds its trigger).
+
+    Its state is its :class:`KnifeSettings` (selection and ablation flags as data), so KNIFE and
+    its ablations on the same layers declare one shared ``apply`` (``Intervention.shares``).
 
     Raises:
       ValueError: a name in ``config.layers`` that is not a dense neuron layer (naming the allowed ones).
@@ -95,13 +131,17 @@ def knife(config: KnifeConfig, topology: Topology, init_params: InitParams) -> I
     except ValueError as e:
         raise ValueError(f"KnifeConfig.{e}") from None
 
+    def init(params) -> KnifeSettings:
+        return KnifeSettings.of(config)
+
     def apply(key: Array, state: TrainState, scores, context) -> TrainState:
+        settings: KnifeSettings = state.intervention_state
         k_init, k_select = jax.random.split(key)
-        fresh = init_params(k_init) if config.active_init == "fresh" else None
         picks = [
-            (target, knife_selection(k, config.selection, scores.layers[target.name]))
+            (target, knife_selection(k, settings.selection, scores.layers[target.name]))
             for k, target in zip(jax.random.split(k_select, len(targets)), targets)
         ]
-        return inject(state, picks, fresh, config.freeze_knowledge, config.compensation)
+        fresh = init_params(k_init)
+        return inject(state, picks, fresh, settings.freeze_knowledge, settings.compensation, settings.copy_active)
 
-    return Intervention(_no_state, apply, **slot_parts(targets, config.slots))
+    return Intervention(init, apply, shares=("knife", targets), **slot_parts(targets, config.slots))
