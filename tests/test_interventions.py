@@ -516,3 +516,18 @@ def test_any_run_reduces_over_every_vmapped_level_and_keeps_the_conditional():
     hlo = jax.jit(jax.vmap(step)).lower(runs, jnp.zeros(3)).as_text()
     assert "stablehlo.case" in hlo or "stablehlo.if" in hlo  # still a conditional, not a select of both
     np.testing.assert_array_equal(jax.jit(jax.vmap(step))(runs, jnp.zeros(3)), [0.0, 1.0, 0.0])
+
+
+def test_changed_elements_counts_every_differing_element_of_every_dtype():
+    from plastix.interventions.base import changed_elements
+
+    before = {"w": jnp.zeros((3, 4)), "b": jnp.arange(5), "mask": jnp.ones(6, bool), "opt": (jnp.ones(2), jnp.zeros(()))}
+    after = {
+        "w": jnp.zeros((3, 4)).at[0, 1].set(2.0).at[2, 3].set(-1.0),
+        "b": jnp.arange(5).at[4].set(0),
+        "mask": jnp.ones(6, bool).at[:3].set(False),
+        "opt": (jnp.ones(2), jnp.ones(())),
+    }
+    assert int(changed_elements(before, after)) == 2 + 1 + 3 + 1
+    assert int(jax.jit(changed_elements)(before, before)) == 0
+    assert int(changed_elements({}, {})) == 0

@@ -173,6 +173,9 @@ class Intervention(NamedTuple):
       shares: a hashable key, or ``None``. Interventions with equal keys have the same ``apply``
         code and keep whatever differs between them as data in their state (KNIFE's ablations):
         a bundle computes their ``apply`` once, on each run's own state, instead of once per member.
+      gate: ``(trigger, ungated apply)`` when ``apply`` is that apply gated by a :class:`Trigger`
+        (:func:`triggered`), so a bundle can gate its members in the same select that picks each
+        run's member; ``None`` otherwise.
     """
 
     init: Callable[[Params], Any]
@@ -183,6 +186,7 @@ class Intervention(NamedTuple):
     extend_topology: Callable[[Topology], Topology] = _same_topology
     slots: Any = None
     shares: Hashable | None = None
+    gate: Any = None
 
 
 def create_train_state(
@@ -257,17 +261,26 @@ def triggered(intervention: Intervention, trigger: Trigger) -> Intervention:
     """
 
     def apply(key, state, scores, context):
-        fires = trigger.fires(context)
-
         def act(state):
-            return tree_select(fires, intervention.apply(key, state, scores, context), state)
+            return intervention.apply(key, state, scores, context)
 
-        if not trigger.on_task_switch:
-            return act(state)
-        return jax.lax.cond(any_run(fires), act, lambda state: state, state)
+        return gated_apply(trigger, trigger.fires(context), state, act)
 
     shares = None if intervention.shares is None else (intervention.shares, trigger)
-    return intervention._replace(apply=apply, shares=shares)
+    return intervention._replace(apply=apply, shares=shares, gate=(trigger, intervention.apply))
+
+
+def gated_apply(trigger: Trigger, fires: Array, state: Any, act: Callable[[Any], Any]) -> Any:
+    """``fires ? act(state) : state`` as :func:`triggered` computes it for ``trigger``: a select, in a
+    conditional on :func:`~plastix.jit.any_run` for task-switch triggers. ``fires``: bool scalar
+    (per run under ``vmap``); ``act`` must keep the tree structure of ``state``."""
+
+    def selected(state):
+        return tree_select(fires, act(state), state)
+
+    if not trigger.on_task_switch:
+        return selected(state)
+    return jax.lax.cond(any_run(fires), selected, lambda state: state, state)
 
 
 def every(intervention: Intervention, period: int) -> Intervention:
@@ -307,7 +320,14 @@ def tallies(tree: Any) -> dict[str, Array]:
 def changed_elements(before: Any, after: Any) -> Array:
     """How many array elements differ between two pytrees of equal structure (int32 scalar): what a
     period-end intervention changed in the agent state (parameters, optimizer moments, masks)."""
-    counts = [jnp.sum(a != b, dtype=jnp.int32) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
+    # Leaves of one dtype are compared as one flat vector: a compare-and-sum per leaf of the agent
+    # state (hundreds in a bundled MARL program) compiled as that many fusions of their own.
+    by_dtype: dict = {}
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        pairs = by_dtype.setdefault(jnp.result_type(a), ([], []))
+        pairs[0].append(jnp.ravel(a))
+        pairs[1].append(jnp.ravel(b))
+    counts = [jnp.sum(jnp.concatenate(a) != jnp.concatenate(b), dtype=jnp.int32) for a, b in by_dtype.values()]
     return sum(counts, jnp.zeros((), jnp.int32))
 
 

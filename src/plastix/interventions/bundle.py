@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from plastix.interventions.base import Intervention, TrainState, _keep, tree_select
+from plastix.interventions.base import Intervention, TrainState, _keep, gated_apply, tree_select
 from plastix.interventions.injection import union_slot_parts
 from plastix.interventions.weight_decay import OptimizerConfig
 
@@ -72,26 +72,37 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
     def init(params) -> BundleState:
         return BundleState(jnp.zeros((), jnp.int32), tuple(m.init(params) for m in members))
 
-    def each(state: TrainState, call, groups) -> TrainState:
+    def each(state: TrainState, call, groups, context=None) -> TrainState:
         """``call(member, state)`` once per group of members (indices), each run getting its own
-        member's result: a group shares one call, made on each run's own member state."""
+        member's result: a group shares one call, made on each run's own member state. Members
+        gated by a trigger (``Intervention.gate``, with ``context`` given) are called ungated and
+        gated in the same select that picks the group's runs."""
         inner: BundleState = state.intervention_state
         result = state
         for group in groups:
-            own = inner.states[group[0]]
-            for i in group[1:]:
-                own = tree_select(inner.member == i, inner.states[i], own)
-            out = call(members[group[0]], state.replace(intervention_state=own))
-            if len(group) == 1:
-                states = _put(inner.states, group[0], out.intervention_state)
-            else:
-                states = inner.states
-                for i in group:
-                    states = _put(states, i, tree_select(inner.member == i, out.intervention_state, states[i]))
             mine = inner.member == group[0]
             for i in group[1:]:
                 mine = mine | (inner.member == i)
-            result = tree_select(mine, out.replace(intervention_state=inner.replace(states=states)), result)
+
+            def act(result, group=group):
+                own = inner.states[group[0]]
+                for i in group[1:]:
+                    own = tree_select(inner.member == i, inner.states[i], own)
+                out = call(members[group[0]], result.replace(intervention_state=own), context is not None)
+                if len(group) == 1:
+                    states = _put(inner.states, group[0], out.intervention_state)
+                else:
+                    states = inner.states
+                    for i in group:
+                        states = _put(states, i, tree_select(inner.member == i, out.intervention_state, states[i]))
+                return out.replace(intervention_state=inner.replace(states=states))
+
+            gate = members[group[0]].gate
+            if context is not None and gate is not None:
+                trigger = gate[0]
+                result = gated_apply(trigger, mine & trigger.fires(context), result, act)
+            else:
+                result = tree_select(mine, act(result), result)
         return result
 
     shared: dict = {}
@@ -101,10 +112,13 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
     hook_groups = [(i,) for i, m in enumerate(members) if m.on_update is not _keep]
 
     def apply(key, state, scores, context):
-        return each(state, lambda m, s: m.apply(key, s, scores, context), apply_groups)
+        def call(member, s, ungated):
+            return (member.gate[1] if ungated and member.gate else member.apply)(key, s, scores, context)
+
+        return each(state, call, apply_groups, context)
 
     def on_update(key, state, activity):
-        return each(state, lambda m, s: m.on_update(key, s, activity), hook_groups)
+        return each(state, lambda m, s, _: m.on_update(key, s, activity), hook_groups)
 
     first = members[0]
     on_update_fn = on_update if any(m.on_update is not _keep for m in members) else _keep
