@@ -521,7 +521,12 @@ def test_any_run_reduces_over_every_vmapped_level_and_keeps_the_conditional():
 def test_changed_elements_counts_every_differing_element_of_every_dtype():
     from plastix.interventions.base import changed_elements
 
-    before = {"w": jnp.zeros((3, 4)), "b": jnp.arange(5), "mask": jnp.ones(6, bool), "opt": (jnp.ones(2), jnp.zeros(()))}
+    before = {
+        "w": jnp.zeros((3, 4)),
+        "b": jnp.arange(5),
+        "mask": jnp.ones(6, bool),
+        "opt": (jnp.ones(2), jnp.zeros(())),
+    }
     after = {
         "w": jnp.zeros((3, 4)).at[0, 1].set(2.0).at[2, 3].set(-1.0),
         "b": jnp.arange(5).at[4].set(0),
