@@ -74,9 +74,9 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
 
     def each(state: TrainState, call, groups, context=None) -> TrainState:
         """``call(member, state)`` once per group of members (indices), each run getting its own
-        member's result: a group shares one call, made on each run's own member state. Members
-        gated by a trigger (``Intervention.gate``, with ``context`` given) are called ungated and
-        gated in the same select that picks the group's runs."""
+        member's result: a group shares one call, made on each run's own member state. With
+        ``context`` given, members gated by a trigger (``Intervention.gate``; ``call`` then makes
+        the ungated call) are gated in the same select that picks the group's runs."""
         inner: BundleState = state.intervention_state
         result = state
         for group in groups:
@@ -88,7 +88,7 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
                 own = inner.states[group[0]]
                 for i in group[1:]:
                     own = tree_select(inner.member == i, inner.states[i], own)
-                out = call(members[group[0]], result.replace(intervention_state=own), context is not None)
+                out = call(members[group[0]], result.replace(intervention_state=own))
                 if len(group) == 1:
                     states = _put(inner.states, group[0], out.intervention_state)
                 else:
@@ -112,13 +112,13 @@ def bundle(members: Sequence[Intervention]) -> Intervention:
     hook_groups = [(i,) for i, m in enumerate(members) if m.on_update is not _keep]
 
     def apply(key, state, scores, context):
-        def call(member, s, ungated):
-            return (member.gate[1] if ungated and member.gate else member.apply)(key, s, scores, context)
+        def call(member, s):  # gated members ungated: ``each`` gates them
+            return (member.gate[1] if member.gate else member.apply)(key, s, scores, context)
 
         return each(state, call, apply_groups, context)
 
     def on_update(key, state, activity):
-        return each(state, lambda m, s, _: m.on_update(key, s, activity), hook_groups)
+        return each(state, lambda m, s: m.on_update(key, s, activity), hook_groups)
 
     first = members[0]
     on_update_fn = on_update if any(m.on_update is not _keep for m in members) else _keep

@@ -241,7 +241,7 @@ def union_slot_parts(members: Sequence[tuple[tuple[Target, ...], int]]) -> dict:
 def inject(
     state: TrainState,
     picks: Sequence[tuple[Target, Array]],
-    fresh: Params | None,
+    fresh: Params,
     freeze_knowledge: bool | Array = True,
     compensation: bool | Array = True,
     copy_current: bool | Array = False,
@@ -250,8 +250,8 @@ def inject(
 
     ``picks`` is ``[(target, units), ...]`` with ``units`` bool ``(N,)`` of the target's units. Each
     selected unit with a free slot gets, in its first free slot k, an active unit with the incoming
-    weights of ``fresh`` (``fresh[target.kernel]``, bias 0; ``None`` or ``copy_current``: a copy of
-    the unit's current original weights and bias) and an identical frozen compensation unit; its
+    weights of ``fresh`` (``fresh[target.kernel]``, bias 0; with ``copy_current``: a copy of the
+    unit's current original weights and bias) and an identical frozen compensation unit; its
     gate opens. Its knowledge (original incoming weights and earlier slots) is frozen when
     ``freeze_knowledge``. The optimizer moments of the new slot start at zero. Units without a free
     slot are left as they are. Shapes never change; with no unit selected the state is unchanged.
@@ -272,10 +272,9 @@ def inject(
         first_free = jnp.argmax(~used, axis=0)
         chosen = units & has_free
         new_slot = (jnp.arange(k_slots)[:, None] == first_free[None, :]) & chosen[None, :]  # (K, N)
-        w_new, b_new = get_path(params, target.kernel), get_path(params, target.bias)
-        if fresh is not None:
-            w_new = jnp.where(copy_current, w_new, get_path(fresh, target.kernel))
-            b_new = jnp.where(copy_current, b_new, jnp.zeros_like(b_new))
+        w_now, b_now = get_path(params, target.kernel), get_path(params, target.bias)
+        w_new = jnp.where(copy_current, w_now, get_path(fresh, target.kernel))
+        b_new = jnp.where(copy_current, b_now, jnp.zeros_like(b_now))
         hit_k = new_slot[:, None, :]
         updated = {
             "kernel": jnp.where(hit_k, w_new[None], s["kernel"]),

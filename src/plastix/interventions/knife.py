@@ -99,13 +99,11 @@ class KnifeSettings(flax.struct.PyTreeNode):
         )
 
 
-def knife_selection(key: Array, selection: str | Array, layer_scores) -> Array:
+def knife_selection(key: Array, selection: Array, layer_scores) -> Array:
     """Neurons of one layer to inject (bool ``(N,)``) from its :class:`~plastix.metrics.LayerDiagnostics`.
 
-    ``selection``: a name of :data:`KNIFE_SELECTIONS` or its index (an int32 scalar, possibly traced).
+    ``selection``: int32 scalar (possibly traced), the index of the rule in :data:`KNIFE_SELECTIONS`.
     """
-    if isinstance(selection, str):
-        selection = KNIFE_SELECTIONS.index(selection)
     stagnant = layer_scores.stagnant
     options = {
         "stagnant": stagnant,
