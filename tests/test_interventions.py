@@ -431,6 +431,61 @@ def test_frozen_elements_stay_bit_identical_for_ten_steps(optimizer):
     assert float(sum(jax.tree.leaves(live))) > 0.0
 
 
+CHAINS = {  # every branch of make_optimizer's declaration: stateful or not, L2 or decoupled decay
+    f"{name}{'-momentum' if m else ''}-{mode or 'no-decay'}{'-clip' if clip else ''}": OptimizerConfig(
+        name, 1e-2, momentum=m, weight_decay=1e-2 if mode else 0.0, decay_mode=mode or "l2", max_grad_norm=clip
+    )
+    for name, m, mode, clip in [
+        ("adam", 0.0, "l2", 1.0),
+        ("adam", 0.0, "decoupled", 0.0),
+        ("rmsprop", 0.0, None, 1.0),
+        ("rmsprop", 0.9, "l2", 0.0),
+        ("rmsprop", 0.9, "decoupled", 1.0),
+        ("sgd", 0.0, "l2", 0.0),
+        ("sgd", 0.9, None, 0.0),
+        ("sgd", 0.9, "l2", 1.0),
+    ]
+}
+
+
+@pytest.mark.parametrize("optimizer", CHAINS.values(), ids=CHAINS.keys())
+def test_zero_preserving_chains_need_no_moment_reset(optimizer):
+    """Every chain make_optimizer declares ZeroPreserving keeps the moments of frozen elements at
+    exactly 0 without the reset after each step and steps as the same chain with the reset (up to
+    float contraction: another program); the chains it does not declare (an L2 penalty before a
+    moment) really would leave frozen moments non-zero."""
+    from plastix.interventions import ZeroPreserving
+
+    k = jax.random.split(jax.random.key(3), 5)
+    params = {"w": jax.random.normal(k[0], (6, 3)), "b": jax.random.normal(k[1], (3,))}
+    trainable = {"w": jax.random.bernoulli(k[2], 0.5, (6, 3)), "b": jnp.array([True, False, True])}
+    frozen = jax.tree.map(jnp.logical_not, trainable)
+    x = jax.random.normal(k[4], (16, 6))
+    tx = make_optimizer(optimizer)
+
+    def run(chain):
+        state = TrainState.create(params, chain, trainable=trainable)
+        grad = jax.grad(lambda p: jnp.sum(jnp.tanh(x @ p["w"] + p["b"]) ** 2))
+        step = lambda _, s: s.apply_gradients(grad(s.params))  # noqa: E731
+        state = jax.lax.fori_loop(0, 5, step, state)
+        moments = optax.tree_map_params(
+            tx, lambda m, f: jnp.abs(jnp.where(f, m, 0.0)).sum(), state.opt_state, frozen,
+            transform_non_params=lambda leaf: jnp.zeros(()),
+        )  # fmt: skip
+        return state.params, sum(jax.tree.leaves(moments))
+
+    declared = isinstance(tx, ZeroPreserving)
+    stateful = optimizer.name != "sgd" or optimizer.momentum > 0
+    assert declared == (not (optimizer.weight_decay > 0 and optimizer.decay_mode == "l2" and stateful))
+    both = jax.jit(lambda: (run(optax.GradientTransformationExtraArgs(*tx)), run(ZeroPreserving(*tx))))
+    (reset_params, reset_moments), (kept_params, kept_moments) = both()  # reset every step / never
+    assert reset_moments == 0.0
+    assert (kept_moments == 0.0) == declared
+    if declared:
+        for a, b in zip(jax.tree.leaves(reset_params), jax.tree.leaves(kept_params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_trainable_none_is_the_plain_optimizer_step():
     params = init_params(jax.random.key(3))
     tx = optax.adam(1e-2)

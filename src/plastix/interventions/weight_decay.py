@@ -6,7 +6,7 @@ import dataclasses
 
 import optax
 
-from plastix.interventions.base import check_choice
+from plastix.interventions.base import ZeroPreserving, check_choice
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 DECAY_MODES = ("l2", "decoupled")
@@ -61,7 +61,8 @@ class OptimizerConfig:
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """The optax transformation described by ``config``."""
+    """The optax transformation described by ``config``; a :class:`ZeroPreserving` one unless an
+    L2 penalty feeds a stateful step (Adam, RMSProp, momentum)."""
     steps = []
     if config.max_grad_norm > 0:
         steps.append(optax.clip_by_global_norm(config.max_grad_norm))
@@ -76,4 +77,7 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     if config.weight_decay > 0 and config.decay_mode == "decoupled":
         steps.append(optax.add_decayed_weights(config.weight_decay))
     steps.append(optax.scale(-config.learning_rate))
-    return optax.chain(*steps)
+    chain = optax.chain(*steps)
+    l2 = config.weight_decay > 0 and config.decay_mode == "l2"
+    stateful = config.name in ("adam", "rmsprop") or config.momentum > 0
+    return chain if l2 and stateful else ZeroPreserving(*chain)
