@@ -417,6 +417,10 @@ def inactive_methods(df: pd.DataFrame, settings: list[str]) -> list[str]:
     ]
 
 
+RATIO_COLUMNS = 4
+"""Settings per row of the neuron-ratio figure."""
+
+
 def mark_switches(ax, steps: list[int]) -> None:
     for s in steps:
         ax.axvline(s, color="0.4", lw=0.8, ls="--", zorder=0)
@@ -431,23 +435,30 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
     files, lines = [], []
     switches = switch_steps(df)
     settings = list(dict.fromkeys(df["setting"]))
-    # neuron ratios, agent network vs mixer
-    fig, axes = plt.subplots(2, len(settings), figsize=(3.6 * len(settings), 6.2), squeeze=False)
+    # neuron ratios, agent network vs mixer: each setting a column of two panels (agent above
+    # mixer), at most RATIO_COLUMNS settings per row so the figure stays readable at 14 methods
+    columns = min(len(settings), RATIO_COLUMNS)
+    rows = -(-len(settings) // columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(3.6 * columns, 3.1 * 2 * rows), squeeze=False)
+    for j in range(len(settings), rows * columns):  # the empty places of the last row
+        for i in (0, 1):
+            axes[2 * (j // columns) + i][j % columns].set_visible(False)
     for j, setting in enumerate(settings):
         part = df[df.setting == setting]
         for i, group in enumerate(("agent", "mixer")):
+            ax = axes[2 * (j // columns) + i][j % columns]
             cols = {name: group_column(part, group, field) for name, field in RATIOS.items()}
             if not all(c in part and part[c].notna().any() for c in cols.values()):
-                axes[i][j].set_title(f"{setting}: {group} (no neurons)", fontsize=9)
+                ax.set_title(f"{setting}: {group} (no neurons)", fontsize=9)
                 continue
             long = part.melt(
                 id_vars=["seed", "env_steps"], value_vars=list(cols.values()), var_name="ratio", value_name="v"
             )
             long["ratio"] = long["ratio"].map({c: n for n, c in cols.items()})
-            plot_curves(axes[i][j], long, "v", hue="ratio", x="env_steps", scale=100, order=list(RATIOS))
-            mark_switches(axes[i][j], switches)
-            axes[i][j].set_title(f"{setting}: {group}", fontsize=9)
-            axes[i][j].set_ylabel("% of neurons")
+            plot_curves(ax, long, "v", hue="ratio", x="env_steps", scale=100, order=list(RATIOS))
+            mark_switches(ax, switches)
+            ax.set_title(f"{setting}: {group}", fontsize=9)
+            ax.set_ylabel("% of neurons")
     axes[0][0].legend(frameon=False, fontsize=7)
     files.append(save_figure(fig, os.path.join(path, "neuron_ratios_agent_vs_mixer.png")))
     # return per task
