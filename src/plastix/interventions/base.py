@@ -17,7 +17,8 @@ shapes, so it runs inside ``jit``, under ``vmap`` over seeds and inside ``lax.sc
 Frozen elements: ``TrainState.trainable`` is an optional boolean tree with the parameters'
 structure. :meth:`TrainState.apply_gradients` applies the whole optax chain (decoupled weight decay
 included) and then keeps every frozen element bit-identical and its optimizer moments at zero
-(KNIFE and plasticity injection freeze parts of a network this way).
+(reset after each step, or kept at zero by the chain itself when it is :class:`ZeroPreserving`;
+KNIFE and plasticity injection freeze parts of a network this way).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class TrainState(flax.struct.PyTreeNode):
 
         The gradient of a frozen element is zeroed before the optax chain, its update is dropped
         after the whole chain (so decoupled weight decay and momentum cannot move it either), and
-        its optimizer moments are set back to zero.
+        its optimizer moments are set back to zero (a :class:`ZeroPreserving` chain keeps them at
+        zero by itself: no reset).
         """
         if self.trainable is None:
             updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
