@@ -160,3 +160,17 @@ def _main_job(job, stop, progress):
 
 
 _main_job.__module__ = "__main__"  # as if defined in the calling script
+
+
+def test_without_worker_processes_jobs_run_in_threads(monkeypatch):
+    """Where processes cannot share a semaphore (some sandboxes), jobs run in threads, with a warning."""
+    import multiprocessing
+
+    class NoSemaphores:
+        def Event(self):  # noqa: N802 - multiprocessing's name
+            raise OSError("sem_open: function not implemented")
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: NoSemaphores())
+    with pytest.warns(UserWarning, match="worker processes unavailable"):
+        results = workers.run_in_processes(_job, [("where", 0), ("square", 5)], 2)
+    assert results[0][2] == os.getpid() and results[1] == 25

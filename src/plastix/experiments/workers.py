@@ -24,7 +24,9 @@ current chunk) with each worker thread handing its jobs to a worker process of i
 - results and exceptions come back pickled (an exception that cannot be pickled comes back as a
   ``RuntimeError`` with its text); each carries the worker's traceback as a note;
 - a worker process that dies (killed, out of memory) fails its job with an error that says so;
-  the runs it was writing resume from their last checkpoint.
+  the runs it was writing resume from their last checkpoint;
+- where processes cannot be started with a shared semaphore (some sandboxes), the jobs run in
+  threads of this process instead, with a warning.
 
 Accelerators are not split this way (each process would claim the device's memory): there the
 callers run one program at a time, or threads.
@@ -41,6 +43,7 @@ import sys
 import threading
 import traceback
 import types
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -191,7 +194,11 @@ def run_in_processes(
             "processes import it by module name, so define it in an importable module"
         )
     context = multiprocessing.get_context("spawn")
-    stop_event = context.Event()
+    try:
+        stop_event = context.Event()
+    except OSError as e:  # no POSIX semaphores here (some sandboxes): threads of this process
+        warnings.warn(f"worker processes unavailable ({e}); running {workers} jobs at once in threads", stacklevel=2)
+        return run_concurrently(lambda job: work(job, stop, report), jobs, workers, stop)
     shares = core_shares(min(workers, len(jobs)))
     settings = jax_settings()
     started: list[tuple[Any, Any]] = []
