@@ -36,6 +36,10 @@ def _job(job, stop, progress):
         raise _Unpicklable(threading.Lock())
     if kind == "die":
         os._exit(value)
+    if kind == "pid":  # says where it runs, then a chunk too long to wait for
+        progress(kind, os.getpid())
+        time.sleep(120)
+        return value
     if kind == "chunks":  # a long job that ends at a chunk boundary once stopped
         for _ in range(1200):
             if stop.is_set():
@@ -174,3 +178,42 @@ def test_without_worker_processes_jobs_run_in_threads(monkeypatch):
     with pytest.warns(UserWarning, match="worker processes unavailable"):
         results = workers.run_in_processes(_job, [("where", 0), ("square", 5)], 2)
     assert results[0][2] == os.getpid() and results[1] == 25
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux: PR_SET_PDEATHSIG and /proc")
+def test_worker_processes_die_with_a_killed_parent(tmp_path):
+    """``kill -9`` of the process that runs the jobs leaves no worker running on, not even to the
+    end of its chunk (Linux)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import test_workers\n"
+        "from plastix.experiments.workers import run_in_processes\n"
+        "def show(kind, value):\n"
+        "    print(kind, value, flush=True)\n"
+        "run_in_processes(test_workers._job, [('pid', 0), ('pid', 1)], 2, progress=show)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = []
+    while len(pids) < 2:
+        line = parent.stdout.readline()
+        assert line, "the script ended before its workers started"
+        if line.startswith("pid") and int(line.split()[1]) > 1:
+            pids.append(int(line.split()[1]))
+    parent.kill()
+    parent.wait()
+
+    def running(pid):
+        try:
+            return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"  # a zombie is gone
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in pids)

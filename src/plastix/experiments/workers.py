@@ -125,9 +125,25 @@ def _without_main():
         sys.modules["__main__"] = main
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when the thread of the parent that started it ends
+    (``PR_SET_PDEATHSIG``), so a killed ``plastix run`` leaves no worker writing its runs on; the
+    parent's threads end only after their worker's last job. Elsewhere the worker stops at its
+    next chunk boundary (``stop`` sees the parent gone)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
 def _worker_main(conn, cores: tuple[int, ...], settings: dict[str, Any], stop_event, parent: int) -> None:
     """A worker process: pin to ``cores``, take the parent's JAX settings, then run jobs until told to end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into ``stop``
+    _die_with_parent(parent)
     if cores:
         os.sched_setaffinity(0, cores)  # before JAX sizes its thread pools
     import jax
