@@ -137,6 +137,7 @@ def test_report_writes_figures_and_iqm_table(tmp_path):
     } <= names
     text = (tmp_path / "report.md").read_text()
     assert "| rr | method | IQM return | q dormant |" in text
+    assert "This run: 4 settings: 0.25 none, 0.25 redo, 1.0 none, 1.0 redo." in text  # not only the default
     rows = dormant.summary("dqn-replay-ratio", df)
     none_1 = next(r for r in rows if r["rr"] == 1 and r["method"] == "none")
     assert none_1["q dormant"][0] == pytest.approx(0.1)

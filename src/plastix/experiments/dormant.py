@@ -438,6 +438,12 @@ def run(
     return df
 
 
+def _run_settings(df: pd.DataFrame) -> str:
+    """The settings a run's table holds, e.g. ``14 settings: qmix none, qmix redo, …``."""
+    settings = list(dict.fromkeys(df["setting"].astype(str)))
+    return f"{len(settings)} setting{'s' * (len(settings) != 1)}: " + ", ".join(settings)
+
+
 def _run_job(
     experiment: str,
     root: str,
@@ -667,7 +673,7 @@ def write_report(
     lines = [
         f"# {experiment} ({config.scale} scale, env {df['env'].iloc[0]}, {df.seed.nunique()} seeds per setting)",
         "",
-        EXPERIMENTS[experiment][1] + ".",
+        f"Default: {EXPERIMENTS[experiment][1]}. This run: {_run_settings(df)}.",
         "",
         "Final evaluation return: IQM with 95% stratified bootstrap CI across seeds (rliable). Dormant: final "
         f"τ = {config.tau} dormant fraction, mean [95% bootstrap CI] across seeds.",
