@@ -573,6 +573,26 @@ def test_any_run_reduces_over_every_vmapped_level_and_keeps_the_conditional():
     np.testing.assert_array_equal(jax.jit(jax.vmap(step))(runs, jnp.zeros(3)), [0.0, 1.0, 0.0])
 
 
+def test_copy_where_copies_per_run_inside_one_conditional():
+    """A target sync: each run gets ``source`` where its own ``pred`` holds; vmapped, one
+    conditional that copies only when some run syncs."""
+    from plastix.jit import copy_where
+
+    source = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.arange(3.0)}
+    dest = jax.tree.map(lambda x: -x - 1, source)
+    runs = jnp.array([True, False, True])
+    out = jax.jit(jax.vmap(copy_where))(runs, source, dest)
+    for name in source:
+        np.testing.assert_array_equal(out[name], jnp.where(runs.reshape(-1, *[1] * (source[name].ndim - 1)),
+                                                           source[name], dest[name]))  # fmt: skip
+    none = jax.jit(jax.vmap(copy_where))(jnp.zeros(3, bool), source, dest)
+    jax.tree.map(np.testing.assert_array_equal, none, dest)
+    single = copy_where(jnp.asarray(True), {"w": source["w"][0]}, {"w": dest["w"][0]})
+    np.testing.assert_array_equal(single["w"], source["w"][0])
+    hlo = jax.jit(jax.vmap(copy_where)).lower(runs, source, dest).as_text()
+    assert "stablehlo.case" in hlo or "stablehlo.if" in hlo
+
+
 def test_changed_elements_counts_every_differing_element_of_every_dtype():
     from plastix.interventions.base import changed_elements
 

@@ -42,6 +42,7 @@ from plastix.interventions import (
     make_intervention,
     make_optimizer,
 )
+from plastix.jit import copy_where
 from plastix.metrics import DiagnosticsConfig
 from plastix.nn.mixers import QMixer, QPLEXMixer, VDNMixer
 from plastix.nn.mlp import _check_widths
@@ -305,7 +306,7 @@ def make_marl(
         scoring_inputs = acting_steps(inputs, actions, global_state, avail)
         online = apply_update(intervention, topology, apply, state.online, grads, key, scoring_inputs, valid)
         sync = online.step % config.target_update_period == 0
-        target = jax.tree.map(lambda o, t: jnp.where(sync, o, t), online.params, state.target)
+        target = copy_where(sync, online.params, state.target)
         q_mean = jnp.sum(jnp.where(valid, q_tot, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
         return MARLState(online, target), {"loss": loss, "q_tot_mean": q_mean}
 
