@@ -89,6 +89,7 @@ def test_host_env_needs_separate_eval_env_and_vmapped_seeds(tmp_path):
         run_cell(cell, str(tmp_path / "run"))
 
 
+@pytest.mark.slow  # 24 s on a 2-core CPU; the loop's resume is tested on CartPole in the default run
 def test_dqn_loop_runs_on_atari_and_resumes(tmp_path):
     """A tiny DQN (Nature CNN at width ×0.25) on Breakout, 2 vmapped seeds, killed and resumed."""
     loop = LoopConfig(

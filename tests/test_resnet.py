@@ -3,12 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from plastix.interventions import OptimizerConfig, TrainState, make_optimizer, recycle_neurons
 from plastix.metrics import DiagnosticsConfig, diagnose
 from plastix.nn import impala_resnet, validate
 
 
+@pytest.mark.slow  # 25 s on a 2-core CPU; test_reset_resnet_follows_the_residual_stream stays in the default run
 def test_impala_inner_convs_are_recycled_function_preserving_at_tau_zero():
     net = impala_resnet(4, width_multiplier=0.5)
     x = jax.random.uniform(jax.random.PRNGKey(0), (6, 12, 12, 2))
