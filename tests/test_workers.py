@@ -134,7 +134,7 @@ def test_every_experiment_job_can_go_to_a_worker_process():
         cells = build(config or dormant.DormantExperimentConfig())
         work = functools.partial(dormant._run_job, experiment, "runs", cells)
         assert pickle.loads(pickle.dumps(work)).args[2] == cells, experiment
-    assert dormant.worker_processes(2, 3) and not dormant.worker_processes(1, 3) and not dormant.worker_processes(2, 1)
+    assert workers.worker_processes(2, 3) and not workers.worker_processes(1, 3) and not workers.worker_processes(2, 1)
 
 
 def test_a_script_without_a_main_guard_runs_its_study_once(tmp_path):

@@ -111,8 +111,9 @@ def _parser():
           devices: local devices a cell's seeds are sharded over (0 = all).
           log: live logging of every chunk's metrics: ``tensorboard`` and/or ``wandb`` (``.[log]`` extra).
           wandb_mode: W&B mode (``offline``: sync later with ``wandb sync``).
-          workers: ``local`` backend: cells run at once in this process (threads; results do not
-            depend on it; 2 fills a 2-core CPU better than 1, at twice the memory).
+          workers: ``local`` backend: cells run at once (on a CPU each in a worker process pinned to
+            its share of the cores; results do not depend on it; 2 fills a 2-core CPU better than
+            1, at twice the memory).
         """
         config = SweepConfig(experiment, grid, seeds, name, runs_dir)
         options = SweepOptions(

@@ -42,7 +42,7 @@ from plastix.experiments.marl import (
 from plastix.experiments.rl import RLConfig, build_train, groups, run_cell, run_cell_group
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete, run_concurrently, stopping_progress
-from plastix.experiments.workers import run_in_processes
+from plastix.experiments.workers import run_in_processes, worker_processes
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 from plastix.metrics import DiagnosticsConfig
 
@@ -479,17 +479,6 @@ def _run_job(
         df["env"] = cell.env
         frames[m] = df
     return frames
-
-
-def worker_processes(workers: int, jobs: int) -> bool:
-    """Whether ``jobs`` programs, ``workers`` at a time, run in worker processes pinned to shares of
-    the cores (:mod:`plastix.experiments.workers`): on a CPU backend with several workers and jobs.
-    Elsewhere they run in threads of this process (an accelerator's memory is not split)."""
-    if workers < 2 or jobs < 2:
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
 
 
 def program_workers(config: DormantExperimentConfig | SingleRunConfig) -> int:

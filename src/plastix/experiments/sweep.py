@@ -27,7 +27,8 @@ Grid fields, in the order they are looked up:
 Values are parsed with the field's type (``true``/``false``, numbers, choices, ``[64,64]`` for
 tuples). A field with one value is a fixed setting; fields with several values label the cells.
 
-Backends: ``local`` runs the cells in this process (``workers`` at a time); ``ray`` submits one task per
+Backends: ``local`` runs the cells here, ``workers`` at a time (on a CPU each in a worker process pinned to
+its share of the cores, :mod:`plastix.experiments.workers`; else in threads); ``ray`` submits one task per
 cell to a Ray cluster (:mod:`plastix.experiments.sweep_ray`). Either way a cell's results exist once,
 in its run directory (``metrics.parquet`` + ``DONE`` are written last and atomically), and the
 status of every cell is read from the disk, so a sweep can be watched or reported while it runs.
@@ -36,6 +37,7 @@ status of every cell is read from the disk, so a sweep can be watched or reporte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -52,6 +54,7 @@ import pandas as pd
 
 from plastix.experiments.rundir import RunDir, check_run_name, config_dict, write_json, write_text
 from plastix.experiments.runner import Interrupted, run_concurrently, stopping_progress
+from plastix.experiments.workers import run_in_processes, worker_processes
 
 Backend = Literal["local", "ray"]
 LogTarget = Literal["tensorboard", "wandb"]
@@ -122,8 +125,9 @@ class SweepOptions:
       devices: local devices a cell's seeds are sharded over (0: every local device).
       log: live logging of every chunk's metrics: ``tensorboard``, ``wandb`` (both may be given).
       wandb_mode: ``offline`` (default; ``wandb sync`` later) or ``online``.
-      workers: ``local`` backend: cells run at once in this process (threads,
-        :func:`~plastix.experiments.runner.run_concurrently`).
+      workers: ``local`` backend: cells run at once; on a CPU each in a worker process pinned to
+        its share of the cores (:func:`~plastix.experiments.workers.run_in_processes`), else in
+        threads of this process (:func:`~plastix.experiments.runner.run_concurrently`).
     """
 
     backend: Backend = "local"
@@ -584,24 +588,25 @@ def run_sweep(
         run_on_ray(root, todo, options, lambda: on_status(write_status(root, cells)) if on_status else None)
     else:
         status_lock, stop = threading.Lock(), threading.Event()
+        shown = (
+            (lambda cell_id, index, done, total: progress(cell_id, index, len(cells), done, total))
+            if progress
+            else None
+        )
 
-        def run_job(cell: SweepCell) -> None:
-            index = cells.index(cell)
-            shown = (lambda done, total: progress(cell.id, index, len(cells), done, total)) if progress else None
-            cb = stopping_progress(stop, cell.id, shown)
-            try:
-                run_one_cell(root, cell, options, cb)
-            except (KeyboardInterrupt, SystemExit, Interrupted):
-                raise
-            except Exception:  # recorded in FAILED; the other cells still run
-                pass
+        def cell_ended(job, result) -> None:
             with status_lock:
                 table = write_status(root, cells)
                 if on_status:
                     on_status(table)
 
+        jobs = [(cells.index(cell), cell) for cell in todo]
+        work = functools.partial(_sweep_job, root, options)
         try:
-            run_concurrently(run_job, todo, options.workers, stop)
+            if worker_processes(options.workers, len(jobs)):
+                run_in_processes(work, jobs, options.workers, stop, shown, cell_ended)
+            else:
+                run_concurrently(lambda job: cell_ended(job, work(job, stop, shown)), jobs, options.workers, stop)
         except (KeyboardInterrupt, SystemExit):
             write_status(root, cells)
             raise
@@ -611,6 +616,25 @@ def run_sweep(
 
         write_sweep_report(root)
     return table
+
+
+def _sweep_job(root: str, options: SweepOptions, job: tuple[int, SweepCell], stop, progress) -> None:
+    """Run one cell of a local sweep (module-level: a worker process runs it). A cell's failure is
+    recorded in its ``FAILED`` and does not stop the sweep; Ctrl-C (``stop``) does.
+
+    Args:
+      job: ``(index of the cell in the sweep, cell)``.
+      stop: ``stop.is_set()`` ends the cell after its current chunk.
+      progress: ``progress(cell_id, index, chunks_done, chunks_total)``.
+    """
+    index, cell = job
+    shown = (lambda done, total: progress(cell.id, index, done, total)) if progress else None
+    try:
+        run_one_cell(root, cell, options, stopping_progress(stop, cell.id, shown))
+    except (KeyboardInterrupt, SystemExit, Interrupted):
+        raise
+    except Exception:  # noqa: BLE001 - recorded in FAILED; the other cells still run
+        pass
 
 
 # ------------------------------------------------------------------------------------------ logging

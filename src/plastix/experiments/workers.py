@@ -180,6 +180,7 @@ def run_in_processes(
     workers: int,
     stop: threading.Event | None = None,
     progress: Callable[..., None] | None = None,
+    on_result: Callable[[Any, Any], None] | None = None,
 ) -> list[Any]:
     """``[work(job, stop, progress) for job in jobs]``, ``workers`` at a time, each worker in a
     process of its own pinned to its share of the cores (:func:`core_shares`; see the module
@@ -191,6 +192,7 @@ def run_in_processes(
       workers: processes at once.
       stop: set by Ctrl-C here (or by the caller): every job ends after its current chunk.
       progress: called here with each ``progress(*args)`` a job makes.
+      on_result: called here with ``(job, result)`` as each job ends (e.g. a status table).
 
     Raises:
       ValueError: ``workers < 1``.
@@ -199,10 +201,17 @@ def run_in_processes(
     """
     stop = stop if stop is not None else threading.Event()
     report = progress if progress is not None else (lambda *args: None)
+    done = on_result if on_result is not None else (lambda job, result: None)
+
+    def here(job):
+        result = work(job, stop, report)
+        done(job, result)
+        return result
+
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (programs run at once), got {workers}")
     if workers == 1 or len(jobs) <= 1:
-        return run_concurrently(lambda job: work(job, stop, report), jobs, 1, stop)
+        return run_concurrently(here, jobs, 1, stop)
     target = getattr(work, "func", work)  # a functools.partial's function
     if getattr(target, "__module__", None) == "__main__":
         raise ValueError(
@@ -214,7 +223,7 @@ def run_in_processes(
         stop_event = context.Event()
     except OSError as e:  # no POSIX semaphores here (some sandboxes): threads of this process
         warnings.warn(f"worker processes unavailable ({e}); running {workers} jobs at once in threads", stacklevel=2)
-        return run_concurrently(lambda job: work(job, stop, report), jobs, workers, stop)
+        return run_concurrently(here, jobs, workers, stop)
     shares = core_shares(min(workers, len(jobs)))
     settings = jax_settings()
     started: list[tuple[Any, Any]] = []
@@ -265,6 +274,7 @@ def run_in_processes(
             if kind == "progress":
                 report(*value)
             elif kind == "result":
+                done(job, value)
                 return value
             else:
                 raise value
@@ -283,3 +293,14 @@ def run_in_processes(
                 proc.terminate()
                 proc.join(timeout=5)
             conn.close()
+
+
+def worker_processes(workers: int, jobs: int) -> bool:
+    """Whether ``jobs`` programs, ``workers`` at a time, should run in worker processes pinned to
+    shares of the cores (:func:`run_in_processes`): on a CPU backend with several workers and jobs.
+    Elsewhere they run in threads of this process (an accelerator's memory is not split)."""
+    if workers < 2 or jobs < 2:
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
