@@ -41,8 +41,8 @@ from plastix.experiments.marl import (
 )
 from plastix.experiments.rl import RLConfig, build_train, groups, run_cell, run_cell_group
 from plastix.experiments.rundir import RunDir, check_run_name
-from plastix.experiments.runner import complete, run_concurrently, stopping_progress
-from plastix.experiments.workers import run_in_processes, worker_processes
+from plastix.experiments.runner import complete, stopping_progress
+from plastix.experiments.workers import run_in_processes
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
 from plastix.metrics import DiagnosticsConfig
 
@@ -426,11 +426,7 @@ def run(
     work = functools.partial(_run_job, experiment, root, cells)
     frames: dict[int, pd.DataFrame] = {}
     stop = threading.Event()  # Ctrl-C: every running program stops after its current chunk
-    if worker_processes(workers, len(jobs)):
-        done_jobs = run_in_processes(work, jobs, workers, stop, shown)
-    else:
-        done_jobs = run_concurrently(lambda job: work(job, stop, shown), jobs, workers, stop)
-    for done in done_jobs:
+    for done in run_in_processes(work, jobs, workers, stop, shown):
         frames.update(done)
     frames = [frames[m] for m in range(len(cells))]
     df = pd.concat(frames, ignore_index=True)

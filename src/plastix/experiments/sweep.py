@@ -53,8 +53,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from plastix.experiments.rundir import RunDir, check_run_name, config_dict, write_json, write_text
-from plastix.experiments.runner import Interrupted, run_concurrently, stopping_progress
-from plastix.experiments.workers import run_in_processes, worker_processes
+from plastix.experiments.runner import Interrupted, stopping_progress
+from plastix.experiments.workers import run_in_processes
 
 Backend = Literal["local", "ray"]
 LogTarget = Literal["tensorboard", "wandb"]
@@ -603,10 +603,7 @@ def run_sweep(
         jobs = [(cells.index(cell), cell) for cell in todo]
         work = functools.partial(_sweep_job, root, options)
         try:
-            if worker_processes(options.workers, len(jobs)):
-                run_in_processes(work, jobs, options.workers, stop, shown, cell_ended)
-            else:
-                run_concurrently(lambda job: cell_ended(job, work(job, stop, shown)), jobs, options.workers, stop)
+            run_in_processes(work, jobs, options.workers, stop, shown, cell_ended)
         except (KeyboardInterrupt, SystemExit):
             write_status(root, cells)
             raise

@@ -184,7 +184,8 @@ def run_in_processes(
 ) -> list[Any]:
     """``[work(job, stop, progress) for job in jobs]``, ``workers`` at a time, each worker in a
     process of its own pinned to its share of the cores (:func:`core_shares`; see the module
-    docstring). With one worker or one job, the jobs run here, in this process.
+    docstring) where :func:`worker_processes` says so (a CPU backend); otherwise in threads of this
+    process (with one worker or one job: here, in the calling thread).
 
     Args:
       work: picklable; ``work(job, stop, progress)`` (see the module docstring).
@@ -210,8 +211,8 @@ def run_in_processes(
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (programs run at once), got {workers}")
-    if workers == 1 or len(jobs) <= 1:
-        return run_concurrently(here, jobs, 1, stop)
+    if not worker_processes(workers, len(jobs)):
+        return run_concurrently(here, jobs, workers, stop)
     target = getattr(work, "func", work)  # a functools.partial's function
     if getattr(target, "__module__", None) == "__main__":
         raise ValueError(
