@@ -573,10 +573,13 @@ def test_any_run_reduces_over_every_vmapped_level_and_keeps_the_conditional():
     np.testing.assert_array_equal(jax.jit(jax.vmap(step))(runs, jnp.zeros(3)), [0.0, 1.0, 0.0])
 
 
-def test_copy_where_copies_per_run_inside_one_conditional():
+def test_when_any_copies_per_run_inside_one_conditional():
     """A target sync: each run gets ``source`` where its own ``pred`` holds; vmapped, one
     conditional that copies only when some run syncs."""
-    from plastix.jit import copy_where
+    from plastix.jit import when_any
+
+    def copy_where(pred, source, dest):  # a target sync
+        return when_any(pred, lambda dest: source, dest)
 
     source = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.arange(3.0)}
     dest = jax.tree.map(lambda x: -x - 1, source)

@@ -64,19 +64,20 @@ def _any_run_batched(axis_size: int, in_batched: list[bool], pred: jax.Array):
     return any_run(jax.numpy.any(pred, axis=0) if batched else pred), False
 
 
-def copy_where(pred: Any, source: Any, dest: Any) -> Any:
-    """``source`` where the bool scalar ``pred`` holds, else ``dest`` (pytrees of one structure).
+def when_any(pred: Any, act: Callable[[Any], Any], state: Any) -> Any:
+    """``pred ? act(state) : state`` element-wise, with ``act`` computed only when it is needed.
 
-    A target network's periodic sync: ``jnp.where`` leaf by leaf reads and writes every parameter
-    at every update although it copies once every N. Here the copy sits in a conditional on
-    :func:`any_run` ``(pred)``, so the parameters are touched only at updates where some run
-    syncs (under ``vmap`` each run still gets its own ``where``). On a 2-core CPU the MARL learners'
-    ``where`` was 3.6% of a KNIFE-group chunk's op time (80 runs, sync every 25 updates: 0.42 s of
+    ``pred`` is this run's bool scalar; under ``vmap`` each run still gets its own select, but the
+    whole branch sits in a conditional on :func:`any_run` ``(pred)``, so it runs only when some run
+    needs it. ``act`` must keep the tree structure of ``state``. Uses: a surgery at a task switch
+    (:func:`~plastix.interventions.base.gated_apply`), and a target network's periodic sync, which
+    a ``jnp.where`` over every parameter would compute at every update: on a 2-core CPU the MARL
+    learner's was 3.6% of a KNIFE-group chunk's op time (80 runs, sync every 25 updates: 0.42 s of
     11.5 s on one core); in the conditional, 0.05 s.
     """
     pred = jax.numpy.asarray(pred, bool)
 
-    def copy(dest):
-        return jax.tree.map(lambda s, d: jax.numpy.where(pred, s, d), source, dest)
+    def selected(state):
+        return jax.tree.map(lambda a, b: jax.numpy.where(pred, a, b), act(state), state)
 
-    return jax.lax.cond(any_run(pred), copy, lambda dest: dest, dest)
+    return jax.lax.cond(any_run(pred), selected, lambda state: state, state)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.jit import any_run
+from plastix.jit import when_any
 from plastix.nn.topology import Params, Path, Topology, get_path, set_path
 
 InitParams = Callable[[Array], Params]
@@ -291,12 +291,9 @@ def gated_apply(trigger: Trigger, fires: Array, state: Any, act: Callable[[Any],
     conditional on :func:`~plastix.jit.any_run` for task-switch triggers. ``fires``: bool scalar
     (per run under ``vmap``); ``act`` must keep the tree structure of ``state``."""
 
-    def selected(state):
-        return tree_select(fires, act(state), state)
-
     if not trigger.on_task_switch:
-        return selected(state)
-    return jax.lax.cond(any_run(fires), selected, lambda state: state, state)
+        return tree_select(fires, act(state), state)
+    return when_any(fires, act, state)
 
 
 def every(intervention: Intervention, period: int) -> Intervention:

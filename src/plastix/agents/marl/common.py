@@ -42,7 +42,7 @@ from plastix.interventions import (
     make_intervention,
     make_optimizer,
 )
-from plastix.jit import copy_where
+from plastix.jit import when_any
 from plastix.metrics import DiagnosticsConfig
 from plastix.nn.mixers import QMixer, QPLEXMixer, VDNMixer
 from plastix.nn.mlp import _check_widths
@@ -306,7 +306,7 @@ def make_marl(
         scoring_inputs = acting_steps(inputs, actions, global_state, avail)
         online = apply_update(intervention, topology, apply, state.online, grads, key, scoring_inputs, valid)
         sync = online.step % config.target_update_period == 0
-        target = copy_where(sync, online.params, state.target)
+        target = when_any(sync, lambda target: online.params, state.target)
         q_mean = jnp.sum(jnp.where(valid, q_tot, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
         return MARLState(online, target), {"loss": loss, "q_tot_mean": q_mean}
 
