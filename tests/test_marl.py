@@ -387,6 +387,34 @@ def test_marl_report_tables_match_hand_computed_values(tmp_path):
     assert "Task switches at env steps [20]." in text
 
 
+def test_ranking_says_which_settings_the_intervals_separate():
+    """A method that beats ``none`` in every seed is named better than ``none`` (P = 1) and ``none``
+    below the best; when every seed of every method scores alike, the report says nothing is separated."""
+    import pandas as pd
+
+    from plastix.experiments.marl import ranking_table
+
+    def log(returns: dict) -> pd.DataFrame:
+        rows = [
+            {"setting": f"qmix {m}", "mixer": "qmix", "method": m, "seed": seed, "period": 0, "eval_return": r(seed)}
+            for m, r in returns.items()
+            for seed in range(10)
+        ]
+        return pd.DataFrame(rows)
+
+    settings = ["qmix none", "qmix redo", "qmix knife"]
+    returns = {"none": lambda s: s % 2, "redo": lambda s: (s + 1) % 2, "knife": lambda s: 8.0}
+    lines = ranking_table(log(returns), settings, [])
+    text = "\n".join(lines)
+    knife = next(ln for ln in lines if ln.startswith("| qmix knife"))
+    assert knife.split(" | ")[2:4] == ["1", "1.00 [1.00, 1.00] |"]
+    assert next(ln for ln in lines if ln.startswith("| qmix none")).endswith("| – |")
+    separated = "below the best (qmix knife): qmix none, qmix redo; better than `none`: qmix knife; worse than"
+    assert separated in text and "worse than `none`: none." in text
+    alike = ranking_table(log({m: lambda s: 3.0 for m in ("none", "redo", "knife")}), settings, [])
+    assert any("at 10 seeds these methods are not separated by final return" in ln for ln in alike)
+
+
 def test_ranking_gives_tied_settings_one_shared_rank():
     from plastix.experiments.marl import competition_ranks
 

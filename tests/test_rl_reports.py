@@ -79,6 +79,35 @@ def test_iqm_matches_hand_computation():
     assert low <= point <= high
 
 
+def test_probability_of_improvement_and_its_ci_equal_rliable():
+    """P(X > Y) with ties and unequal run counts, and its stratified independent bootstrap CI: the same
+    numbers as rliable's ``probability_of_improvement`` through ``get_interval_estimates``."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    from plastix.report import improvement_ci, probability_of_improvement
+
+    rs = np.random.RandomState(3)
+    ties = (np.round(rs.rand(7, 3) * 3), np.round(rs.rand(5, 3) * 3))
+    pairs = {"normal": (rs.randn(10, 1), rs.randn(10, 1)), "ties": ties}
+    for name, (x, y) in pairs.items():
+        assert probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y), abs=1e-12)
+        np.random.seed(0)
+        point, interval = rly.get_interval_estimates({name: (x, y)}, metrics.probability_of_improvement, reps=300)
+        ours = improvement_ci(x, y, reps=300, seed=0)
+        assert ours.value == pytest.approx(point[name], abs=1e-12)
+        assert (ours.low, ours.high) == pytest.approx(tuple(interval[name][:, 0]), abs=1e-12)
+        assert ours.n == min(len(x), len(y))
+    assert tuple(improvement_ci(np.ones((6, 1)), np.zeros((6, 1)), reps=50)[:3]) == (1.0, 1.0, 1.0)
+    assert tuple(improvement_ci(np.zeros((6, 2)), np.zeros((4, 2)), reps=50)[:3]) == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="tasks"):
+        probability_of_improvement(np.zeros((3, 2)), np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="NaN"):
+        improvement_ci(np.array([[1.0], [np.nan]]), np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="reps"):
+        improvement_ci(np.zeros((2, 1)), np.zeros((2, 1)), reps=0)
+
+
 def test_iqm_ci_equals_rliable():
     """The vectorized bootstrap draws rliable's resamples: the same point, the same interval."""
     from rliable import library as rly

@@ -355,17 +355,26 @@ def competition_ranks(values: dict[str, float]) -> dict[str, str]:
 
 def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -> list[str]:
     """Markdown lines: settings ranked by IQM [95% stratified bootstrap CI] of the final greedy return
-    and, with tasks, of the final return on the first task (re-visited at the end of the sequence)."""
-    from plastix.report import final_values, format_estimate, iqm_ci
+    and, with tasks, of the final return on the first task (re-visited at the end of the sequence),
+    each with P(> none), the probability of improvement over the same mixer's ``none`` (rliable's
+    definition, 95% bootstrap CI), and a line per column saying what the intervals separate: a rank
+    alone does not say whether a difference is more than the spread across seeds."""
+    from plastix.report import final_values, format_estimate, improvement_ci, iqm_ci
 
     columns = {"final return": "eval_return"} | ({"task 1 at the end": task_cols[0]} if task_cols else {})
-    estimates = {}
+    estimates, improvements = {}, {}
     for label, column in columns.items():
         if column not in df:
             continue
         final = final_values(df, column, ["setting"])
         scores = {s: final.loc[final.setting == s, column].to_numpy()[:, None] for s in settings}
-        estimates[label] = iqm_ci({s: v for s, v in scores.items() if len(v)})
+        scores = {s: v for s, v in scores.items() if len(v)}
+        estimates[label] = iqm_ci(scores)
+        improvements[label] = {
+            s: improvement_ci(v, scores[baseline])
+            for s, v in scores.items()
+            if (baseline := baseline_setting(df, s)) in scores and baseline != s
+        }
     if not estimates:
         return []
     first = next(iter(estimates))
@@ -374,18 +383,59 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
     lines = [
         f"### Methods ranked by {first} (IQM [95% stratified bootstrap CI] over seeds)",
         "",
-        "| setting | " + " | ".join(f"{label} | rank" for label in estimates) + " |",
-        "|---|" + "---|---|" * len(estimates),
+        "P(> none): probability that a run of the method scores higher than a run of `none` with the same "
+        "mixer (ties count 1/2; 0.5 = no difference), with its 95% stratified bootstrap CI.",
+        "",
+        "| setting | " + " | ".join(f"{label} | rank | P(> none)" for label in estimates) + " |",
+        "|---|" + "---|---|---|" * len(estimates),
     ]
     for setting in order:
-        cells = [
-            f"{format_estimate(estimates[label][setting], digits=2)} | {ranks[label][setting]}"
-            if setting in estimates[label]
-            else "– | –"
-            for label in estimates
-        ]
+        cells = []
+        for label in estimates:
+            if setting not in estimates[label]:
+                cells.append("– | – | –")
+                continue
+            gain = improvements[label].get(setting)
+            cells.append(
+                f"{format_estimate(estimates[label][setting], digits=2)} | {ranks[label][setting]} | "
+                + ("–" if gain is None else format_estimate(gain, digits=2))
+            )
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    lines.append("")
+    for label in estimates:
+        lines += [separation(label, estimates[label], improvements[label]), ""]
+    return lines
+
+
+def baseline_setting(df: pd.DataFrame, setting: str) -> str | None:
+    """The ``none`` setting with the same mixer as ``setting`` (``None`` if the run has none)."""
+    part = df.loc[df.setting == setting]
+    if part.empty or "method" not in df:
+        return None
+    same_mixer = df.mixer == part.mixer.iloc[0] if "mixer" in df else True
+    found = df.loc[same_mixer & (df.method == "none"), "setting"]
+    return None if found.empty else found.iloc[0]
+
+
+def separation(label: str, estimates: dict, improvements: dict) -> str:
+    """One sentence: which settings the 95% CIs of ``label`` separate from the best one and from
+    ``none`` (:func:`ranking_table`), or that they separate none at this number of seeds."""
+    best = max(estimates, key=lambda s: estimates[s].value)
+    top = estimates[best]
+    below = [s for s, e in estimates.items() if e.high < top.low]
+    better = [s for s, e in improvements.items() if e.low > 0.5]
+    worse = [s for s, e in improvements.items() if e.high < 0.5]
+    seeds = min(e.n for e in estimates.values())
+    if not below and not better and not worse:
+        return (
+            f"**{label.capitalize()}:** every 95% CI overlaps the best setting's ({best}) and every P(> none) CI "
+            f"contains 0.5: at {seeds} seeds these methods are not separated by {label}."
+        )
+    parts = [f"below the best ({best}): " + (", ".join(below) if below else "none")]
+    if improvements:
+        parts.append("better than `none`: " + (", ".join(better) if better else "none"))
+        parts.append("worse than `none`: " + (", ".join(worse) if worse else "none"))
+    return f"**{label.capitalize()}, separated by the 95% CIs** ({seeds} seeds): " + "; ".join(parts) + "."
 
 
 def inactive_methods(df: pd.DataFrame, settings: list[str]) -> list[str]:

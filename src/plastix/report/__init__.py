@@ -1,11 +1,13 @@
 """Statistics, figures and markdown reports of runs."""
 
-from plastix.report.aggregate import final_values, iqm_ci
+from plastix.report.aggregate import final_values, improvement_ci, iqm_ci, probability_of_improvement
 from plastix.report.figures import curve_grid, plot_curves, save_figure
 from plastix.report.stats import Estimate, curve_ci, few_seeds_note, format_estimate, mean_ci
 
 __all__ = [
     "iqm_ci",
+    "improvement_ci",
+    "probability_of_improvement",
     "final_values",
     "mean_ci",
     "curve_ci",
