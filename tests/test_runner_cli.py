@@ -80,6 +80,22 @@ def test_python_run_ends_exactly_like_the_cli(rl_run, tmp_path):
     pd.testing.assert_frame_equal(df, RunDir(os.path.join(runs, "rl")).metrics())  # same seeds: same numbers
 
 
+def test_summary_table_prints_a_dash_where_a_setting_has_no_value():
+    """A column a setting does not log (VDN has no mixer neurons: NaN estimates) prints as "–",
+    not "nan nan–nan"; logged estimates print as value and CI."""
+    from rich.console import Console
+
+    from plastix.report import Estimate
+
+    console = Console(width=120, record=True)
+    rows = [{"setting": "vdn none", "d": Estimate(float("nan"), float("nan"), float("nan"), 0)},
+            {"setting": "qmix none", "d": Estimate(0.25, 0.2, 0.3, 10)}]  # fmt: skip
+    cli.print_summary("t", [("setting", "setting", 1), ("mixer dormant", "d", 100)], rows, console)
+    text = console.export_text()
+    assert "nan" not in text and "–" in text.split("vdn none")[1].splitlines()[0]
+    assert "25.0" in text and "20.0–30.0" in text
+
+
 def test_config_round_trips_through_json():
     config = dormant.SingleRunConfig()
     assert config_from_dict(dormant.SingleRunConfig, config_dict(config)) == config
