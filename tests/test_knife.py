@@ -147,6 +147,30 @@ def test_frozen_parts_stay_bit_identical_and_active_ones_train(learner):
     np.testing.assert_array_equal(slots1["kernel"][0][:, ~chosen], slots0["kernel"][0][:, ~chosen])  # unused: 0
 
 
+def test_injection_zeroes_the_moments_of_what_it_freezes(learner):
+    """After training (non-zero moments), a first and a second injection into the same neurons: every
+    frozen element's optimizer moments are 0 (zeroing all of them again changes nothing), and the
+    elements that injection froze had non-zero moments before it (the original weights, then the
+    first slot), so ``inject`` zeroes exactly what it freezes without re-zeroing the whole state."""
+    net, topology, init_params, inputs = learner
+    method = knife(KnifeConfig(slots=2, selection="stagnant"), topology, init_params)
+    apply = method.forward(net.apply)
+    state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
+    state = train_steps(state, apply, inputs, steps=3)
+    scores = random_scores(jax.random.key(10), topology, state.params)
+    for round_ in range(2):
+        before = state
+        state = method.apply(jax.random.key(20 + round_), state, scores, CONTEXT)
+        jax.tree.map(np.testing.assert_array_equal, state.with_trainable(state.trainable).opt_state, state.opt_state)
+        newly = jax.tree.map(lambda was, now: was & ~now, before.trainable, state.trainable)
+        moved = [
+            float(jnp.abs(jnp.where(n, m, 0)).max())
+            for n, m in zip(jax.tree.leaves(newly), jax.tree.leaves(before.opt_state[0].mu))
+        ]
+        assert max(moved) > 0, f"round {round_}: nothing frozen by this injection had moments to zero"
+        state = train_steps(state, apply, inputs, seed=round_)
+
+
 def test_no_selected_neuron_leaves_the_train_state_bit_identical(learner):
     net, topology, init_params, inputs = learner
     method = knife(KnifeConfig(slots=2), topology, init_params)

@@ -263,6 +263,11 @@ def inject(
     """
     freeze = jnp.asarray(freeze_knowledge, bool)
     params, trainable = state.params, state.trainable
+    if trainable is None:
+        raise ValueError("inject: the train state has no trainable mask; build it with the method's extend()")
+    # Optimizer moments to zero: the new active unit's (it starts fresh) and the knowledge this
+    # injection freezes. Elements frozen before have zero moments already (TrainState keeps them at
+    # 0), so every other leaf passes through as it is and costs no select in the compiled program.
     touched = zeros_like_bool(params)
     for target, units in picks:
         s = get_path(params[SLOTS], target.module)
@@ -289,15 +294,17 @@ def inject(
         knowledge = used & chosen[None, :] & freeze  # earlier slots freeze
         for key, hit, old in (("kernel", hit_k, knowledge[:, None, :]), ("bias", new_slot, knowledge)):
             path = (SLOTS, *target.module, key)
-            hit = jnp.broadcast_to(hit, get_path(params, path).shape)
-            touched = set_path(touched, path, hit)  # the new active unit: trains, moments start at zero
+            shape = get_path(params, path).shape
+            hit, old = jnp.broadcast_to(hit, shape), jnp.broadcast_to(old, shape)
+            touched = set_path(touched, path, hit | old)  # the new active unit, and earlier slots now frozen
             trainable = set_path(trainable, path, (get_path(trainable, path) & ~old) | hit)
         for path, bias in ((target.kernel, False), (target.bias, True)):  # the unit's original incoming weights
             if has_path(params, path):
                 hit = Slice(path, bias=bias).mask(chosen & freeze, get_path(params, path).shape)
+                touched = set_path(touched, path, get_path(touched, path) | hit)
                 trainable = set_path(trainable, path, get_path(trainable, path) & ~hit)
     opt_state = reset_optimizer_elements(state.tx, state.opt_state, touched)
-    return state.replace(params=params, opt_state=opt_state).with_trainable(trainable)
+    return state.replace(params=params, opt_state=opt_state, trainable=trainable)
 
 
 @dataclasses.dataclass(frozen=True)
