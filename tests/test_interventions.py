@@ -29,6 +29,7 @@ from plastix.interventions import (
 )
 from plastix.metrics import diagnose
 from plastix.nn import small_cnn
+from plastix.nn.topology import get_path
 
 NET = small_cnn(4)
 X = jax.random.normal(jax.random.key(0), (32, 8, 8, 1))
@@ -429,6 +430,44 @@ def test_frozen_elements_stay_bit_identical_for_ten_steps(optimizer):
         transform_non_params=lambda leaf: jnp.zeros(()),
     )
     assert float(sum(jax.tree.leaves(live))) > 0.0
+
+
+def test_fixed_parameters_get_no_optimizer_state_and_leave_the_others_stepping_as_before():
+    """A ``trainable`` leaf given as the Python ``False`` is a fixed parameter (``TrainState.fixed``):
+    no optimizer state, bit-identical through 10 steps (last update 0), and every other parameter
+    steps as it does when that leaf is merely frozen by an all-False mask (clipping's global norm
+    included: a frozen leaf's gradient is 0 there too); under jit and vmap alike."""
+    params = init_params(jax.random.key(3))
+    keys = iter(jax.random.split(jax.random.key(4), 100))
+    masks = jax.tree.map(lambda p: jax.random.bernoulli(next(keys), 0.5, p.shape), params)
+    (first, *_), treedef = jax.tree_util.tree_flatten_with_path(params)
+    path = tuple(k.key for k in first[0])
+    leaves = jax.tree.leaves(masks)
+    fixed_mask = jax.tree.unflatten(treedef, [False] + leaves[1:])
+    frozen_mask = jax.tree.unflatten(treedef, [jnp.zeros(leaves[0].shape, bool)] + leaves[1:])
+    tx = make_optimizer(OptimizerConfig("adam", 1e-2, weight_decay=1e-2, decay_mode="decoupled", max_grad_norm=1.0))
+
+    def run(mask):
+        state = TrainState.create(params, tx, trainable=mask, keep_last_update=True)
+        step = lambda _, s: s.apply_gradients(jax.grad(lambda p: loss_fn(apply(p, X)))(s.params))  # noqa: E731
+        return jax.lax.fori_loop(0, 10, step, state)
+
+    fixed, frozen = jax.jit(lambda: (run(fixed_mask), run(frozen_mask)))()
+    assert fixed.fixed == {path} and frozen.fixed == frozenset()
+    assert len(jax.tree.leaves(fixed.opt_state)) == len(jax.tree.leaves(frozen.opt_state)) - 2  # Adam's mu and nu
+    np.testing.assert_array_equal(get_path(fixed.params, path), get_path(params, path))
+    np.testing.assert_array_equal(get_path(fixed.last_update, path), 0.0)
+    np.testing.assert_array_equal(get_path(fixed.trainable, path), False)  # the full mask still has it
+    for a, b in zip(jax.tree.leaves(fixed.params), jax.tree.leaves(frozen.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    batched = jax.jit(jax.vmap(lambda _: run(fixed_mask)))(jnp.arange(2))
+    for a, b in zip(jax.tree.leaves(batched.params), jax.tree.leaves(fixed.params)):
+        np.testing.assert_allclose(a[1], b, rtol=1e-6, atol=1e-7)
+    touched = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+    fresh = fixed.with_fresh_moments(touched).opt_state
+    assert all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(fresh) if m.dtype == jnp.float32)
+    with pytest.raises(ValueError, match="never train"):
+        fixed.with_trainable(None)
 
 
 CHAINS = {  # every branch of make_optimizer's declaration: stateful or not, L2 or decoupled decay

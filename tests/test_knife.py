@@ -137,6 +137,8 @@ def test_frozen_parts_stay_bit_identical_and_active_ones_train(learner):
     # optimizer moments of the injected slot start at zero
     mu = state.opt_state[0].mu
     assert float(jnp.abs(get_path(mu, slot + ("kernel",))).max()) == 0
+    for never in ("comp_kernel", "comp_bias", "gate", "comp_gate"):  # fixed: no optimizer state at all
+        assert get_path(mu, slot + (never,)) is None and slot + (never,) in state.fixed
     after = train_steps(state, apply, inputs)
     w1, slots1 = get_path(after.params, kernel), get_path(after.params, slot)
     np.testing.assert_array_equal(w1[:, chosen], w0[:, chosen])  # knowledge: frozen
@@ -165,7 +167,7 @@ def test_injection_zeroes_the_moments_of_what_it_freezes(learner):
         newly = jax.tree.map(lambda was, now: was & ~now, before.trainable, state.trainable)
         moved = [
             float(jnp.abs(jnp.where(n, m, 0)).max())
-            for n, m in zip(jax.tree.leaves(newly), jax.tree.leaves(before.opt_state[0].mu))
+            for n, m in zip(jax.tree.leaves(before.trainable_part(newly)), jax.tree.leaves(before.opt_state[0].mu))
         ]
         assert max(moved) > 0, f"round {round_}: nothing frozen by this injection had moments to zero"
         state = train_steps(state, apply, inputs, seed=round_)

@@ -59,7 +59,8 @@ class TrainState(flax.struct.PyTreeNode):
     Attributes:
       step: number of optimizer updates applied so far (int32 scalar).
       params: nested dict of parameters.
-      opt_state: the optax state of ``tx``.
+      opt_state: the optax state of ``tx`` over the parameters that can train (every one not in
+        ``fixed``).
       intervention_state: whatever the intervention's ``init`` returned (``()`` if stateless).
       trainable: ``None`` (every element trains) or a boolean tree with the structure and shapes of
         ``params``; ``False`` elements are frozen (see :meth:`apply_gradients`).
@@ -67,6 +68,9 @@ class TrainState(flax.struct.PyTreeNode):
         ``params``; zero for frozen elements), kept when created with ``keep_last_update=True``
         for the stagnation ratio with ``DiagnosticsConfig.stagnation_source="update"``.
       tx: the optax transformation (static).
+      fixed: paths of parameters that never train (static; e.g. KNIFE's compensation units and
+        gates): they have no optimizer state and an optimizer step leaves them as they are, at no
+        cost. Declared by giving their ``trainable`` leaf as the Python ``False`` to :meth:`create`.
     """
 
     step: Array
@@ -76,6 +80,7 @@ class TrainState(flax.struct.PyTreeNode):
     trainable: Params | None = None
     last_update: Params | None = None
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+    fixed: frozenset = flax.struct.field(pytree_node=False, default=frozenset())
 
     @classmethod
     def create(
@@ -86,19 +91,46 @@ class TrainState(flax.struct.PyTreeNode):
         trainable: Params | None = None,
         keep_last_update: bool = False,
     ):
+        """A fresh state. ``trainable``: ``None`` (all train) or a tree like ``params`` whose leaves
+        are bool arrays (broadcast to the parameter's shape) or the Python ``False``: that parameter
+        never trains (:attr:`fixed`)."""
+        fixed = frozenset() if trainable is None else frozenset(_paths_where(trainable, lambda t: t is False))
         last = jax.tree.map(jnp.zeros_like, params) if keep_last_update else None
-        state = cls(jnp.zeros((), jnp.int32), params, tx.init(params), intervention_state, None, last, tx)
+        state = cls(jnp.zeros((), jnp.int32), params, None, intervention_state, None, last, tx, fixed)
+        state = state.replace(opt_state=tx.init(state.trainable_part(params)))
         return state if trainable is None else state.with_trainable(trainable)
+
+    def trainable_part(self, tree: Params) -> Params:
+        """``tree`` (structured like ``params``) with the :attr:`fixed` leaves left out (``None``):
+        what the optimizer sees."""
+        if not self.fixed:
+            return tree
+        return jax.tree_util.tree_map_with_path(lambda path, x: None if _path(path) in self.fixed else x, tree)
+
+    def _with_trainable_part(self, tree: Params, part: Params) -> Params:
+        """``tree`` with its non-fixed leaves taken from ``part`` (a :meth:`trainable_part` tree)."""
+        if not self.fixed:
+            return part
+        new = {_path(path): x for path, x in jax.tree_util.tree_leaves_with_path(part)}
+        return jax.tree_util.tree_map_with_path(lambda path, x: new.get(_path(path), x), tree)
 
     def with_trainable(self, trainable: Params | None) -> TrainState:
         """This state with the trainable mask ``trainable`` (moments of frozen elements zeroed now)."""
         if trainable is None:
+            if self.fixed:
+                raise ValueError("TrainState.with_trainable(None): this state has parameters that never train")
             return self.replace(trainable=None)
         trainable = jax.tree.map(
             lambda p, t: jnp.broadcast_to(jnp.asarray(t, bool), jnp.shape(p)), self.params, trainable
         )
         frozen = jax.tree.map(jnp.logical_not, trainable)
-        return self.replace(trainable=trainable, opt_state=reset_optimizer_elements(self.tx, self.opt_state, frozen))
+        return self.replace(trainable=trainable).with_fresh_moments(frozen)
+
+    def with_fresh_moments(self, touched: Params) -> TrainState:
+        """This state with the optimizer-state elements of the ``touched`` parameter elements (a
+        bool tree like ``params``) set to zero (:func:`reset_optimizer_elements`)."""
+        opt_state = reset_optimizer_elements(self.tx, self.opt_state, self.trainable_part(touched))
+        return self.replace(opt_state=opt_state)
 
     def apply_gradients(self, grads: Params) -> TrainState:
         """One optimizer step; frozen elements (``trainable`` False) keep their value bit for bit.
@@ -106,28 +138,41 @@ class TrainState(flax.struct.PyTreeNode):
         The gradient of a frozen element is zeroed before the optax chain, its update is dropped
         after the whole chain (so decoupled weight decay and momentum cannot move it either), and
         its optimizer moments are set back to zero (a :class:`ZeroPreserving` chain keeps them at
-        zero by itself: no reset).
+        zero by itself: no reset). :attr:`fixed` parameters are not seen by the optimizer at all.
         """
+        grads, params = self.trainable_part(grads), self.trainable_part(self.params)
         if self.trainable is None:
-            updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-            return self.replace(
-                step=self.step + 1,
-                params=optax.apply_updates(self.params, updates),
-                opt_state=opt_state,
-                last_update=None if self.last_update is None else updates,
-            )
-        grads = jax.tree.map(lambda g, t: jnp.where(t, g, jnp.zeros_like(g)), grads, self.trainable)
-        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        params = jax.tree.map(
-            lambda p, u, t: jnp.where(t, (p + u).astype(p.dtype), p), self.params, updates, self.trainable
+            updates, opt_state = self.tx.update(grads, self.opt_state, params)
+            new, last = optax.apply_updates(params, updates), updates
+        else:
+            trainable = self.trainable_part(self.trainable)
+            grads = jax.tree.map(lambda g, t: jnp.where(t, g, jnp.zeros_like(g)), grads, trainable)
+            updates, opt_state = self.tx.update(grads, self.opt_state, params)
+            new = jax.tree.map(lambda p, u, t: jnp.where(t, (p + u).astype(p.dtype), p), params, updates, trainable)
+            if not isinstance(self.tx, ZeroPreserving):  # otherwise zero gradients keep frozen moments at 0
+                frozen = jax.tree.map(jnp.logical_not, trainable)
+                opt_state = reset_optimizer_elements(self.tx, opt_state, frozen)
+            last = None
+            if self.last_update is not None:
+                last = jax.tree.map(lambda u, t: jnp.where(t, u, jnp.zeros_like(u)), updates, trainable)
+        if self.last_update is not None:  # fixed parameters: their last update stays 0
+            last = self._with_trainable_part(self.last_update, last)
+        return self.replace(
+            step=self.step + 1,
+            params=self._with_trainable_part(self.params, new),
+            opt_state=opt_state,
+            last_update=None if self.last_update is None else last,
         )
-        if not isinstance(self.tx, ZeroPreserving):  # otherwise zero gradients keep frozen moments at 0
-            frozen = jax.tree.map(jnp.logical_not, self.trainable)
-            opt_state = reset_optimizer_elements(self.tx, opt_state, frozen)
-        last = None
-        if self.last_update is not None:
-            last = jax.tree.map(lambda u, t: jnp.where(t, u, jnp.zeros_like(u)), updates, self.trainable)
-        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, last_update=last)
+
+
+def _path(key_path) -> Path:
+    """A pytree key path as the tuple of its dict keys (``("mixer", "hyper_w1", "kernel")``)."""
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in key_path)
+
+
+def _paths_where(tree: Any, test: Callable[[Any], bool]) -> list[Path]:
+    """Paths of the leaves of ``tree`` for which ``test(leaf)`` holds (Python scalars are leaves too)."""
+    return [_path(p) for p, leaf in jax.tree_util.tree_leaves_with_path(tree) if test(leaf)]
 
 
 class Context(NamedTuple):

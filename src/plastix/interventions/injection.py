@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from plastix.interventions.base import Intervention, TrainState, _no_state, reset_optimizer_elements, zeros_like_bool
+from plastix.interventions.base import Intervention, TrainState, _no_state, zeros_like_bool
 from plastix.nn.topology import (
     Neurons,
     Params,
@@ -114,7 +114,9 @@ def head_targets(topology: Topology, names: Sequence[str] = ()) -> tuple[Target,
 
 def add_slots(params: Params, targets: Sequence[Target], slots: int) -> tuple[Params, Params]:
     """``params`` with ``slots`` empty injection slots per unit of every target, and the initial
-    trainable mask (everything trains except the slots, which train only once injected)."""
+    trainable mask: everything trains except the slots, whose active units train once injected;
+    their compensation units and gates never do (``False``, a :attr:`TrainState.fixed` parameter,
+    so the optimizer keeps no state for them)."""
     if slots < 1:
         raise ValueError(f"slots: got {slots}, must be >= 1 (injection slots per unit)")
     if SLOTS in params:
@@ -136,7 +138,8 @@ def add_slots(params: Params, targets: Sequence[Target], slots: int) -> tuple[Pa
         }
         for key, value in zeros.items():
             tree = set_path_create(tree, t.module + (key,), value)
-            frozen = set_path_create(frozen, t.module + (key,), jnp.zeros(value.shape, bool))
+            never = key in FROZEN_SLOT_PARAMS  # the Python False: a TrainState.fixed parameter
+            frozen = set_path_create(frozen, t.module + (key,), False if never else jnp.zeros(value.shape, bool))
     return {**params, SLOTS: tree}, {**trainable, SLOTS: frozen}
 
 
@@ -303,8 +306,7 @@ def inject(
                 hit = Slice(path, bias=bias).mask(chosen & freeze, get_path(params, path).shape)
                 touched = set_path(touched, path, get_path(touched, path) | hit)
                 trainable = set_path(trainable, path, get_path(trainable, path) & ~hit)
-    opt_state = reset_optimizer_elements(state.tx, state.opt_state, touched)
-    return state.replace(params=params, opt_state=opt_state, trainable=trainable)
+    return state.replace(params=params, trainable=trainable).with_fresh_moments(touched)
 
 
 @dataclasses.dataclass(frozen=True)

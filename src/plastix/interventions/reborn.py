@@ -40,7 +40,6 @@ from plastix.interventions.base import (
     TrainState,
     _no_state,
     mark,
-    reset_optimizer_elements,
     zeros_like_bool,
 )
 from plastix.interventions.redo import recycle_neurons
@@ -191,12 +190,11 @@ def reborn(config: ReBornConfig, topology: Topology, init_params: InitParams) ->
                 hit = piece.mask(units, value.shape)
                 params = set_path(params, piece.path, jnp.where(hit, shared.astype(value.dtype), value))
                 touched = mark(touched, piece.path, hit)
-        opt_state = state.opt_state
+        state = state.replace(params=params)
         if config.reset_optimizer:
-            opt_state = reset_optimizer_elements(state.tx, opt_state, touched)
+            state = state.with_fresh_moments(touched)
         # 2. dormant neurons without a donor: ReDo's surgery (fresh incoming, zero outgoing)
         recycle = {name: plan.recycle for name, plan in plans.items()}
-        state = state.replace(params=params, opt_state=opt_state)
         return recycle_neurons(state, topology, recycle, fresh, config.reset_optimizer)
 
     return Intervention(_no_state, apply)

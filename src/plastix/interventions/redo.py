@@ -27,7 +27,6 @@ from plastix.interventions.base import (
     _no_state,
     check_choice,
     mark,
-    reset_optimizer_elements,
     zeros_like_bool,
 )
 from plastix.nn.topology import Params, Topology, get_path, set_path
@@ -184,10 +183,8 @@ def recycle_neurons(
             params = set_path(params, piece.path, jnp.where(hit, new, value))
             touched = mark(touched, piece.path, hit)
     params, touched = _zero_outgoing(params, topology, masks, touched)  # 2. outgoing slices: 0 in every consumer
-    opt_state = state.opt_state
-    if reset_optimizer:
-        opt_state = reset_optimizer_elements(state.tx, opt_state, touched)
-    return state.replace(params=params, opt_state=opt_state)
+    state = state.replace(params=params)
+    return state.with_fresh_moments(touched) if reset_optimizer else state
 
 
 def redo(config: ReDoConfig, topology: Topology, init_params: InitParams) -> Intervention:

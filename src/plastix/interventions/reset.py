@@ -13,7 +13,6 @@ from plastix.interventions.base import (
     TrainState,
     _no_state,
     mark,
-    reset_optimizer_elements,
     zeros_like_bool,
 )
 from plastix.nn.topology import Params, Path, Topology, get_path, set_path
@@ -88,8 +87,8 @@ def reset_layers(state: TrainState, paths: list[Path], fresh_params: Params, res
     for path in paths:
         params = set_path(params, path, get_path(fresh_params, path))
         touched = mark(touched, path, jnp.ones(get_path(params, path).shape, bool))
-    opt_state = reset_optimizer_elements(state.tx, state.opt_state, touched) if reset_optimizer else state.opt_state
-    return state.replace(params=params, opt_state=opt_state)
+    state = state.replace(params=params)
+    return state.with_fresh_moments(touched) if reset_optimizer else state
 
 
 def reset(config: ResetConfig, topology: Topology, init_params: InitParams) -> Intervention:
