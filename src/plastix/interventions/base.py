@@ -220,7 +220,9 @@ class Intervention(NamedTuple):
         E|h_i| (N,)}`` on the batch of that update, taken at the parameters the gradient was taken
         at; it is computed only if the hook calls it (CBP's utilities read it).
       extend: ``extend(params) -> (params, trainable or None)``: parameters the method pre-allocates
-        (KNIFE's injection slots) and the initial trainable mask; identity by default.
+        (KNIFE's injection slots) and the initial trainable mask, whose leaves may be the Python
+        ``False`` for parameters that never train (:attr:`TrainState.fixed`: no optimizer state);
+        identity by default.
       forward: ``forward(apply_fn) -> apply_fn``: how the method changes the network's forward pass
         (KNIFE adds its slots' units); identity by default. Learners run every forward pass through it.
       extend_topology: ``extend_topology(topology) -> topology``: the neuron layers as ``forward``
