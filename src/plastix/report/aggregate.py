@@ -114,9 +114,13 @@ def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0
     replicates = []
     for start in range(0, reps, block):
         n = min(block, reps - start)
-        draws = [(rng.randint(0, rx, (rx, tasks)), rng.randint(0, ry, (ry, tasks))) for _ in range(n)]
-        xs = x[np.stack([d[0] for d in draws]), np.arange(tasks)]  # (n, rx, tasks)
-        ys = y[np.stack([d[1] for d in draws]), np.arange(tasks)]
+        if rx == ry:  # rliable's per-replicate draws, x's then y's, are one draw of the same bound
+            rows = rng.randint(0, rx, size=(n, 2, rx, tasks))
+            ix, iy = rows[:, 0], rows[:, 1]
+        else:
+            draws = [(rng.randint(0, rx, (rx, tasks)), rng.randint(0, ry, (ry, tasks))) for _ in range(n)]
+            ix, iy = np.stack([d[0] for d in draws]), np.stack([d[1] for d in draws])
+        xs, ys = x[ix, np.arange(tasks)], y[iy, np.arange(tasks)]  # (n, runs, tasks)
         replicates.append(_pairs_greater(xs, ys))
     low, high = np.percentile(np.concatenate(replicates), [2.5, 97.5])
     return Estimate(point, float(low), float(high), min(rx, ry))
