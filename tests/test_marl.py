@@ -413,6 +413,16 @@ def test_ranking_says_which_settings_the_intervals_separate():
     assert separated in text and "worse than `none`: none." in text
     alike = ranking_table(log({m: lambda s: 3.0 for m in ("none", "redo", "knife")}), settings, [])
     assert any("at 10 seeds these methods are not separated by final return" in ln for ln in alike)
+    ends_on_task_1 = log(returns).assign(**{"eval_return/task_0": lambda d: d.eval_return})
+    lines = ranking_table(ends_on_task_1, settings, ["eval_return/task_0"])
+    assert (
+        "task 1 at the end" not in "\n".join(lines)
+        and "the final return is the return on the re-visited task 1" in lines[2]
+    )
+    other = ends_on_task_1.assign(**{"eval_return/task_0": 0.0})
+    assert "| final return | rank | P(> none) | task 1 at the end |" in "\n".join(
+        ranking_table(other, settings, ["eval_return/task_0"])
+    )
 
 
 def test_ranking_gives_tied_settings_one_shared_rank():

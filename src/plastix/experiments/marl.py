@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 
 from plastix.agents import LoopConfig
@@ -355,20 +356,24 @@ def competition_ranks(values: dict[str, float]) -> dict[str, str]:
 
 def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -> list[str]:
     """Markdown lines: settings ranked by IQM [95% stratified bootstrap CI] of the final greedy return
-    and, with tasks, of the final return on the first task (re-visited at the end of the sequence),
+    and, with tasks, of the final return on the first task (re-visited at the end of the sequence;
+    left out when it equals the final return for every run, as when the sequence ends on task 1),
     each with P(> none), the probability of improvement over the same mixer's ``none`` (rliable's
     definition, 95% bootstrap CI), and a line per column saying what the intervals separate: a rank
     alone does not say whether a difference is more than the spread across seeds."""
     from plastix.report import final_values, format_estimate, improvement_ci, iqm_ci
 
     columns = {"final return": "eval_return"} | ({"task 1 at the end": task_cols[0]} if task_cols else {})
-    estimates, improvements = {}, {}
+    estimates, improvements, finals = {}, {}, {}
     for label, column in columns.items():
         if column not in df:
             continue
         final = final_values(df, column, ["setting"])
         scores = {s: final.loc[final.setting == s, column].to_numpy()[:, None] for s in settings}
         scores = {s: v for s, v in scores.items() if len(v)}
+        if finals and all(s in scores and np.array_equal(v, scores[s]) for s, v in finals.items()):
+            continue  # the sequence ends on task 1: the final return says it all
+        finals = finals or scores
         estimates[label] = iqm_ci(scores)
         improvements[label] = {
             s: improvement_ci(v, scores[baseline])
@@ -377,6 +382,7 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
         }
     if not estimates:
         return []
+    same_as_final = len(estimates) < len(columns) and all(c in df for c in columns.values())
     first = next(iter(estimates))
     order = sorted(estimates[first], key=lambda s: -estimates[first][s].value)
     ranks = {label: competition_ranks({s: est.value for s, est in e.items()}) for label, e in estimates.items()}
@@ -384,7 +390,12 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
         f"### Methods ranked by {first} (IQM [95% stratified bootstrap CI] over seeds)",
         "",
         "P(> none): probability that a run of the method scores higher than a run of `none` with the same "
-        "mixer (ties count 1/2; 0.5 = no difference), with its 95% stratified bootstrap CI.",
+        "mixer (ties count 1/2; 0.5 = no difference), with its 95% stratified bootstrap CI."
+        + (
+            " The sequence ends on task 1, so the final return is the return on the re-visited task 1."
+            if same_as_final
+            else ""
+        ),
         "",
         "| setting | " + " | ".join(f"{label} | rank | P(> none)" for label in estimates) + " |",
         "|---|" + "---|---|---|" * len(estimates),
