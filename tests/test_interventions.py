@@ -468,6 +468,8 @@ def test_fixed_parameters_get_no_optimizer_state_and_leave_the_others_stepping_a
     assert all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(fresh) if m.dtype == jnp.float32)
     with pytest.raises(ValueError, match="never train"):
         fixed.with_trainable(None)
+    unfrozen = fixed.with_trainable(jax.tree.map(lambda p: jnp.ones(p.shape, bool), params))
+    np.testing.assert_array_equal(get_path(unfrozen.trainable, path), False)  # a fixed parameter stays frozen
 
 
 CHAINS = {  # every branch of make_optimizer's declaration: stateful or not, L2 or decoupled decay

@@ -115,13 +115,20 @@ class TrainState(flax.struct.PyTreeNode):
         return jax.tree_util.tree_map_with_path(lambda path, x: new.get(_path(path), x), tree)
 
     def with_trainable(self, trainable: Params | None) -> TrainState:
-        """This state with the trainable mask ``trainable`` (moments of frozen elements zeroed now)."""
+        """This state with the trainable mask ``trainable`` (moments of frozen elements zeroed now).
+        A :attr:`fixed` parameter stays frozen whatever ``trainable`` says (it has no optimizer state)."""
         if trainable is None:
             if self.fixed:
                 raise ValueError("TrainState.with_trainable(None): this state has parameters that never train")
             return self.replace(trainable=None)
-        trainable = jax.tree.map(
-            lambda p, t: jnp.broadcast_to(jnp.asarray(t, bool), jnp.shape(p)), self.params, trainable
+        trainable = jax.tree_util.tree_map_with_path(
+            lambda path, p, t: (
+                jnp.zeros(jnp.shape(p), bool)
+                if _path(path) in self.fixed
+                else jnp.broadcast_to(jnp.asarray(t, bool), jnp.shape(p))
+            ),
+            self.params,
+            trainable,
         )
         frozen = jax.tree.map(jnp.logical_not, trainable)
         return self.replace(trainable=trainable).with_fresh_moments(frozen)
