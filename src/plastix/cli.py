@@ -222,10 +222,9 @@ def print_summary(title: str, columns: list[tuple[str, str, float]], rows: list[
         cells = []
         for _, key, k in columns:
             value = r.get(key)
-            if isinstance(value, Estimate | tuple) and value[0] != value[0]:  # NaN: not logged for this setting
-                cells.append("–")
-            elif isinstance(value, Estimate | tuple):
-                cells.append(f"{value[0] * k:.1f}\n[dim]{value[1] * k:.1f}–{value[2] * k:.1f}[/dim]")
+            if isinstance(value, Estimate | tuple):  # NaN: a column this setting does not log
+                nan = value[0] != value[0]
+                cells.append("–" if nan else f"{value[0] * k:.1f}\n[dim]{value[1] * k:.1f}–{value[2] * k:.1f}[/dim]")
             else:
                 cells.append("–" if value is None else str(value))
         table.add_row(*cells)

@@ -364,7 +364,8 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
     from plastix.report import final_values, format_estimate, improvement_ci, iqm_ci
 
     columns = {"final return": "eval_return"} | ({"task 1 at the end": task_cols[0]} if task_cols else {})
-    estimates, improvements, finals = {}, {}, {}
+    baselines = {s: baseline_setting(df, s) for s in settings}
+    estimates, improvements, finals, same_as_final = {}, {}, {}, False
     for label, column in columns.items():
         if column not in df:
             continue
@@ -372,17 +373,17 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
         scores = {s: final.loc[final.setting == s, column].to_numpy()[:, None] for s in settings}
         scores = {s: v for s, v in scores.items() if len(v)}
         if finals and all(s in scores and np.array_equal(v, scores[s]) for s, v in finals.items()):
-            continue  # the sequence ends on task 1: the final return says it all
+            same_as_final = True  # the sequence ends on task 1: the final return says it all
+            continue
         finals = finals or scores
         estimates[label] = iqm_ci(scores)
         improvements[label] = {
             s: improvement_ci(v, scores[baseline])
             for s, v in scores.items()
-            if (baseline := baseline_setting(df, s)) in scores and baseline != s
+            if (baseline := baselines[s]) in scores and baseline != s
         }
     if not estimates:
         return []
-    same_as_final = len(estimates) < len(columns) and all(c in df for c in columns.values())
     first = next(iter(estimates))
     order = sorted(estimates[first], key=lambda s: -estimates[first][s].value)
     ranks = {label: competition_ranks({s: est.value for s, est in e.items()}) for label, e in estimates.items()}
