@@ -43,6 +43,15 @@ def test_a_kill_between_the_rows_and_the_checkpoint_resumes_the_last_complete_ch
     pd.testing.assert_frame_equal(rundir.load_checkpoint(STATE)[1], more)
 
 
+def test_a_checkpoint_of_another_state_layout_is_refused_as_not_matching(tmp_path):
+    """A template with ``None`` where the saved state has an array (orbax restores the rest without a
+    word; e.g. a KNIFE run saved before its fixed parameters lost their optimizer moments) is refused
+    as another config's state, not as corruption and never as a resumed run."""
+    rundir = _saved(tmp_path)
+    with pytest.raises(ValueError, match="does not match this config's state .*holds 2 arrays.* has 1"):
+        rundir.load_checkpoint({"w": STATE["w"], "b": None})
+
+
 def test_flipped_checkpoint_bytes_are_refused(tmp_path):
     rundir = _saved(tmp_path)
     files = [os.path.join(d, f) for d, _, fs in os.walk(rundir.file("checkpoint")) for f in fs]

@@ -52,6 +52,12 @@ def write_json(path: str, value: Any, sort_keys: bool = False) -> None:
     write_text(path, json.dumps(value, indent=2, sort_keys=sort_keys, default=str))
 
 
+def structure_digest(tree: Any) -> str:
+    """SHA-256 of a pytree's leaf paths (``['online'].params['fc1']['kernel']``, ...), in leaf order."""
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+
+
 def array_digest(tree: Any) -> str:
     """SHA-256 over every array of a pytree (shapes, dtypes and bytes, in leaf order)."""
     h = hashlib.sha256()
@@ -273,6 +279,8 @@ class RunDir:
             "rows_file": rows_name,
             "meta": meta,
             "state_sha256": array_digest(state),
+            "state_structure": structure_digest(state),
+            "state_leaves": len(jax.tree.leaves(state)),
             "rows_sha256": rows_digest,
         }
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
@@ -332,9 +340,17 @@ class RunDir:
         if restored is None:
             return None
         extra = restored["extra"]
+        if "state_structure" in extra and structure_digest(template) != extra["state_structure"]:
+            # orbax restores the template's leaves from a larger saved state without a word
+            raise ValueError(
+                f"{self.file('checkpoint')}: checkpoint does not match this config's state (it holds "
+                f"{extra['state_leaves']} arrays laid out otherwise; this code's state has "
+                f"{len(jax.tree.leaves(template))}: another config or another plastix version); delete it to restart"
+            )
         if "state_sha256" in extra and array_digest(restored["state"]) != extra["state_sha256"]:
             raise CorruptRunError(
-                f"{self.file('checkpoint')}: checksum mismatch (corrupt checkpoint); delete the run to restart"
+                f"{self.file('checkpoint')}: checksum mismatch (corrupt, or written by another plastix version "
+                "whose state was laid out otherwise); delete the run to restart"
             )
         state = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored["state"]))
         n_rows = extra["rows"]
