@@ -16,3 +16,7 @@ os.environ.setdefault("PLASTIX_COMPILATION_CACHE", _CACHE)  # processes the test
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+from plastix.jit import collect_garbage_less_often  # noqa: E402
+
+collect_garbage_less_often()  # tests trace many programs

@@ -165,6 +165,23 @@ def test_cli_turns_on_the_compilation_cache_unless_told_not_to(monkeypatch, tmp_
         jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
 
 
+def test_a_training_process_collects_garbage_less_often():
+    import gc
+
+    import jax
+
+    from plastix.cli import prepare_process
+    from plastix.jit import TRACING_GC_THRESHOLDS
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        assert prepare_process() == jax.config.jax_compilation_cache_dir  # the test set-up's, kept
+        assert gc.get_threshold() == TRACING_GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*saved)
+
+
 def test_run_concurrently_keeps_order_and_raises_the_first_error_after_the_running_jobs_end():
     import threading
     import time

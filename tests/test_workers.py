@@ -3,6 +3,7 @@
 The jobs are this module's functions, so the worker processes (``spawn``) import this module.
 """
 
+import gc
 import os
 import signal
 import threading
@@ -12,6 +13,7 @@ import pytest
 
 from plastix.experiments import workers
 from plastix.experiments.runner import Interrupted
+from plastix.jit import TRACING_GC_THRESHOLDS
 
 
 class _Unpicklable(Exception):
@@ -29,7 +31,7 @@ def _job(job, stop, progress):
     if kind == "square":
         return value * value
     if kind == "where":
-        return sorted(os.sched_getaffinity(0)), jax.config.jax_default_matmul_precision, os.getpid()
+        return sorted(os.sched_getaffinity(0)), jax.config.jax_default_matmul_precision, os.getpid(), gc.get_threshold()
     if kind == "fail":
         raise ValueError(f"job {value} failed")
     if kind == "unpicklable":
@@ -60,7 +62,7 @@ def test_core_shares_split_the_cores_contiguously(monkeypatch):
 
 def test_worker_processes_run_jobs_in_order_pinned_with_this_process_settings():
     """Results in job order, every ``progress`` call relayed here, each worker in its own process
-    pinned to a share of the cores and with this process's JAX settings."""
+    pinned to a share of the cores, with this process's JAX settings and the tracing GC thresholds."""
     import jax
 
     calls, lock = [], threading.Lock()
@@ -79,8 +81,9 @@ def test_worker_processes_run_jobs_in_order_pinned_with_this_process_settings():
     assert results[0] == 9 and results[2] == 4
     assert sorted(calls) == sorted(jobs)
     shares = [list(share) or sorted(os.sched_getaffinity(0)) for share in workers.core_shares(2)]
-    for cores, precision, pid in (results[1], results[3]):
+    for cores, precision, pid, thresholds in (results[1], results[3]):
         assert cores in shares and precision == "highest" and pid != os.getpid()
+        assert thresholds == TRACING_GC_THRESHOLDS
     # one worker, or one job: in this process
     assert workers.run_in_processes(_job, [("where", 0)], 2)[0][2] == os.getpid()
     assert [r[2] for r in workers.run_in_processes(_job, [("where", 0), ("where", 1)], 1)] == [os.getpid()] * 2

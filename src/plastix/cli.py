@@ -430,6 +430,15 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
+def prepare_process() -> str | None:
+    """Settings of a process that trains: :func:`enable_compilation_cache` (returned) and
+    :func:`~plastix.jit.collect_garbage_less_often`."""
+    from plastix.jit import collect_garbage_less_often
+
+    collect_garbage_less_often()
+    return enable_compilation_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit status (0 ok, 1 run failed, 2 bad input,
     130 interrupted by Ctrl-C)."""
@@ -457,10 +466,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"plastix report: {e}", file=sys.stderr)
                 return 2
         if command.command == "sweep":
-            enable_compilation_cache()
+            prepare_process()
             return run_sweep(*command.config)
         check_unused_flags(command.experiment, command.config, argv)
-        enable_compilation_cache()
+        prepare_process()
         return run(command.experiment, command.config)
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"plastix: error: {e}", file=sys.stderr)

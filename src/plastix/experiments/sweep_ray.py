@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 def cell_task(root: str, cell, options) -> str:
     """What a Ray worker runs for one cell (also callable directly)."""
-    from plastix.cli import enable_compilation_cache
+    from plastix.cli import prepare_process
     from plastix.experiments.sweep import run_one_cell
 
-    enable_compilation_cache()
+    prepare_process()
     return run_one_cell(root, cell, options)
 
 

@@ -148,9 +148,12 @@ def _worker_main(conn, cores: tuple[int, ...], settings: dict[str, Any], stop_ev
         os.sched_setaffinity(0, cores)  # before JAX sizes its thread pools
     import jax
 
+    from plastix.jit import collect_garbage_less_often
+
     for name, value in settings.items():
         if jax.config.values.get(name, value) != value:
             jax.config.update(name, value)
+    collect_garbage_less_often()
     stop = _WorkerStop(stop_event, parent)
 
     def progress(*args):
