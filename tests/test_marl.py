@@ -1,6 +1,7 @@
 """The value-factorization learner: mixers' defining properties, TD(λ) targets, masking of padded
 steps, task switches inside the jitted run, vmap equivalence and a small solvable game."""
 
+import dataclasses
 import itertools
 import os
 
@@ -339,6 +340,25 @@ def test_marl_experiment_cells_are_valid_runs(experiment, scale):
     env, agent, _ = build_agent(cells[0][1])
     make_train(cells[0][1].loop, env, agent)
     assert cells[0][1].loop.env_steps == sum(n for _, n in cells[0][1].loop.tasks) or not cells[0][1].loop.tasks
+
+
+@pytest.mark.parametrize(
+    "experiment, fits, misfit, unit",
+    [("matrix-sequential", 4_800, 7, "2,400"), ("predator-prey", 96_000, 100_000, "32,000"),
+     ("smax-task-drift", 160_000, 100_000, "80,000"), ("smax-3s-vs-5z", 32_000, 20_000, "16,000")],
+)  # fmt: skip
+def test_marl_experiments_run_the_env_steps_asked_for_or_say_which_fit(experiment, fits, misfit, unit):
+    """``--env-steps`` that splits into whole periods (per task) runs exactly; another length is
+    refused with the nearest that fit, not rounded silently (7 used to run 2,400 steps)."""
+    from plastix.experiments import dormant
+
+    if experiment.startswith("smax"):
+        pytest.importorskip("jaxmarl")
+    cells = dormant.EXPERIMENTS[experiment][0]
+    config = dormant.DormantExperimentConfig(env_steps=fits, mixers=("qmix",), methods=("none",))
+    assert cells(config)[0][1].loop.env_steps == fits
+    with pytest.raises(ValueError, match=rf"env_steps \(--env-steps\): {misfit:,} env steps .* multiple of {unit}"):
+        cells(dataclasses.replace(config, env_steps=misfit))
 
 
 def test_every_study_method_builds_on_every_mixer():

@@ -50,15 +50,15 @@ OVERLAPS = {
 }
 DESCRIPTIONS = {
     "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again "
-    "(small: ~1 min on a 2-core CPU; --scale paper: 5 seeds × 120k env steps per cell, GPU time not yet measured)",
+    "(small: ~1 min on a 2-core CPU; --scale paper: 5 seeds × 115.2k env steps per cell, GPU time not yet measured)",
     "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2 "
-    "(--scale paper: 5 seeds × 1M env steps per cell, GPU time not yet measured)",
+    "(--scale paper: 5 seeds × 960k env steps per cell, GPU time not yet measured)",
     "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting "
-    "protoss → zerg-like (small: ~7 min on a 2-core CPU; --scale paper: 5 seeds × 2M env steps per cell, "
-    "≈ 2 h on a 2-core CPU from the measured 12.6k env-steps/s, GPU time not yet measured)",
+    "protoss → zerg-like (small: ~7 min on a 2-core CPU; --scale paper: 5 seeds × 1.6M env steps per cell, "
+    "≈ 1.6 h on a 2-core CPU from the measured 12.6k env-steps/s, GPU time not yet measured)",
     "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence "
-    "(--scale paper: 5 seeds × 2M env steps per cell, ≈ 2 h on a 2-core CPU, GPU time not yet measured)",
-    "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z (--scale paper: 5 seeds × 2M env "
+    "(--scale paper: 5 seeds × 1.6M env steps per cell, ≈ 1.6 h on a 2-core CPU, GPU time not yet measured)",
+    "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z (--scale paper: 5 seeds × 1.92M env "
     "steps per cell, ≈ 1.1 h on a 2-core CPU from the measured 22k env-steps/s, GPU time not yet measured)",
 }
 """One line per MARL experiment (``plastix list`` and the reports)."""
@@ -67,6 +67,27 @@ MARL_EXPERIMENTS = tuple(DESCRIPTIONS)
 
 def _period(paper: bool, experiment: str) -> int:
     return 50 if experiment == "matrix-sequential" and not paper else 200 if paper else 20
+
+
+def _whole_periods(asked: int, default: int, unit: int, split: str) -> int:
+    """``asked`` env steps if they split into ``split``, whole ``unit`` s of env steps (when 0:
+    ``default`` rounded down to whole units, at least one): a run never silently does another
+    length than the one asked for.
+
+    Raises:
+      ValueError: naming ``--env-steps`` and the nearest lengths that split.
+    """
+    if not asked:
+        return max(unit, default // unit * unit)
+    steps = asked
+    if steps % unit == 0:
+        return steps
+    lower = steps // unit * unit
+    nearest = f"{lower:,} or {lower + unit:,}" if lower else f"{unit:,}"
+    raise ValueError(
+        f"DormantExperimentConfig.env_steps (--env-steps): {steps:,} env steps do not split into {split}; "
+        f"use a multiple of {unit:,}, e.g. {nearest}"
+    )
 
 
 STUDY_METHODS = ("none", "redo", "regrama", "reborn", "cbp", "reset", "injection", "knife")
@@ -133,11 +154,13 @@ def marl_plasticity(method: str, period: int, every: int, tasks: bool = False, m
 def matrix_loop(config, paper: bool) -> LoopConfig:
     """8 envs (8 one-step episodes per vector step), one update per vector step (PyMARL2: one
     update per 8 episodes). small: 2,000 env steps per task (250 updates), F = 50 updates;
-    paper: 20,000 env steps per task, F = 200."""
-    per_task = (config.env_steps // 6) if config.env_steps else (20_000 if paper else 2_000)
+    paper: 19,200 env steps per task (20,000 rounded down to whole periods), F = 200."""
     period = _period(paper, "matrix-sequential")
     steps_per_period = period * 8
-    per_task = max(steps_per_period, per_task // steps_per_period * steps_per_period)
+    tasks = 6  # five games, then the first again
+    split = f"{tasks} tasks of whole periods ({period} updates = {steps_per_period:,} env steps each)"
+    total = _whole_periods(config.env_steps, tasks * (20_000 if paper else 2_000), tasks * steps_per_period, split)
+    per_task = total // tasks
     schedule = sequential_schedule(per_task)
     return LoopConfig(
         env_steps=schedule.total_steps,
@@ -158,11 +181,11 @@ def predator_prey_loop(config, paper: bool) -> LoopConfig:
     """8 envs of 200-step episodes, one update (a batch of episodes) per 8 episodes collected
     (PyMARL2). small: 160,000 env steps (100 updates: shows the pipeline and the neuron ratios
     in minutes on a CPU, far too short to learn the task), batch 8 episodes, F = 20 updates;
-    paper: 1M env steps (WQMIX's t_max), batch 32, F = 200 updates."""
-    steps = config.env_steps or (1_000_000 if paper else 160_000)
+    paper: 960,000 env steps (WQMIX's t_max of 1M, rounded down to whole periods), batch 32, F = 200 updates."""
     period = _period(paper, "predator-prey")
     per_period = period * 1_600
-    steps = max(per_period, steps // per_period * per_period)
+    split = f"whole periods ({period} updates = {per_period:,} env steps each)"
+    steps = _whole_periods(config.env_steps, 1_000_000 if paper else 160_000, per_period, split)
     return LoopConfig(
         env_steps=steps,
         num_envs=8,
@@ -180,14 +203,17 @@ def predator_prey_loop(config, paper: bool) -> LoopConfig:
 def smax_loop(config, paper: bool, tasks: int) -> LoopConfig:
     """8 envs of ≤ 100-step battles, one update per 8 episodes' worth of env steps (RR 1/800).
     small: 80,000 env steps (100 updates: the pipeline and the neuron ratios in minutes on a CPU,
-    far too short to learn), batch 8 episodes, F = 20 updates; paper: 2M env steps, batch 32,
-    F = 200. With tasks, the run is split evenly between them (whole periods)."""
-    steps = config.env_steps or (2_000_000 if paper else 80_000)
+    far too short to learn), batch 8 episodes, F = 20 updates; paper: 2M env steps rounded down to
+    whole periods (1.6M with 5 tasks, 1.92M without), batch 32, F = 200. With tasks, the run is
+    split evenly between them (whole periods)."""
     period = 200 if paper else 20
     per_period = period * 800
-    per_task = max(per_period, steps // max(tasks, 1) // per_period * per_period)
+    split = f"whole periods ({period} updates = {per_period:,} env steps each)"
+    if tasks:
+        split = f"{tasks} tasks of {split}"
+    total = _whole_periods(config.env_steps, 2_000_000 if paper else 80_000, per_period * max(tasks, 1), split)
+    per_task = total // tasks if tasks else total
     schedule = tuple((t, per_task) for t in range(tasks)) if tasks else ()
-    total = per_task * tasks if tasks else max(per_period, steps // per_period * per_period)
     return LoopConfig(
         env_steps=total,
         num_envs=8,
