@@ -43,6 +43,40 @@ def test_a_kill_between_the_rows_and_the_checkpoint_resumes_the_last_complete_ch
     pd.testing.assert_frame_equal(rundir.load_checkpoint(STATE)[1], more)
 
 
+def test_a_disk_full_save_says_so_and_leaves_the_last_checkpoint_as_it_was(tmp_path, monkeypatch, caplog):
+    """A save that runs out of space (orbax reports it as tensorstore's ``ValueError``
+    RESOURCE_EXHAUSTED, found on a full tmpfs) is an ``OSError`` ENOSPC saying how to resume; what
+    it wrote is removed, the last complete checkpoint loads with its rows, and orbax's own
+    tracebacks of the failure are not logged."""
+    import errno
+    import logging
+
+    import orbax.checkpoint as ocp
+
+    rundir = _saved(tmp_path)
+
+    def full(self, step, args=None):
+        os.makedirs(os.path.join(rundir.file("checkpoint"), f"{step}.orbax-checkpoint-tmp-7"))
+        logging.getLogger("absl").error("write failed", exc_info=OSError(errno.ENOSPC, "No space left on device"))
+        raise ValueError(f"RESOURCE_EXHAUSTED: Error writing {step}: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with caplog.at_level(logging.ERROR, logger="absl"), pytest.raises(OSError, match="run the same command again") as e:
+        rundir.save_checkpoint(STATE, pd.concat([ROWS, ROWS]), {"chunks_done": 3})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == rundir.file("checkpoint")
+    assert not caplog.records  # orbax's log of it is dropped
+    assert sorted(os.listdir(rundir.path)) == ["checkpoint", "rows-1.parquet"]
+    assert not [n for n in os.listdir(rundir.file("checkpoint")) if "tmp" in n]
+    state, rows, meta = rundir.load_checkpoint(STATE)
+    np.testing.assert_array_equal(state["w"], STATE["w"])
+    pd.testing.assert_frame_equal(rows, ROWS)
+    assert meta == {"chunks_done": 2}
+    monkeypatch.setattr(ocp.CheckpointManager, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError, match="other"):  # any other failure: raised as it is, cleaned up too
+        rundir.save_checkpoint(STATE, ROWS, {"chunks_done": 3})
+    assert sorted(os.listdir(rundir.path)) == ["checkpoint", "rows-1.parquet"]
+
+
 def test_a_checkpoint_of_another_state_layout_is_refused_as_not_matching(tmp_path):
     """A template with ``None`` where the saved state has an array (orbax restores the rest without a
     word; e.g. a KNIFE run saved before its fixed parameters lost their optimizer moments) is refused

@@ -13,14 +13,18 @@ Re-running a finished run is a no-op; re-running a killed run resumes from its l
 Every file is verified against its checksum when read: a corrupt or truncated file is refused
 with :class:`CorruptRunError` naming it, never used. A chunk whose loss or parameters are not
 finite stops the run with :class:`NonFiniteError` (:func:`check_finite`) before it is saved, so
-the last checkpoint is always a good one.
+the last checkpoint is always a good one. A save that fails (a full disk: ``OSError`` ENOSPC,
+saying how to resume) removes what it wrote, so the last complete checkpoint is what remains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 from typing import Any
@@ -37,6 +41,29 @@ class CorruptRunError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     """Training produced a NaN / inf loss or parameter."""
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says a write failed for lack of space: ``OSError`` ENOSPC, or orbax's
+    (tensorstore's) ``ValueError`` "RESOURCE_EXHAUSTED ... No space left on device"."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(error) or "os_error_code='28'" in str(error)
+
+
+class _DiskFullNoise(logging.Filter):
+    """Drops orbax's own log of a failed write for lack of space (a traceback per writer thread):
+    :meth:`RunDir.save_checkpoint` raises that failure itself, in one line that says what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (_disk_full(error) if error is not None else "No space left on device" in record.getMessage())
+
+
+def _quiet_disk_full_logs() -> None:
+    absl = logging.getLogger("absl")  # orbax logs through absl
+    if not any(isinstance(f, _DiskFullNoise) for f in absl.filters):
+        absl.addFilter(_DiskFullNoise())
 
 
 def write_text(path: str, text: str) -> None:
@@ -265,30 +292,55 @@ class RunDir:
         import orbax.checkpoint as ocp
 
         os.makedirs(self.path, exist_ok=True)
+        _quiet_disk_full_logs()
         table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         manager = self._checkpoints()
         step = (manager.latest_step() or 0) + 1
         rows_name = f"rows-{step}.parquet"
         tmp = self.file(rows_name + ".tmp")
-        table.to_parquet(tmp)
-        rows_digest = file_digest(tmp)
-        os.replace(tmp, self.file(rows_name))
-        state = jax.tree.map(np.asarray, state)
-        extra = {
-            "rows": len(table),
-            "rows_file": rows_name,
-            "meta": meta,
-            "state_sha256": array_digest(state),
-            "state_structure": structure_digest(state),
-            "state_leaves": len(jax.tree.leaves(state)),
-            "rows_sha256": rows_digest,
-        }
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
-        manager.wait_until_finished()
-        manager.close()
+        try:
+            table.to_parquet(tmp)
+            rows_digest = file_digest(tmp)
+            os.replace(tmp, self.file(rows_name))
+            state = jax.tree.map(np.asarray, state)
+            extra = {
+                "rows": len(table),
+                "rows_file": rows_name,
+                "meta": meta,
+                "state_sha256": array_digest(state),
+                "state_structure": structure_digest(state),
+                "state_leaves": len(jax.tree.leaves(state)),
+                "rows_sha256": rows_digest,
+            }
+            composite = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
+            manager.save(step, args=composite)
+            manager.wait_until_finished()
+        except Exception as e:
+            self._discard_partial_save(rows_name)
+            if _disk_full(e):
+                raise OSError(
+                    errno.ENOSPC,
+                    "no space left on device while saving a checkpoint; free some and run the same command "
+                    "again: the run resumes from its last complete checkpoint (or starts again if it has none)",
+                    self.file("checkpoint"),
+                ) from None
+            raise
+        finally:
+            manager.close()
         for name in self._rows_files():
             if name != rows_name:
                 os.remove(self.file(name))
+
+    def _discard_partial_save(self, rows_name: str) -> None:
+        """Remove what a failed save wrote (its rows file, orbax's unfinished checkpoint), so the
+        last complete checkpoint is what remains and a full disk gets its space back."""
+        for name in (rows_name, rows_name + ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.file(name))
+        checkpoints = self.file("checkpoint")
+        for name in os.listdir(checkpoints) if os.path.isdir(checkpoints) else ():
+            if "orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(checkpoints, name), ignore_errors=True)
 
     def _rows_files(self) -> list[str]:
         return [n for n in os.listdir(self.path) if n.startswith("rows") and ".parquet" in n]
