@@ -77,6 +77,22 @@ def test_a_disk_full_save_says_so_and_leaves_the_last_checkpoint_as_it_was(tmp_p
     assert sorted(os.listdir(rundir.path)) == ["checkpoint", "rows-1.parquet"]
 
 
+def test_a_checkpoint_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from plastix.experiments import rundir as rundir_module
+
+    rundir = _saved(tmp_path)
+    usage = shutil.disk_usage(rundir.path)
+    monkeypatch.setattr(rundir_module.shutil, "disk_usage", lambda path: usage._replace(free=STATE["w"].nbytes))
+    with pytest.raises(OSError, match=r"needs about 16\.\d kB, 16\.4 kB free.*run the same command again") as e:
+        rundir.save_checkpoint(STATE, ROWS, {"chunks_done": 3})
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(rundir.path)) == ["checkpoint", "rows-1.parquet"]
+    assert rundir.checkpoint_meta() == {"chunks_done": 2}
+
+
 def test_a_checkpoint_of_another_state_layout_is_refused_as_not_matching(tmp_path):
     """A template with ``None`` where the saved state has an array (orbax restores the rest without a
     word; e.g. a KNIFE run saved before its fixed parameters lost their optimizer moments) is refused

@@ -60,6 +60,21 @@ class _DiskFullNoise(logging.Filter):
         return not (_disk_full(error) if error is not None else "No space left on device" in record.getMessage())
 
 
+def _size(n: int) -> str:
+    """``n`` bytes as ``"16.4 kB"``, ``"3.2 MB"``, ``"1.1 GB"``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _disk_full_advice(what: str) -> str:
+    return (
+        f"no space left on device for a checkpoint ({what}); free some and run the same command again: "
+        "the run resumes from its last complete checkpoint (or starts again if it has none)"
+    )
+
+
 def _quiet_disk_full_logs() -> None:
     absl = logging.getLogger("absl")  # orbax logs through absl
     if not any(isinstance(f, _DiskFullNoise) for f in absl.filters):
@@ -298,11 +313,19 @@ class RunDir:
         step = (manager.latest_step() or 0) + 1
         rows_name = f"rows-{step}.parquet"
         tmp = self.file(rows_name + ".tmp")
+        state = jax.tree.map(np.asarray, state)
+        needed = sum(x.nbytes for x in jax.tree.leaves(state)) + int(table.memory_usage(deep=True).sum())
+        free = shutil.disk_usage(self.path).free
+        if needed > free:  # refused before anything is written: orbax's own failure is noisier
+            raise OSError(
+                errno.ENOSPC,
+                _disk_full_advice(f"needs about {_size(needed)}, {_size(free)} free"),
+                self.path,
+            )
         try:
             table.to_parquet(tmp)
             rows_digest = file_digest(tmp)
             os.replace(tmp, self.file(rows_name))
-            state = jax.tree.map(np.asarray, state)
             extra = {
                 "rows": len(table),
                 "rows_file": rows_name,
@@ -318,12 +341,7 @@ class RunDir:
         except Exception as e:
             self._discard_partial_save(rows_name)
             if _disk_full(e):
-                raise OSError(
-                    errno.ENOSPC,
-                    "no space left on device while saving a checkpoint; free some and run the same command "
-                    "again: the run resumes from its last complete checkpoint (or starts again if it has none)",
-                    self.file("checkpoint"),
-                ) from None
+                raise OSError(errno.ENOSPC, _disk_full_advice("the disk filled up"), self.file("checkpoint")) from None
             raise
         finally:
             manager.close()
