@@ -50,7 +50,7 @@ OVERLAPS = {
 }
 DESCRIPTIONS = {
     "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again "
-    "(small: ~70 s cold on a 2-core CPU; --scale paper: 5 seeds × 115.2k env steps per cell, GPU time not yet measured)",
+    "(small: ~70 s cold on 2 CPU cores; --scale paper: 5 seeds × 115.2k env steps per cell, GPU time not yet measured)",
     "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2 "
     "(--scale paper: 5 seeds × 960k env steps per cell, GPU time not yet measured)",
     "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting "
