@@ -38,7 +38,7 @@ def test_spec_and_names():
     assert env.spec.obs_shape == (84, 84, 4) and env.spec.num_actions == 4
     assert env.spec.max_episode_steps == 27_000 and env.spec.obs_scale == pytest.approx(1 / 255)
     assert "atari/pong" in available_envs()
-    with pytest.raises(ValueError, match="available: .*atari/breakout"):
+    with pytest.raises(ValueError, match="did you mean 'atari/breakout'.*; available: atari/<game> for ale-py's"):
         make_env("atari/Breakout")
 
 

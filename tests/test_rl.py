@@ -220,9 +220,23 @@ def test_dqn_rejects_continuous_env_and_bad_intervention_period():
         make_dqn(make_env("CartPole-v1").spec, CARTPOLE_DQN, period=100, plasticity=bad)
 
 
+def test_single_agent_learners_refuse_a_multi_agent_env():
+    """Before this check, DQN on ``matrix-sequential`` failed at trace time with
+    ``AttributeError: 'MultiAgentObs' object has no attribute 'astype'``, its run directory written."""
+    spec = make_env("matrix/classic").spec
+    with pytest.raises(ValueError, match="DQN is a single-agent learner; matrix/classic .*2 agents.*qmix or qplex"):
+        make_dqn(spec, DQNConfig())
+    with pytest.raises(ValueError, match="SAC is a single-agent learner"):
+        make_sac(spec, SACConfig())
+
+
 def test_make_env_error_lists_available():
     with pytest.raises(ValueError, match="Breakout-MinAtar"):
         make_env("Breakout")
+    with pytest.raises(ValueError, match=r"got 'Breakout-MinAtr' \(did you mean 'Breakout-MinAtar'"):
+        make_env("Breakout-MinAtr")
+    with pytest.raises(ValueError, match=r"got 'nope'; available: CartPole-v1, .*, matrix-sequential, "):
+        make_env("nope")
 
 
 def test_dqn_learns_cartpole():

@@ -167,6 +167,7 @@ def make_dqn(
     Returns:
       ``(agent, network, topology)``.
     """
+    spec.check_single_agent("DQN")
     if not spec.discrete:
         raise ValueError(f"DQN needs discrete actions; {spec.name} has continuous actions (use SAC)")
     plasticity.check_loop_period(period)

@@ -151,6 +151,7 @@ def make_sac(
     Returns:
       ``(agent, {"actor": module, "critic": module}, {"actor": topology, "critic": topology})``.
     """
+    spec.check_single_agent("SAC")
     if spec.discrete:
         raise ValueError(f"SAC needs continuous actions; {spec.name} has {spec.num_actions} discrete actions")
     plasticity.check_loop_period(period)

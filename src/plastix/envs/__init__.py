@@ -92,7 +92,21 @@ def make_env(name: str, evaluation: bool = False, **kwargs) -> Env:
         from plastix.envs.atari import make_atari
 
         return make_atari(name[len("atari/") :], evaluation=evaluation, **kwargs)
-    raise ValueError(f"env: got {name!r}, available: {available_envs()}")
+    raise ValueError(unknown_name("env", name, available_envs()))
+
+
+def unknown_name(field: str, name: str, choices: tuple[str, ...]) -> str:
+    """The error text for ``name`` not among ``choices``: the closest names first, then the
+    choices (Atari's ROMs as one entry with a count, not a hundred names)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    roms = [c for c in choices if c.startswith("atari/")]
+    listed = [c for c in choices if not c.startswith("atari/")]
+    if roms:
+        listed.append(f"atari/<game> for ale-py's {len(roms)} ROMs, e.g. {', '.join(roms[:3])}")
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f"{field}: got {name!r}{hint}; available: {', '.join(listed)}"
 
 
 __all__ = ["Env", "EnvSpec", "Timestep", "make_env", "available_envs", "MINATAR"]

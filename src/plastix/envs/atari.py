@@ -163,7 +163,9 @@ def make_atari(
     if not games:
         raise ValueError(f"env atari/{game}: ale-py is not installed (pip install 'plastix[atari]')")
     if game not in games:
-        raise ValueError(f"env: got 'atari/{game}', available: {tuple('atari/' + g for g in games)}")
+        from plastix.envs import unknown_name
+
+        raise ValueError(unknown_name("env", f"atari/{game}", tuple("atari/" + g for g in games)))
     emulators = _Emulators(game, evaluation, sticky_actions, frame_skip, stack, size)
     obs_spec = jax.ShapeDtypeStruct((stack, size, size), jnp.uint8)  # as ale-py returns it
     channels_last = lambda obs: jnp.moveaxis(obs, 0, -1)  # noqa: E731

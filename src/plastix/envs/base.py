@@ -84,6 +84,18 @@ class EnvSpec(NamedTuple):
     def discrete(self) -> bool:
         return self.num_actions > 0
 
+    def check_single_agent(self, learner: str) -> None:
+        """Raise when this is a multi-agent env: ``learner`` acts for one agent.
+
+        Raises:
+          ValueError: naming the multi-agent learners to use instead.
+        """
+        if self.agents:
+            raise ValueError(
+                f"{learner} is a single-agent learner; {self.name} is a cooperative multi-agent env "
+                f"({self.agents} agents): use --agent vdn, qmix or qplex"
+            )
+
 
 class MultiAgentObs(NamedTuple):
     """What a multi-agent env observes at one step (for one env; the loop adds batch axes in front).

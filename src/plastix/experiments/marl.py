@@ -79,13 +79,12 @@ def _whole_periods(asked: int, default: int, unit: int, split: str) -> int:
     """
     if not asked:
         return max(unit, default // unit * unit)
-    steps = asked
-    if steps % unit == 0:
-        return steps
-    lower = steps // unit * unit
+    if asked % unit == 0:
+        return asked
+    lower = asked // unit * unit
     nearest = f"{lower:,} or {lower + unit:,}" if lower else f"{unit:,}"
     raise ValueError(
-        f"DormantExperimentConfig.env_steps (--env-steps): {steps:,} env steps do not split into {split}; "
+        f"DormantExperimentConfig.env_steps (--env-steps): {asked:,} env steps do not split into {split}; "
         f"use a multiple of {unit:,}, e.g. {nearest}"
     )
 

@@ -309,10 +309,6 @@ class RunDir:
         os.makedirs(self.path, exist_ok=True)
         _quiet_disk_full_logs()
         table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-        manager = self._checkpoints()
-        step = (manager.latest_step() or 0) + 1
-        rows_name = f"rows-{step}.parquet"
-        tmp = self.file(rows_name + ".tmp")
         state = jax.tree.map(np.asarray, state)
         needed = sum(x.nbytes for x in jax.tree.leaves(state)) + int(table.memory_usage(deep=True).sum())
         free = shutil.disk_usage(self.path).free
@@ -322,6 +318,10 @@ class RunDir:
                 _disk_full_advice(f"needs about {_size(needed)}, {_size(free)} free"),
                 self.path,
             )
+        manager = self._checkpoints()
+        step = (manager.latest_step() or 0) + 1
+        rows_name = f"rows-{step}.parquet"
+        tmp = self.file(rows_name + ".tmp")
         try:
             table.to_parquet(tmp)
             rows_digest = file_digest(tmp)
