@@ -71,6 +71,8 @@ def test_grid_values_take_the_field_type_and_errors_name_field_and_choices():
         sweep.expand(sweep.SweepConfig("rl", ("seeds=1,2",)))
     with pytest.raises(ValueError, match="replay_ratio"):  # the learner's own check runs on every cell
         sweep.expand(sweep.SweepConfig("rl", ("loop.replay_ratio=-1",)))
+    with pytest.raises(ValueError, match=r"^--grid loop.replay_ratio=abc: could not convert string to float: 'abc'$"):
+        sweep.expand(sweep.SweepConfig("dqn-replay-ratio", ("loop.replay_ratio=abc",)))  # a tuple field, said once
     with pytest.raises(ValueError, match="allowed values are"):
         sweep.SweepConfig("ppo-sweep")
     with pytest.raises(ValueError, match="plastix run dormant-pruning"):

@@ -215,6 +215,14 @@ def parse_value(hint: Any, text: str, field: str) -> Any:
     Raises:
       ValueError: naming ``field``, the value and what it must be.
     """
+    try:
+        return _parse_value(hint, text)
+    except ValueError as e:
+        raise ValueError(f"--grid {field}={text}: {e}") from None
+
+
+def _parse_value(hint: Any, text: str) -> Any:
+    """:func:`parse_value` whose error says only what the value must be."""
     errors = []
     for option in _hint_options(hint):
         if option is type(None):
@@ -237,7 +245,7 @@ def parse_value(hint: Any, text: str, field: str) -> Any:
                 inner = args[0] if args else str
                 body = text[1:-1] if text.startswith("[") and text.endswith("]") else text
                 parts = [] if not body.strip() else _split_values(body)
-                return tuple(parse_value(inner, p, field) for p in parts)
+                return tuple(_parse_value(inner, p) for p in parts)
             if option is bool:
                 if text.lower() in ("true", "1", "yes"):
                     return True
@@ -253,7 +261,7 @@ def parse_value(hint: Any, text: str, field: str) -> Any:
             raise ValueError(f"values of type {option} cannot be given on the command line")
         except ValueError as e:
             errors.append(str(e))
-    raise ValueError(f"--grid {field}={text}: {'; '.join(dict.fromkeys(errors)) or 'not a valid value'}")
+    raise ValueError("; ".join(dict.fromkeys(errors)) or "not a valid value")
 
 
 def _number(text: str) -> float | None:
