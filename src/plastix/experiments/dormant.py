@@ -58,12 +58,14 @@ class DormantExperimentConfig:
     Attributes:
       name: run name (default: the experiment's name); written to ``<runs_dir>/<name>``.
       runs_dir: parent directory of run directories.
-      scale: ``small`` (CPU, minutes) or ``paper`` (GPU; the paper's protocol on MinAtar).
+      scale: ``small`` (CPU, minutes) or ``paper`` (GPU; the paper's protocol: on MinAtar for
+        the dormant-neuron experiments; each MARL experiment's length is in ``plastix list``).
       env: environment (``Breakout-MinAtar``, ``Asterix-MinAtar``, ``Freeway-MinAtar``,
         ``SpaceInvaders-MinAtar``, an Atari game ``atari/<rom>`` such as ``atari/pong`` (needs
         ale-py), or a brax task for ``sac-dormant``); empty = the experiment's default.
       seeds: seeds per cell (0 = the scale's default: 2 small, 5 paper).
-      env_steps: learning env steps per seed (0 = the scale's default).
+      env_steps: learning env steps per seed (0 = the scale's default). The MARL experiments
+        need whole periods per task and say which lengths fit otherwise.
       vmap_seeds: run the seeds of a cell together with ``vmap``.
       vmap_methods: run cells that differ only in their plasticity method as one compiled program,
         methods and seeds vmapped together (:func:`plastix.experiments.rl.run_cell_group`; KNIFE and
