@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from plastix import cli
-from plastix.experiments import supervised
+from plastix.experiments import dormant, supervised
 from plastix.experiments.rundir import CorruptRunError, NonFiniteError, RunDir, check_finite
 
 STATE = {"w": jnp.arange(4096, dtype=jnp.float32).reshape(64, 64), "b": jnp.ones(64)}
@@ -91,6 +91,27 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_anything_is_written(tmp_
     assert e.value.errno == errno.ENOSPC
     assert sorted(os.listdir(rundir.path)) == ["checkpoint", "rows-1.parquet"]
     assert rundir.checkpoint_meta() == {"chunks_done": 2}
+
+
+def test_a_run_directory_is_held_by_one_process_at_a_time(tmp_path):
+    """A second ``plastix run`` of the same run while the first trains is refused with the
+    holder's pid (they would overwrite each other's checkpoints); the claim ends with its block
+    (or with the process: an ``flock``, nothing stale after a kill)."""
+    from plastix.experiments.rundir import RunInUseError
+
+    rundir = _saved(tmp_path)
+    in_use = rf"{rundir.path} is in use by another plastix process \(pid {os.getpid()}\)"
+    with rundir.claim():
+        with pytest.raises(RunInUseError, match=in_use):
+            with rundir.claim():
+                pass
+    with rundir.claim():  # released
+        pass
+    config = dormant.SingleRunConfig(runs_dir=str(tmp_path), name="rl-run")
+    held = RunDir(str(tmp_path / "rl-run"))
+    held.prepare(config, "rl")
+    with held.claim(), pytest.raises(RunInUseError):
+        dormant.run("rl", config)  # an experiment claims its directory before it trains
 
 
 def test_a_checkpoint_of_another_state_layout_is_refused_as_not_matching(tmp_path):

@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     130 interrupted by Ctrl-C)."""
     import tyro
 
-    from plastix.experiments.rundir import CorruptRunError, NonFiniteError
+    from plastix.experiments.rundir import CorruptRunError, NonFiniteError, RunInUseError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"plastix: error: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteError, CorruptRunError) as e:
+    except (NonFiniteError, CorruptRunError, RunInUseError) as e:
         print(f"plastix: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # read-only directory, full disk, ...: one line naming the file

@@ -415,25 +415,26 @@ def run(
         build_train(cell)
     rundir = RunDir(root)
     rundir.prepare(config, experiment)
-    if rundir.finished:
-        df = rundir.metrics()
-        if not os.path.exists(os.path.join(root, "report.md")):  # e.g. the report failed after DONE
-            write_report(experiment, config, df, root)
-        return df
-    _record_cells(root, cells)
+    with rundir.claim():  # one process per run directory
+        if rundir.finished:
+            df = rundir.metrics()
+            if not os.path.exists(os.path.join(root, "report.md")):  # e.g. the report failed after DONE
+                write_report(experiment, config, df, root)
+            return df
+        _record_cells(root, cells)
 
-    jobs = sorted(run_order(experiment, config, cells), key=lambda job: -len(job[1]))  # largest groups first
-    workers = program_workers(config)
-    shown = (lambda label, i, done, total: progress(label, i, len(cells), done, total)) if progress else None
-    work = functools.partial(_run_job, experiment, root, cells)
-    frames: dict[int, pd.DataFrame] = {}
-    stop = threading.Event()  # Ctrl-C: every running program stops after its current chunk
-    for done in run_in_processes(work, jobs, workers, stop, shown):
-        frames.update(done)
-    frames = [frames[m] for m in range(len(cells))]
-    df = pd.concat(frames, ignore_index=True)
-    complete(rundir, df, lambda df, path: write_report(experiment, config, df, path))
-    return df
+        jobs = sorted(run_order(experiment, config, cells), key=lambda job: -len(job[1]))  # largest groups first
+        workers = program_workers(config)
+        shown = (lambda label, i, done, total: progress(label, i, len(cells), done, total)) if progress else None
+        work = functools.partial(_run_job, experiment, root, cells)
+        frames: dict[int, pd.DataFrame] = {}
+        stop = threading.Event()  # Ctrl-C: every running program stops after its current chunk
+        for done in run_in_processes(work, jobs, workers, stop, shown):
+            frames.update(done)
+        frames = [frames[m] for m in range(len(cells))]
+        df = pd.concat(frames, ignore_index=True)
+        complete(rundir, df, lambda df, path: write_report(experiment, config, df, path))
+        return df
 
 
 def _run_settings(df: pd.DataFrame) -> str:

@@ -43,6 +43,10 @@ class NonFiniteError(RuntimeError):
     """Training produced a NaN / inf loss or parameter."""
 
 
+class RunInUseError(RuntimeError):
+    """Another process is running in this run directory."""
+
+
 def _disk_full(error: BaseException) -> bool:
     """Whether ``error`` says a write failed for lack of space: ``OSError`` ENOSPC, or orbax's
     (tensorstore's) ``ValueError`` "RESOURCE_EXHAUSTED ... No space left on device"."""
@@ -288,6 +292,39 @@ class RunDir:
             return
         os.makedirs(self.path, exist_ok=True)
         write_json(path, wanted, sort_keys=True)
+
+    @contextlib.contextmanager
+    def claim(self):
+        """Hold this run directory for this process while the block runs: a second ``plastix run``
+        of the same run (another terminal, a job submitted twice) would train the same cells
+        and overwrite each other's checkpoints, so it is refused. An exclusive ``flock`` on
+        ``.lock``, which the kernel releases when the process ends however it ends (no stale lock
+        after a kill); the file keeps the holder's pid for the message. Platforms without
+        ``fcntl`` run unguarded. Call it after :meth:`prepare` (the directory exists).
+
+        Raises:
+          RunInUseError: another process holds the directory, naming its pid.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise RunInUseError(
+                    f"{self.path} is in use by another plastix process (pid {holder}); wait for it to end, "
+                    "or choose another --name"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _checkpoints(self):
         import orbax.checkpoint as ocp

@@ -263,19 +263,20 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
     check_run_name(config.name, "SupervisedConfig.name")
     rundir = RunDir(os.path.join(config.runs_dir, config.name))
     rundir.prepare(config, "supervised")
-    if rundir.finished:
-        return rundir.metrics()
-    exp = build_for(config)
-    result = run_stages(
-        rundir,
-        stages(exp, config),
-        where=f"{rundir.path} (SGD learning_rate={config.learning_rate})",
-        progress=(lambda phase, done, total: progress(phase, done * exp.chunk, total * exp.chunk))
-        if progress
-        else None,
-    )
-    complete(rundir, result.rows, lambda df, path: write_report(config, df, path))
-    return result.rows
+    with rundir.claim():  # one process per run directory
+        if rundir.finished:
+            return rundir.metrics()
+        exp = build_for(config)
+        result = run_stages(
+            rundir,
+            stages(exp, config),
+            where=f"{rundir.path} (SGD learning_rate={config.learning_rate})",
+            progress=(lambda phase, done, total: progress(phase, done * exp.chunk, total * exp.chunk))
+            if progress
+            else None,
+        )
+        complete(rundir, result.rows, lambda df, path: write_report(config, df, path))
+        return result.rows
 
 
 def stages(exp: Experiment, config: SupervisedConfig) -> list[Stage]:

@@ -586,41 +586,42 @@ def run_sweep(
     """
     cells = prepare(config)
     root = config.root
-    table = write_status(root, cells)
-    if on_status:
-        on_status(table)
-    todo = [c for c in cells if cell_status(cell_path(root, c))[0] != "done"]
-    if options.backend == "ray":
-        from plastix.experiments.sweep_ray import run_on_ray
+    with RunDir(root).claim():  # one process per sweep directory
+        table = write_status(root, cells)
+        if on_status:
+            on_status(table)
+        todo = [c for c in cells if cell_status(cell_path(root, c))[0] != "done"]
+        if options.backend == "ray":
+            from plastix.experiments.sweep_ray import run_on_ray
 
-        run_on_ray(root, todo, options, lambda: on_status(write_status(root, cells)) if on_status else None)
-    else:
-        status_lock, stop = threading.Lock(), threading.Event()
-        shown = (
-            (lambda cell_id, index, done, total: progress(cell_id, index, len(cells), done, total))
-            if progress
-            else None
-        )
+            run_on_ray(root, todo, options, lambda: on_status(write_status(root, cells)) if on_status else None)
+        else:
+            status_lock, stop = threading.Lock(), threading.Event()
+            shown = (
+                (lambda cell_id, index, done, total: progress(cell_id, index, len(cells), done, total))
+                if progress
+                else None
+            )
 
-        def cell_ended(job, result) -> None:
-            with status_lock:
-                table = write_status(root, cells)
-                if on_status:
-                    on_status(table)
+            def cell_ended(job, result) -> None:
+                with status_lock:
+                    table = write_status(root, cells)
+                    if on_status:
+                        on_status(table)
 
-        jobs = [(cells.index(cell), cell) for cell in todo]
-        work = functools.partial(_sweep_job, root, options)
-        try:
-            run_in_processes(work, jobs, options.workers, stop, shown, cell_ended)
-        except (KeyboardInterrupt, SystemExit):
-            write_status(root, cells)
-            raise
-    table = write_status(root, cells)
-    if (table.status == "done").all():
-        from plastix.report.sweep import write_sweep_report
+            jobs = [(cells.index(cell), cell) for cell in todo]
+            work = functools.partial(_sweep_job, root, options)
+            try:
+                run_in_processes(work, jobs, options.workers, stop, shown, cell_ended)
+            except (KeyboardInterrupt, SystemExit):
+                write_status(root, cells)
+                raise
+        table = write_status(root, cells)
+        if (table.status == "done").all():
+            from plastix.report.sweep import write_sweep_report
 
-        write_sweep_report(root)
-    return table
+            write_sweep_report(root)
+        return table
 
 
 def _sweep_job(root: str, options: SweepOptions, job: tuple[int, SweepCell], stop, progress) -> None:
