@@ -10,6 +10,7 @@ import pytest
 
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, Transition, make_dqn, make_sac, make_train
 from plastix.agents.dqn import random_shift, td_targets
+from plastix.agents.marl import MARLConfig
 from plastix.agents.off_policy import layout, n_step_return, n_step_targets, replay_schedule
 from plastix.agents.sac import soft_target, squashed_gaussian, temperature_loss
 from plastix.envs import Env, EnvSpec, Timestep, make_env
@@ -561,6 +562,12 @@ def test_loop_serves_a_recurrent_policy_with_its_own_replay(fence):
         (lambda: LoopConfig(env_steps=1_000_000_000, replay_ratio=4), "overflows the int32"),
         (lambda: RLConfig(seed=2**40), "RLConfig.seed"),
         (lambda: RLConfig(seed=-1), "RLConfig.seed"),
+        # widths: found when the network is built inside the first trace, after config.json was written
+        (lambda: DQNConfig(mlp_hidden=(64, 0)), r"DQNConfig.mlp_hidden: widths must be >= 1, got \[64, 0\]"),
+        (lambda: DQNConfig(width_multiplier=0.0), "DQNConfig.width_multiplier must be > 0"),
+        (lambda: SACConfig(hidden=(0,)), "SACConfig.hidden"),
+        (lambda: SACConfig(width_multiplier=-1.0), "SACConfig.width_multiplier"),
+        (lambda: MARLConfig(width_multiplier=0.0), "MARLConfig.width_multiplier"),
     ],
 )
 def test_loop_values_are_validated_with_the_field_name(build, match):

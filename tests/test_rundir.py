@@ -1,6 +1,7 @@
 """Runs never lie: corrupt or truncated files are refused, diverged training stops with a clear error."""
 
 import dataclasses
+import json
 import os
 
 import jax.numpy as jnp
@@ -215,6 +216,7 @@ def test_run_directory_rules(tmp_path):
 
     config = supervised.SupervisedConfig(name="r", runs_dir=str(tmp_path))
     RunDir(str(tmp_path / "r")).prepare(config)
+    RunDir(str(tmp_path / "r")).save_checkpoint(STATE, ROWS, {"chunks_done": 1})  # results to protect
     for spelling in (str(tmp_path) + "/", os.path.relpath(str(tmp_path)), str(tmp_path / "." / "")):
         RunDir(os.path.join(spelling, "r")).prepare(dataclasses.replace(config, runs_dir=spelling))  # same run
     with pytest.raises(ValueError, match="different config"):
@@ -232,9 +234,31 @@ def test_run_directory_rules(tmp_path):
         dormant.DormantExperimentConfig(replay_ratios=(1.0, 1.0))
     study = dormant.DormantExperimentConfig(name="s", runs_dir=str(tmp_path), workers=1)
     RunDir(str(tmp_path / "s")).prepare(study, "matrix-sequential")
+    os.makedirs(tmp_path / "s" / "cell")
+    RunDir(str(tmp_path / "s" / "cell")).finish(ROWS)  # a finished cell below the study
     RunDir(str(tmp_path / "s")).prepare(dataclasses.replace(study, workers=2), "matrix-sequential")  # how, not what
+    with pytest.raises(ValueError, match="different config"):
+        RunDir(str(tmp_path / "s")).prepare(dataclasses.replace(study, seeds=3), "matrix-sequential")
     with pytest.raises(ValueError, match="DormantExperimentConfig.workers"):
         dormant.DormantExperimentConfig(workers=-1)
+
+
+def test_a_run_without_results_is_taken_over_by_a_corrected_config(tmp_path):
+    """A run stopped by an error before its first checkpoint (e.g. a width of 0, found when its
+    network is first built) must not block the corrected command: nothing of it is lost."""
+    first = supervised.SupervisedConfig(name="r", runs_dir=str(tmp_path), epochs=2)
+    rundir = RunDir(str(tmp_path / "r"))
+    rundir.prepare(first)
+    os.makedirs(rundir.file("cell"))  # a cell directory that got as far as its config
+    RunDir(rundir.file("cell")).prepare(first)
+    corrected = dataclasses.replace(first, epochs=3)
+    rundir.prepare(corrected, "supervised")  # another config and an experiment name: taken over
+    rundir.prepare(corrected, "supervised")  # and now it is this run
+    with open(rundir.file("config.json")) as f:
+        assert json.load(f)["epochs"] == 3
+    RunDir(rundir.file("cell")).save_checkpoint(STATE, ROWS, {"chunks_done": 1})
+    with pytest.raises(ValueError, match="different config"):
+        rundir.prepare(first, "supervised")
 
 
 def test_rejected_config_writes_nothing(tmp_path):

@@ -88,6 +88,10 @@ class DQNConfig:
             raise ValueError(f"DQNConfig.epsilon_decay_steps must be >= 1, got {self.epsilon_decay_steps}")
         if self.augment_shift < 0:
             raise ValueError(f"DQNConfig.augment_shift must be >= 0, got {self.augment_shift}")
+        if any(w < 1 for w in self.mlp_hidden):
+            raise ValueError(f"DQNConfig.mlp_hidden: widths must be >= 1, got {list(self.mlp_hidden)}")
+        if not self.width_multiplier > 0:
+            raise ValueError(f"DQNConfig.width_multiplier must be > 0, got {self.width_multiplier}")
 
 
 def drq_epsilon_config(**overrides) -> DQNConfig:

@@ -66,6 +66,10 @@ class SACConfig:
             raise ValueError(f"SACConfig.polyak must be in (0, 1], got {self.polyak}")
         if self.init_temperature <= 0:
             raise ValueError(f"SACConfig.init_temperature must be > 0, got {self.init_temperature}")
+        if any(w < 1 for w in self.hidden):
+            raise ValueError(f"SACConfig.hidden: widths must be >= 1, got {list(self.hidden)}")
+        if not self.width_multiplier > 0:
+            raise ValueError(f"SACConfig.width_multiplier must be > 0, got {self.width_multiplier}")
 
 
 class TwinCritic(nn.Module):

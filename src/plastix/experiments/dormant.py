@@ -414,8 +414,8 @@ def run(
     for _, cell in cells:
         build_train(cell)
     rundir = RunDir(root)
-    rundir.prepare(config, experiment)
     with rundir.claim():  # one process per run directory
+        rundir.prepare(config, experiment)
         if rundir.finished:
             df = rundir.metrics()
             if not os.path.exists(os.path.join(root, "report.md")):  # e.g. the report failed after DONE

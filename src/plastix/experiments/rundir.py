@@ -264,14 +264,19 @@ class RunDir:
           config: the run's config (a dataclass).
           experiment: the experiment's name, recorded so that another experiment is refused here.
 
+        A directory that holds no results yet (no checkpoint, rows, metrics or ``DONE`` in it or
+        below it: e.g. a run stopped by an error while its first chunk compiled) is taken over by
+        the new config: there is nothing of the old one to protect, and a corrected command must
+        not be refused because the rejected one got that far.
+
         Raises:
-          ValueError: when the directory holds a run of another experiment or another config.
+          ValueError: when the directory holds results of another experiment or another config.
         """
         wanted = {k: v for k, v in config_dict(config).items() if k not in WHERE_FIELDS}
         if experiment is not None:
             wanted["experiment"] = experiment
         path = self.file("config.json")
-        if os.path.exists(path):
+        if os.path.exists(path) and self._holds_results():
             try:
                 with open(path) as f:
                     existing = json.load(f)
@@ -293,6 +298,15 @@ class RunDir:
         os.makedirs(self.path, exist_ok=True)
         write_json(path, wanted, sort_keys=True)
 
+    def _holds_results(self) -> bool:
+        """Whether this directory or one below it holds a checkpoint, rows, metrics or ``DONE``."""
+        for _, dirs, files in os.walk(self.path):
+            if "checkpoint" in dirs or any(
+                f in ("DONE", "metrics.parquet") or (f.startswith("rows") and ".parquet" in f) for f in files
+            ):
+                return True
+        return False
+
     @contextlib.contextmanager
     def claim(self):
         """Hold this run directory for this process while the block runs: a second ``plastix run``
@@ -300,7 +314,7 @@ class RunDir:
         and overwrite each other's checkpoints, so it is refused. An exclusive ``flock`` on
         ``.lock``, which the kernel releases when the process ends however it ends (no stale lock
         after a kill); the file keeps the holder's pid for the message. Platforms without
-        ``fcntl`` run unguarded. Call it after :meth:`prepare` (the directory exists).
+        ``fcntl`` run unguarded. Call it before :meth:`prepare`, which may take over a directory.
 
         Raises:
           RunInUseError: another process holds the directory, naming its pid.
@@ -310,6 +324,7 @@ class RunDir:
         except ImportError:  # not POSIX
             yield
             return
+        os.makedirs(self.path, exist_ok=True)
         fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:

@@ -262,8 +262,8 @@ def run(config: SupervisedConfig, progress: Callable[[str, int, int], None] | No
     """
     check_run_name(config.name, "SupervisedConfig.name")
     rundir = RunDir(os.path.join(config.runs_dir, config.name))
-    rundir.prepare(config, "supervised")
     with rundir.claim():  # one process per run directory
+        rundir.prepare(config, "supervised")
         if rundir.finished:
             return rundir.metrics()
         exp = build_for(config)

@@ -554,13 +554,20 @@ def record_attempt(path: str) -> dict:
     return entry
 
 
-def prepare(config: SweepConfig) -> list[SweepCell]:
-    """Expand the grid, check every cell, and create (or check) the sweep directory."""
+def checked_cells(config: SweepConfig) -> list[SweepCell]:
+    """Expand the grid and check every cell (nothing is written)."""
     cells = expand(config)
     from plastix.experiments.rl import build_train
 
     for cell in cells:
         build_train(dataclasses.replace(cell.config, seeds=1, seed=0, checkpoint_every=0))  # checks, no compile
+    return cells
+
+
+def prepare(config: SweepConfig, cells: list[SweepCell] | None = None) -> list[SweepCell]:
+    """Expand the grid, check every cell (unless given ``cells``, :func:`checked_cells`), and create
+    (or check) the sweep directory."""
+    cells = checked_cells(config) if cells is None else cells
     RunDir(config.root).prepare(config, "sweep")
     write_json(
         os.path.join(config.root, "cells.json"),
@@ -584,9 +591,10 @@ def run_sweep(
       progress: ``progress(cell_id, index, n_cells, chunks_done, chunks_total)`` (local backend).
       on_status: called with the status table after each cell (and once at the start).
     """
-    cells = prepare(config)
+    cells = checked_cells(config)
     root = config.root
     with RunDir(root).claim():  # one process per sweep directory
+        prepare(config, cells)
         table = write_status(root, cells)
         if on_status:
             on_status(table)

@@ -99,6 +99,8 @@ class MARLConfig:
                 raise ValueError(f"MARLConfig.{field} must be >= 1, got {getattr(self, field)}")
         if self.epsilon_decay_steps < 1:
             raise ValueError(f"MARLConfig.epsilon_decay_steps must be >= 1, got {self.epsilon_decay_steps}")
+        if not self.width_multiplier > 0:
+            raise ValueError(f"MARLConfig.width_multiplier must be > 0, got {self.width_multiplier}")
         for field in ("td_lambda", "epsilon_start", "epsilon_end", "epsilon_eval"):
             if not 0 <= getattr(self, field) <= 1:
                 raise ValueError(f"MARLConfig.{field} must be in [0, 1], got {getattr(self, field)}")
