@@ -32,6 +32,7 @@ from plastix.interventions import (
 )
 from plastix.metrics import DiagnosticsConfig
 from plastix.nn import MLP, ConvNet, nature_cnn
+from plastix.nn.mlp import check_width_fields
 from plastix.nn.resnet import impala_resnet
 from plastix.nn.topology import Topology
 
@@ -88,10 +89,7 @@ class DQNConfig:
             raise ValueError(f"DQNConfig.epsilon_decay_steps must be >= 1, got {self.epsilon_decay_steps}")
         if self.augment_shift < 0:
             raise ValueError(f"DQNConfig.augment_shift must be >= 0, got {self.augment_shift}")
-        if any(w < 1 for w in self.mlp_hidden):
-            raise ValueError(f"DQNConfig.mlp_hidden: widths must be >= 1, got {list(self.mlp_hidden)}")
-        if not self.width_multiplier > 0:
-            raise ValueError(f"DQNConfig.width_multiplier must be > 0, got {self.width_multiplier}")
+        check_width_fields("DQNConfig", "mlp_hidden", self.mlp_hidden, self.width_multiplier)
 
 
 def drq_epsilon_config(**overrides) -> DQNConfig:

@@ -35,6 +35,7 @@ from plastix.interventions import (
 )
 from plastix.metrics import DiagnosticsConfig
 from plastix.nn import MLP
+from plastix.nn.mlp import check_width_fields
 from plastix.nn.topology import Topology
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -66,10 +67,7 @@ class SACConfig:
             raise ValueError(f"SACConfig.polyak must be in (0, 1], got {self.polyak}")
         if self.init_temperature <= 0:
             raise ValueError(f"SACConfig.init_temperature must be > 0, got {self.init_temperature}")
-        if any(w < 1 for w in self.hidden):
-            raise ValueError(f"SACConfig.hidden: widths must be >= 1, got {list(self.hidden)}")
-        if not self.width_multiplier > 0:
-            raise ValueError(f"SACConfig.width_multiplier must be > 0, got {self.width_multiplier}")
+        check_width_fields("SACConfig", "hidden", self.hidden, self.width_multiplier)
 
 
 class TwinCritic(nn.Module):

@@ -156,7 +156,7 @@ def matrix_loop(config, paper: bool) -> LoopConfig:
     paper: 19,200 env steps per task (20,000 rounded down to whole periods), F = 200."""
     period = _period(paper, "matrix-sequential")
     steps_per_period = period * 8
-    tasks = 6  # five games, then the first again
+    tasks = len(sequential_schedule(1).segments)  # five games, then the first again
     split = f"{tasks} tasks of whole periods ({period} updates = {steps_per_period:,} env steps each)"
     total = _whole_periods(config.env_steps, tasks * (20_000 if paper else 2_000), tasks * steps_per_period, split)
     per_task = total // tasks

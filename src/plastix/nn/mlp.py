@@ -19,6 +19,19 @@ def _check_widths(widths: Sequence[int], width_multiplier: float, field: str) ->
     return [max(1, int(round(w * width_multiplier))) for w in widths]
 
 
+def check_width_fields(owner: str, widths_field: str, widths: Sequence[int], width_multiplier: float) -> None:
+    """A config's hidden widths and width multiplier, checked when the config is made (a network
+    checks them again when it is built, which is later: after a run directory is written).
+
+    Raises:
+      ValueError: naming ``owner.widths_field`` or ``owner.width_multiplier``.
+    """
+    if any(w < 1 for w in widths):
+        raise ValueError(f"{owner}.{widths_field}: widths must be >= 1, got {list(widths)}")
+    if not width_multiplier > 0:
+        raise ValueError(f"{owner}.width_multiplier must be > 0, got {width_multiplier}")
+
+
 class MLP(nn.Module):
     """``x -> [Dense -> relu] * len(hidden) -> Dense(out)``.
 
