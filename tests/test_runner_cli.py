@@ -182,6 +182,37 @@ def test_a_training_process_collects_garbage_less_often():
         gc.set_threshold(*saved)
 
 
+def test_building_a_training_program_on_the_cpu_leaves_blas_one_thread_unless_the_user_chose(monkeypatch):
+    import threadpoolctl
+
+    from plastix.jit import BLAS_THREAD_VARIABLES, jit_program, one_blas_thread
+
+    def blas_threads():
+        return {
+            info["filepath"]: info["num_threads"]
+            for info in threadpoolctl.threadpool_info()
+            if info["user_api"] == "blas"
+        }
+
+    try:
+        for name in BLAS_THREAD_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+        one_blas_thread.cache_clear()
+        jit_program(lambda x: x + 1)  # the first program of a process sets it ...
+        threads = blas_threads()
+        assert any("scipy" in path for path in threads), threads  # jaxlib's LAPACK library is loaded and set
+        assert set(threads.values()) == {1}, threads
+        threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+        jit_program(lambda x: x + 2)  # ... once: a user's later setting stands
+        assert set(blas_threads().values()) == {2}
+        one_blas_thread.cache_clear()
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # the user chose: left alone
+        assert one_blas_thread() is False and set(blas_threads().values()) == {2}
+    finally:
+        one_blas_thread.cache_clear()  # the next program of this test process sets it again
+
+
 def test_run_concurrently_keeps_order_and_raises_the_first_error_after_the_running_jobs_end():
     import threading
     import time

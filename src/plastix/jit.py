@@ -9,12 +9,18 @@ matrix multiplications that XLA calls into libraries for, not to LLVM-generated 
 
 The option is XLA's (``xla_backend_optimization_level``); a jaxlib that no longer knows it gets
 no options (with a warning) rather than an error.
+
+On the CPU, building a program sets BLAS to one thread (:func:`one_blas_thread`): jaxlib's LAPACK
+kernels (the SVD of effective rank and srank) call SciPy's OpenBLAS, whose idle threads spin for a
+while after each call; with diagnostics every period they kept a second core busy for two thirds
+of a DQN run (12.7 s of CPU in 7.6 s) and slowed XLA's own threads (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -55,9 +61,38 @@ def collect_garbage_less_often() -> None:
     gc.set_threshold(*TRACING_GC_THRESHOLDS)
 
 
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""Environment variables that set a BLAS library's threads: where one is set, plastix leaves BLAS alone."""
+
+
+@functools.cache
+def one_blas_thread() -> bool:
+    """On the CPU backend, set the BLAS libraries of this process (OpenBLAS, MKL, ...) to one thread
+    each, once; returns whether it did. Not where the user chose (:data:`BLAS_THREAD_VARIABLES`).
+
+    XLA:CPU runs a program on its own threads; a LAPACK call inside it (the SVD of a batch of
+    features for effective rank and srank) is far too small to gain from BLAS threads, and
+    OpenBLAS's idle threads spin after each call: at PureJaxRL's DQN settings with diagnostics
+    every 1,000 updates they burnt a second core for 5 s of a 7.6 s run and made it ~4% slower
+    (2-core Xeon; benchmarks/RESULTS.md). jaxlib binds its LAPACK kernels to SciPy's OpenBLAS,
+    loaded here first so the setting reaches it. The setting is for the whole process (a limit
+    scoped to a call would end before the asynchronously dispatched program runs): called when a
+    training program is built (:func:`jit_program`), not at import.
+    """
+    if jax.default_backend() != "cpu" or any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
+        return False
+    import scipy.linalg.cython_lapack  # noqa: F401 - the library jaxlib's LAPACK kernels are bound to
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+    return True
+
+
 def jit_program(fn: Callable, **kwargs) -> Callable:
-    """``jax.jit(fn, **kwargs)`` with :func:`compiler_options`: for whole training programs (a run's
-    init and chunk), not for small helpers, whose compile time does not matter."""
+    """``jax.jit(fn, **kwargs)`` with :func:`compiler_options`, and :func:`one_blas_thread`: for whole
+    training programs (a run's init and chunk), not for small helpers, whose compile time does not
+    matter."""
+    one_blas_thread()
     return jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
 
 
