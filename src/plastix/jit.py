@@ -11,9 +11,10 @@ The option is XLA's (``xla_backend_optimization_level``); a jaxlib that no longe
 no options (with a warning) rather than an error.
 
 On the CPU, building a program sets BLAS to one thread (:func:`one_blas_thread`): jaxlib's LAPACK
-kernels (the SVD of effective rank and srank) call SciPy's OpenBLAS, whose idle threads spin for a
-while after each call; with diagnostics every period they kept a second core busy for two thirds
-of a DQN run (12.7 s of CPU in 7.6 s) and slowed XLA's own threads (benchmarks/RESULTS.md).
+kernels (the eigen-solve behind effective rank and srank) call SciPy's OpenBLAS, whose idle
+threads spin for a while after each call; with diagnostics every period they kept a second core
+busy for two thirds of a DQN run (12.7 s of CPU in 7.6 s) and slowed XLA's own threads
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def one_blas_thread() -> bool:
     """On the CPU backend, set the BLAS libraries of this process (OpenBLAS, MKL, ...) to one thread
     each, once; returns whether it did. Not where the user chose (:data:`BLAS_THREAD_VARIABLES`).
 
-    XLA:CPU runs a program on its own threads; a LAPACK call inside it (the SVD of a batch of
-    features for effective rank and srank) is far too small to gain from BLAS threads, and
+    XLA:CPU runs a program on its own threads; a LAPACK call inside it (the eigen-solve of a
+    features' Gram matrix for effective rank and srank) is far too small to gain from BLAS threads, and
     OpenBLAS's idle threads spin after each call: at PureJaxRL's DQN settings with diagnostics
     every 1,000 updates they burnt a second core for 5 s of a 7.6 s run and made it ~4% slower
     (2-core Xeon; benchmarks/RESULTS.md). jaxlib binds its LAPACK kernels to SciPy's OpenBLAS,
