@@ -20,8 +20,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Two test processes, each test file in one of them (its module fixtures compile once): XLA's
-# compilation is mostly single-threaded, so on 2 cores this is ~1.3x faster than one process.
+# Two test processes, each test file in one of them (its module fixtures compile once): on 2 cores
+# ~1.3x faster than one process (test programs are small, and tracing them is single-threaded).
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
