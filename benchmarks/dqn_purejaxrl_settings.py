@@ -25,7 +25,8 @@ Variants, each a whole training run from a fresh key (compiled once beforehand, 
 - ``plastix+diag+redo``: the same with diagnostics every period and ReDo (τ 0.1) every 1,000 updates.
 
 Repeats are interleaved (the order rotates each round) so that drifting machine load hits every
-variant alike; ratios are taken within a round, and their median and range are printed.
+variant alike; ratios are taken within a round, and their median (with a 95%
+bootstrap CI: is a 3% difference resolved?) and range are printed.
 
 Usage: python benchmarks/dqn_purejaxrl_settings.py [--seeds 1] [--repeats 5] [--env-steps 500000]
 Record what you measured in benchmarks/RESULTS.md with the machine.
@@ -233,7 +234,13 @@ def main():
         print(f"{name:18s} {t:9.2f} {total / t:12.0f}")
 
     def show(label, ratio):
-        print(f"{label:44s} median {np.median(ratio):.3f}  range [{ratio.min():.3f}, {ratio.max():.3f}]")
+        # 95% bootstrap CI of the median per-round ratio: says whether a 3% difference is resolved
+        resampled = np.random.default_rng(0).choice(ratio, size=(10_000, ratio.size), replace=True)
+        low, high = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
+        print(
+            f"{label:44s} median {np.median(ratio):.3f}  95% CI [{low:.3f}, {high:.3f}]"
+            f"  range [{ratio.min():.3f}, {ratio.max():.3f}]"
+        )
 
     plain = np.asarray(times["plastix"])
     diag = np.asarray(times["plastix+diag+redo"])

@@ -445,6 +445,33 @@ def test_ranking_says_which_settings_the_intervals_separate():
     )
 
 
+def test_ranking_ranks_and_separates_methods_within_each_mixer():
+    """Two mixers are two learners: a method is ranked among its own mixer's settings (VDN's
+    ``none`` scoring above every QMIX setting does not push QMIX's best to rank 2), mixers keep the
+    order of ``settings``, and each mixer gets its own separation sentence."""
+    import pandas as pd
+
+    from plastix.experiments.marl import ranking_table
+
+    returns = {("qmix", "none"): 0.0, ("qmix", "knife"): 8.0, ("vdn", "none"): 10.0, ("vdn", "redo"): 7.0}
+    rows = [
+        {"setting": f"{x} {m}", "mixer": x, "method": m, "seed": seed, "period": 0, "eval_return": r + seed % 2}
+        for (x, m), r in returns.items()
+        for seed in range(10)
+    ]
+    settings = ["qmix none", "qmix knife", "vdn none", "vdn redo"]
+    lines = ranking_table(pd.DataFrame(rows), settings, [])
+    assert "within each mixer" in lines[0]
+    table = [ln for ln in lines if ln.startswith("| qmix") or ln.startswith("| vdn")]
+    assert [ln.split(" | ")[0][2:] for ln in table] == ["qmix knife", "qmix none", "vdn none", "vdn redo"]
+    assert [ln.split(" | ")[2] for ln in table] == ["1", "2", "1", "2"]
+    text = "\n".join(lines)
+    assert (
+        "**Final return, QMIX, separated by the 95% CIs** (10 seeds): below the best (qmix knife): qmix none;" in text
+    )
+    assert "**Final return, VDN, separated by the 95% CIs** (10 seeds): below the best (vdn none): vdn redo;" in text
+
+
 def test_ranking_gives_tied_settings_one_shared_rank():
     from plastix.experiments.marl import competition_ranks
 

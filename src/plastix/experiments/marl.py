@@ -385,7 +385,9 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
     left out when it equals the final return for every run, as when the sequence ends on task 1),
     each with P(> none), the probability of improvement over the same mixer's ``none`` (rliable's
     definition, 95% bootstrap CI), and a line per column saying what the intervals separate: a rank
-    alone does not say whether a difference is more than the spread across seeds."""
+    alone does not say whether a difference is more than the spread across seeds. Methods are
+    ranked, and separated, among the settings of the same mixer (different mixers are different
+    learners); mixers come in the order of ``settings``."""
     from plastix.report import final_values, format_estimate, improvement_ci, iqm_ci
 
     columns = {"final return": "eval_return"} | ({"task 1 at the end": task_cols[0]} if task_cols else {})
@@ -410,10 +412,28 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
     if not estimates:
         return []
     first = next(iter(estimates))
-    order = sorted(estimates[first], key=lambda s: -estimates[first][s].value)
-    ranks = {label: competition_ranks({s: est.value for s, est in e.items()}) for label, e in estimates.items()}
+    groups = {}  # mixer -> its settings, in the order of ``settings``
+    for setting in settings:
+        mixer = (
+            df.loc[df.setting == setting, "mixer"].iloc[0] if "mixer" in df and (df.setting == setting).any() else ""
+        )
+        groups.setdefault(mixer, []).append(setting)
+    order = [
+        s
+        for members in groups.values()
+        for s in sorted((s for s in members if s in estimates[first]), key=lambda s: -estimates[first][s].value)
+    ]
+    ranks = {
+        label: {
+            s: rank
+            for members in groups.values()
+            for s, rank in competition_ranks({s: e[s].value for s in members if s in e}).items()
+        }
+        for label, e in estimates.items()
+    }
+    by_mixer = " within each mixer" if len(groups) > 1 else ""
     lines = [
-        f"### Methods ranked by {first} (IQM [95% stratified bootstrap CI] over seeds)",
+        f"### Methods ranked by {first}{by_mixer} (IQM [95% stratified bootstrap CI] over seeds)",
         "",
         "P(> none): probability that a run of the method scores higher than a run of `none` with the same "
         "mixer (ties count 1/2; 0.5 = no difference), with its 95% stratified bootstrap CI."
@@ -440,7 +460,11 @@ def ranking_table(df: pd.DataFrame, settings: list[str], task_cols: list[str]) -
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     lines.append("")
     for label in estimates:
-        lines += [separation(label, estimates[label], improvements[label]), ""]
+        for mixer, members in groups.items():
+            scored = {s: estimates[label][s] for s in members if s in estimates[label]}
+            if scored:
+                gains = {s: g for s, g in improvements[label].items() if s in members}
+                lines += [separation(label, scored, gains, group=mixer.upper() if len(groups) > 1 else ""), ""]
     return lines
 
 
@@ -454,25 +478,27 @@ def baseline_setting(df: pd.DataFrame, setting: str) -> str | None:
     return None if found.empty else found.iloc[0]
 
 
-def separation(label: str, estimates: dict, improvements: dict) -> str:
+def separation(label: str, estimates: dict, improvements: dict, group: str = "") -> str:
     """One sentence: which settings the 95% CIs of ``label`` separate from the best one and from
-    ``none`` (:func:`ranking_table`), or that they separate none at this number of seeds."""
+    ``none`` (:func:`ranking_table`), or that they separate none at this number of seeds; ``group``
+    (a mixer) is named after the label."""
     best = max(estimates, key=lambda s: estimates[s].value)
     top = estimates[best]
     below = [s for s, e in estimates.items() if e.high < top.low]
     better = [s for s, e in improvements.items() if e.low > 0.5]
     worse = [s for s, e in improvements.items() if e.high < 0.5]
     seeds = min(e.n for e in estimates.values())
+    heading = label.capitalize() + (f", {group}" if group else "")
     if not below and not better and not worse:
         return (
-            f"**{label.capitalize()}:** every 95% CI overlaps the best setting's ({best}) and every P(> none) CI "
+            f"**{heading}:** every 95% CI overlaps the best setting's ({best}) and every P(> none) CI "
             f"contains 0.5: at {seeds} seeds these methods are not separated by {label}."
         )
     parts = [f"below the best ({best}): " + (", ".join(below) if below else "none")]
     if improvements:
         parts.append("better than `none`: " + (", ".join(better) if better else "none"))
         parts.append("worse than `none`: " + (", ".join(worse) if worse else "none"))
-    return f"**{label.capitalize()}, separated by the 95% CIs** ({seeds} seeds): " + "; ".join(parts) + "."
+    return f"**{heading}, separated by the 95% CIs** ({seeds} seeds): " + "; ".join(parts) + "."
 
 
 def inactive_methods(df: pd.DataFrame, settings: list[str]) -> list[str]:
