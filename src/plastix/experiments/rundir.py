@@ -85,6 +85,11 @@ def _quiet_disk_full_logs() -> None:
         absl.addFilter(_DiskFullNoise())
 
 
+def _is_rows_file(name: str) -> bool:
+    """Whether ``name`` is a checkpoint's rows file (``rows-<step>.parquet``, or its ``.tmp``)."""
+    return name.startswith("rows") and ".parquet" in name
+
+
 def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a temporary file, then a rename): a reader or a kill
     never sees half a file."""
@@ -301,9 +306,7 @@ class RunDir:
     def _holds_results(self) -> bool:
         """Whether this directory or one below it holds a checkpoint, rows, metrics or ``DONE``."""
         for _, dirs, files in os.walk(self.path):
-            if "checkpoint" in dirs or any(
-                f in ("DONE", "metrics.parquet") or (f.startswith("rows") and ".parquet" in f) for f in files
-            ):
+            if "checkpoint" in dirs or any(f in ("DONE", "metrics.parquet") or _is_rows_file(f) for f in files):
                 return True
         return False
 
@@ -413,7 +416,7 @@ class RunDir:
                 shutil.rmtree(os.path.join(checkpoints, name), ignore_errors=True)
 
     def _rows_files(self) -> list[str]:
-        return [n for n in os.listdir(self.path) if n.startswith("rows") and ".parquet" in n]
+        return [n for n in os.listdir(self.path) if _is_rows_file(n)]
 
     def _restore(self, template: Any | None):
         import orbax.checkpoint as ocp

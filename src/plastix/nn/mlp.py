@@ -12,10 +12,9 @@ from plastix.nn.topology import Neurons, Topology
 
 
 def _check_widths(widths: Sequence[int], width_multiplier: float, field: str) -> list[int]:
-    if width_multiplier <= 0:
-        raise ValueError(f"{field}.width_multiplier must be > 0, got {width_multiplier}")
-    if any(w <= 0 for w in widths):
-        raise ValueError(f"{field}: layer widths must be positive integers, got {list(widths)}")
+    """The layer widths scaled by ``width_multiplier``, after :func:`check_width_fields` (``field``:
+    the network's name)."""
+    check_width_fields(field, "widths", widths, width_multiplier)
     return [max(1, int(round(w * width_multiplier))) for w in widths]
 
 
