@@ -48,8 +48,29 @@ def build(seeds: int, chunk_periods: int, diagnostics: bool, redo: bool):
     return train, carry
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--cache`` and ``--warm``: what ``benchmarks/gpu_check.sh`` needs to compile every program in
+    parallel processes first and then time them one after another."""
+    parser.add_argument("--cache", default="", help="JAX persistent compilation cache directory (default: off)")
+    parser.add_argument(
+        "--warm", action="store_true", help="compile and run each program's first chunk only (fills --cache)"
+    )
+
+
+def apply_device_options(args: argparse.Namespace) -> None:
+    """Turn on the compilation cache of ``--cache``; print the device."""
+    if args.cache:
+        jax.config.update("jax_compilation_cache_dir", args.cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    device = jax.devices()[0]
+    print(f"jax {jax.__version__} on {device.device_kind} ({platform.processor() or platform.machine()})")
+
+
 def time_chunks(trains_carries, repeats: int) -> list[float]:
-    """Median chunk time of each (train, carry), alternating between them; each carries on its own run."""
+    """Median chunk time of each (train, carry), alternating between them; each carries on its own run.
+
+    The first chunk of each (compilation + run) is not timed; ``repeats=0`` runs only that one and
+    returns NaNs (``--warm``)."""
     state = []
     for train, carry in trains_carries:
         t0 = time.perf_counter()
@@ -64,25 +85,28 @@ def time_chunks(trains_carries, repeats: int) -> list[float]:
             s[1], m, _ = s[0].run_chunk(s[1])
             jax.block_until_ready(m)
             times[i].append(time.perf_counter() - t0)
-    return [float(np.median(t)) for t in times]
+    return [float(np.median(t)) if t else float("nan") for t in times]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 8, 64], help="none: skip the scaling")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-periods", type=int, default=10)
     parser.add_argument("--overhead-seeds", type=int, default=8)
     parser.add_argument("--skip-overhead", action="store_true")
+    add_device_options(parser)
     args = parser.parse_args()
-    device = jax.devices()[0]
-    print(f"jax {jax.__version__} on {device.device_kind} ({platform.processor() or platform.machine()})")
+    apply_device_options(args)
+    repeats = 0 if args.warm else args.repeats
     steps = 1_000 * args.chunk_periods
     totals = {}
     print(f"\n1. scaling: chunk = {steps} env steps and {steps} updates per seed, diagnostics every 1,000 updates")
     for seeds in args.seeds:
         print(f"seeds={seeds}", flush=True)
-        (t,) = time_chunks([build(seeds, args.chunk_periods, True, False)], args.repeats)
+        (t,) = time_chunks([build(seeds, args.chunk_periods, True, False)], repeats)
+        if args.warm:
+            continue
         totals[seeds] = seeds * steps / t
         print(
             f"  chunk {t:.2f} s: {totals[seeds]:,.0f} env-steps/s and updates/s in total, "
@@ -96,9 +120,10 @@ def main():
         s = args.overhead_seeds
         print(f"\n2. overhead at {s} seeds: diagnostics every period + ReDo vs neither (alternating)")
         plain, full = time_chunks(
-            [build(s, args.chunk_periods, False, False), build(s, args.chunk_periods, True, True)], args.repeats
+            [build(s, args.chunk_periods, False, False), build(s, args.chunk_periods, True, True)], repeats
         )
-        print(f"  without {plain:.3f} s, with {full:.3f} s per chunk: ratio {full / plain:.3f}")
+        if not args.warm:
+            print(f"  without {plain:.3f} s, with {full:.3f} s per chunk: ratio {full / plain:.3f}")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ Record what you measured in benchmarks/RESULTS.md with the machine.
 from __future__ import annotations
 
 import argparse
-import platform
 
 import jax
-from dqn_minatar_throughput import time_chunks
+from dqn_minatar_throughput import add_device_options, apply_device_options, time_chunks
 
 from plastix.agents import LoopConfig, make_train
 from plastix.agents.marl import MARLConfig, make_marl
@@ -97,42 +96,48 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="pymarl2", choices=("pymarl2", "jaxmarl"))
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 8, 32], help="none: skip the scaling")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chunk-periods", type=int, default=2)
     parser.add_argument("--overhead-seeds", type=int, default=8)
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--jaxmarl-reference", type=float, default=223.0, help="JaxMARL QMIX env-steps/s")
+    add_device_options(parser)
     args = parser.parse_args()
-    device = jax.devices()[0]
-    print(f"jax {jax.__version__} on {device.device_kind} ({platform.processor() or platform.machine()})")
+    apply_device_options(args)
+    repeats = 0 if args.warm else args.repeats
     envs = ["smax/3s_vs_5z"] if args.settings == "jaxmarl" else args.envs
     print(f"\n1. scaling, {args.settings} settings, diagnostics {'off' if args.settings == 'jaxmarl' else 'on'}")
     for env_name in envs:
         for seeds in args.seeds:
             print(f"{env_name}, seeds={seeds}", flush=True)
             train, carry, loop = build(env_name, seeds, args.settings, args.chunk_periods, args.settings == "pymarl2")
-            (t,) = time_chunks([(train, carry)], args.repeats)
+            (t,) = time_chunks([(train, carry)], repeats)
+            if args.warm:
+                continue
             steps = loop.period * args.chunk_periods / loop.replay_ratio
             per_seed = steps / t
             print(
                 f"  chunk of {steps:,.0f} env steps and {loop.period * args.chunk_periods} updates per seed: "
                 f"{t:.2f} s → {seeds * per_seed:,.0f} env-steps/s in total, {per_seed:,.0f} per seed; "
-                f"10M env steps would take {1e7 / per_seed / 3600:.1f} h"
+                f"10M env steps each, all {seeds} together, would take {1e7 / per_seed / 60:,.0f} min"
             )
-            if args.settings == "jaxmarl":
+            if args.settings == "jaxmarl" and jax.default_backend() == "cpu":
                 ratio = per_seed / args.jaxmarl_reference
                 print(f"  vs JaxMARL's QMIX at {args.jaxmarl_reference:g} env-steps/s: {ratio:.2f}×")
+            elif args.settings == "jaxmarl":
+                print(f"  (--jaxmarl-reference is a 2-core CPU figure: no ratio on {jax.default_backend()})")
     if args.settings == "pymarl2" and not args.skip_overhead:
         s = args.overhead_seeds
         print(f"\n2. diagnostics share at {s} seeds (smax-drift), with vs without, alternating")
         plain = build("smax-drift", s, "pymarl2", args.chunk_periods, False)[:2]
         full = build("smax-drift", s, "pymarl2", args.chunk_periods, True)[:2]
-        t_plain, t_full = time_chunks([plain, full], args.repeats)
-        print(
-            f"  without {t_plain:.2f} s, with {t_full:.2f} s per chunk: ratio {t_full / t_plain:.3f}, "
-            f"diagnostics share {1 - t_plain / t_full:.1%}"
-        )
+        t_plain, t_full = time_chunks([plain, full], repeats)
+        if not args.warm:
+            print(
+                f"  without {t_plain:.2f} s, with {t_full:.2f} s per chunk: ratio {t_full / t_plain:.3f}, "
+                f"diagnostics share {1 - t_plain / t_full:.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The GPU rows of benchmarks/RESULTS.md in one call on a machine with a GPU: QMIX on SMAX
+# (qmix_smax_throughput.py, PyMARL2 and JaxMARL settings, issue 10) and DQN on MinAtar
+# (dqn_minatar_throughput.py). Every program is compiled first, by parallel processes that fill one
+# persistent compilation cache (compilation is CPU work and the machine has many cores); then each
+# benchmark runs alone on the GPU, loads its programs from that cache and times its chunks.
+#
+# Usage, from the repository root: bash benchmarks/gpu_check.sh OUTDIR
+#   OUTDIR gets log.txt (everything printed), pytest.txt, dmon.txt (GPU utilization each second) and logs.tgz
+#   (one log per compiling process). Python packages the machine lacks can come as wheels in .whl/
+#   (installed into /tmp/site first); wheels in .whl/fallback/ are installed only if the smoke test
+#   fails without them (e.g. flax/optax/chex at the versions plastix pins).
+# Settings (environment): PYTHON (python3), BUDGET (s for the whole script, 560), WARM_LIMIT (s, 200),
+#   QMIX_ENVS, QMIX_SEEDS ("1 8 32"), QMIX_CHUNK (periods, 1), JAXMARL_SEEDS ("1 8"), JAXMARL_CHUNK (4),
+#   DQN_SEEDS ("1 8 64"), DQN_CHUNK (periods, 5), REPEATS (timed chunks per program, 2), TESTS (test
+#   files run on the GPU; output in OUTDIR/pytest.txt), TEST_WORKERS (pytest-xdist processes, 8),
+#   JAX_TEST_PLATFORM (cuda).
+set -u
+out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$out" || exit 2
+out=$(cd "$out" && pwd)
+exec > >(tee -a "$out/log.txt") 2>&1
+start=$SECONDS
+PY=${PYTHON:-python3}
+BUDGET=${BUDGET:-560}
+WARM_LIMIT=${WARM_LIMIT:-200}
+QMIX_ENVS=${QMIX_ENVS:-smax/3s_vs_5z smax-drift}
+QMIX_SEEDS=${QMIX_SEEDS:-1 8 32}
+QMIX_CHUNK=${QMIX_CHUNK:-1}
+JAXMARL_SEEDS=${JAXMARL_SEEDS:-1 8}
+JAXMARL_CHUNK=${JAXMARL_CHUNK:-4}
+DQN_SEEDS=${DQN_SEEDS:-1 8 64}
+DQN_CHUNK=${DQN_CHUNK:-5}
+REPEATS=${REPEATS:-2}
+TESTS=${TESTS:-tests/test_metrics_arrays.py tests/test_metrics_network.py tests/test_knife.py tests/test_recurrent_mixer.py}
+TEST_WORKERS=${TEST_WORKERS:-8}
+JAX_TEST_PLATFORM=${JAX_TEST_PLATFORM:-cuda}
+work=$(mktemp -d)
+cache=$work/cache
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
+
+install() { "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$@"; }
+smoke() {
+  timeout 120 "$PY" - <<'EOF'
+import time
+t = time.time()
+import chex, flax, jax, optax
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "chex", chex.__version__)
+print("devices", jax.devices())
+import dqn_minatar_throughput, qmix_smax_throughput  # noqa: F401  (plastix, gymnax, jaxmarl)
+from plastix.envs import make_env
+make_env("smax-drift"), make_env("Breakout-MinAtar")
+print(f"smoke test passed in {time.time() - t:.1f} s")
+EOF
+}
+left() { echo $((BUDGET - (SECONDS - start))); }
+
+echo "== $(date -u +%FT%TZ) gpu_check on $(hostname), $(nproc) cores"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+if compgen -G ".whl/*.whl" >/dev/null; then install .whl/*.whl || exit 2; fi
+if ! smoke; then
+  compgen -G ".whl/fallback/*.whl" >/dev/null && install .whl/fallback/*.whl && smoke || { echo "smoke test failed"; exit 3; }
+fi
+
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi dmon -s u -d 1 >"$out/dmon.txt" 2>&1 &
+  dmon=$!
+fi
+echo "== compiling in parallel (limit ${WARM_LIMIT} s each), $(left) s left"
+warming=()
+warm() {
+  local name=$1
+  shift
+  (
+    timeout "$WARM_LIMIT" "$PY" "$@" --cache "$cache" --warm >"$work/warm_$name.log" 2>&1
+    echo "  $name: exit $? at $((SECONDS - start)) s"
+  ) &
+  warming+=($!)
+}
+for env in $QMIX_ENVS; do
+  for s in $QMIX_SEEDS; do
+    warm "qmix_${env##*/}_$s" benchmarks/qmix_smax_throughput.py --envs "$env" --seeds "$s" --skip-overhead --chunk-periods "$QMIX_CHUNK"
+  done
+done
+warm qmix_overhead benchmarks/qmix_smax_throughput.py --seeds --chunk-periods "$QMIX_CHUNK"
+for s in $JAXMARL_SEEDS; do
+  warm "qmix_jaxmarl_$s" benchmarks/qmix_smax_throughput.py --settings jaxmarl --seeds "$s" --chunk-periods "$JAXMARL_CHUNK"
+done
+for s in $DQN_SEEDS; do
+  warm "dqn_$s" benchmarks/dqn_minatar_throughput.py --seeds "$s" --skip-overhead --chunk-periods "$DQN_CHUNK"
+done
+warm dqn_overhead benchmarks/dqn_minatar_throughput.py --seeds --chunk-periods "$DQN_CHUNK"
+wait "${warming[@]}"  # not a bare wait: that would wait for dmon and the log's tee too
+echo "  cache: $(find "$cache" -type f 2>/dev/null | wc -l) files, $(du -sh "$cache" 2>/dev/null | cut -f1)"
+
+limit() {  # seconds for the next step: at most $1, at most what is left
+  local want=$1 remaining
+  remaining=$(left)
+  echo $((want < remaining ? want : remaining))
+}
+timed() {  # at most $1 seconds, then the benchmark command
+  local seconds
+  seconds=$(limit "$1")
+  shift
+  echo "== $(date -u +%T) (limit ${seconds} s) $*"
+  if [ "$seconds" -lt 20 ]; then
+    echo "  skipped: too little time left"
+    return
+  fi
+  timeout "$seconds" "$PY" "$@" --cache "$cache" --repeats "$REPEATS"
+  echo "  exit $?"
+}
+timed 150 benchmarks/qmix_smax_throughput.py --envs $QMIX_ENVS --seeds $QMIX_SEEDS --chunk-periods "$QMIX_CHUNK"
+timed 70 benchmarks/qmix_smax_throughput.py --settings jaxmarl --seeds $JAXMARL_SEEDS --chunk-periods "$JAXMARL_CHUNK"
+# Tests whose code has backend-dependent branches or float tolerances, on the GPU (conftest picks the
+# CPU unless JAX_PLATFORMS says otherwise); failures in pytest.txt.
+seconds=$(limit 90)
+echo "== $(date -u +%T) (limit ${seconds} s) tests on $JAX_TEST_PLATFORM: $TESTS"
+if [ "$seconds" -ge 20 ]; then
+  JAX_PLATFORMS=$JAX_TEST_PLATFORM timeout "$seconds" "$PY" -m pytest -q -p no:cacheprovider --tb=short -n "$TEST_WORKERS" $TESTS >"$out/pytest.txt" 2>&1
+  echo "  exit $?: $(tail -1 "$out/pytest.txt")"
+fi
+timed 150 benchmarks/dqn_minatar_throughput.py --seeds $DQN_SEEDS --chunk-periods "$DQN_CHUNK"
+[ -n "${dmon:-}" ] && kill "$dmon" 2>/dev/null
+tar czf "$out/logs.tgz" -C "$work" --exclude cache . 2>/dev/null
+echo "== done in $((SECONDS - start)) s"
