@@ -48,6 +48,9 @@ OVERLAPS = {
     "stagnant∩GraMa": "overlap_stagnant_grama",
     "dormant∩GraMa": "overlap_dormant_grama",
 }
+SMAX_GPU_ESTIMATE = (  # benchmarks/RESULTS.md, "GPU, first measurements": 16–21k env-steps/s per run at 8–32 runs
+    "≈ 2.5–3 min per mixer on one H200 (estimated from QMIX's measured throughput, compilation included)"
+)
 DESCRIPTIONS = {
     "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again "
     "(small: ~70 s cold on 2 CPU cores; --scale paper: 5 seeds × 115.2k env steps per cell, GPU time not yet measured)",
@@ -55,11 +58,11 @@ DESCRIPTIONS = {
     "(--scale paper: 5 seeds × 960k env steps per cell, GPU time not yet measured)",
     "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting "
     "protoss → zerg-like (small: ~7 min on a 2-core CPU; --scale paper: 5 seeds × 1.6M env steps per cell, "
-    "≈ 1.6 h on a 2-core CPU from the measured 12.6k env-steps/s, GPU time not yet measured)",
+    f"≈ 1.6 h on a 2-core CPU from the measured 12.6k env-steps/s, {SMAX_GPU_ESTIMATE})",
     "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence "
-    "(--scale paper: 5 seeds × 1.6M env steps per cell, ≈ 1.6 h on a 2-core CPU, GPU time not yet measured)",
+    f"(--scale paper: 5 seeds × 1.6M env steps per cell, ≈ 1.6 h on a 2-core CPU, {SMAX_GPU_ESTIMATE})",
     "smax-3s-vs-5z": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 3s_vs_5z (--scale paper: 5 seeds × 1.92M env "
-    "steps per cell, ≈ 1.1 h on a 2-core CPU from the measured 22k env-steps/s, GPU time not yet measured)",
+    f"steps per cell, ≈ 1.1 h on a 2-core CPU from the measured 22k env-steps/s, {SMAX_GPU_ESTIMATE})",
 }
 """One line per MARL experiment (``plastix list`` and the reports)."""
 MARL_EXPERIMENTS = tuple(DESCRIPTIONS)
