@@ -10,7 +10,9 @@
 #   (one log per compiling process). Python packages the machine lacks can come as wheels in .whl/
 #   (installed into /tmp/site first); wheels in .whl/fallback/ are installed only if the smoke test
 #   fails without them (e.g. flax/optax/chex at the versions plastix pins).
-# Settings (environment): PYTHON (python3), BUDGET (s for the whole script, 560), WARM_LIMIT (s, 200),
+# Settings (environment): PYTHON (python3), BUDGET (s for the whole script, 560), WARM_LIMIT (s, 240),
+#   WARM_JOBS (compiling processes at a time, 6: XLA:GPU compiles with several threads, and 13 at once
+#   on 16 cores took 4x as long each as one alone),
 #   QMIX_ENVS, QMIX_SEEDS ("1 8 32"), QMIX_CHUNK (periods, 1), JAXMARL_SEEDS ("1 8"), JAXMARL_CHUNK (4),
 #   DQN_SEEDS ("1 8 64"), DQN_CHUNK (periods, 5), REPEATS (timed chunks per program, 2), TESTS (test
 #   files run on the GPU; output in OUTDIR/pytest.txt), TEST_WORKERS (pytest-xdist processes, 8),
@@ -23,8 +25,9 @@ exec > >(tee -a "$out/log.txt") 2>&1
 start=$SECONDS
 PY=${PYTHON:-python3}
 BUDGET=${BUDGET:-560}
-WARM_LIMIT=${WARM_LIMIT:-200}
-QMIX_ENVS=${QMIX_ENVS:-smax/3s_vs_5z smax-drift}
+WARM_LIMIT=${WARM_LIMIT:-240}
+WARM_JOBS=${WARM_JOBS:-6}
+QMIX_ENVS=${QMIX_ENVS:-smax-drift smax/3s_vs_5z}  # the 5-unit programs compile slowest: first
 QMIX_SEEDS=${QMIX_SEEDS:-1 8 32}
 QMIX_CHUNK=${QMIX_CHUNK:-1}
 JAXMARL_SEEDS=${JAXMARL_SEEDS:-1 8}
@@ -72,6 +75,7 @@ warming=()
 warm() {
   local name=$1
   shift
+  while [ "$(jobs -rp | wc -l)" -gt "$WARM_JOBS" ]; do wait -n; done  # WARM_JOBS + nvidia-smi dmon
   (
     timeout "$WARM_LIMIT" "$PY" "$@" --cache "$cache" --warm >"$work/warm_$name.log" 2>&1
     echo "  $name: exit $? at $((SECONDS - start)) s"
@@ -82,8 +86,8 @@ for env in $QMIX_ENVS; do
   for s in $QMIX_SEEDS; do
     warm "qmix_${env##*/}_$s" benchmarks/qmix_smax_throughput.py --envs "$env" --seeds "$s" --skip-overhead --chunk-periods "$QMIX_CHUNK"
   done
+  [ "$env" = smax-drift ] && warm qmix_overhead benchmarks/qmix_smax_throughput.py --seeds --chunk-periods "$QMIX_CHUNK"
 done
-warm qmix_overhead benchmarks/qmix_smax_throughput.py --seeds --chunk-periods "$QMIX_CHUNK"
 for s in $JAXMARL_SEEDS; do
   warm "qmix_jaxmarl_$s" benchmarks/qmix_smax_throughput.py --settings jaxmarl --seeds "$s" --chunk-periods "$JAXMARL_CHUNK"
 done
@@ -112,15 +116,17 @@ timed() {  # at most $1 seconds, then the benchmark command
   echo "  exit $?"
 }
 timed 150 benchmarks/qmix_smax_throughput.py --envs $QMIX_ENVS --seeds $QMIX_SEEDS --chunk-periods "$QMIX_CHUNK"
-timed 70 benchmarks/qmix_smax_throughput.py --settings jaxmarl --seeds $JAXMARL_SEEDS --chunk-periods "$JAXMARL_CHUNK"
 # Tests whose code has backend-dependent branches or float tolerances, on the GPU (conftest picks the
-# CPU unless JAX_PLATFORMS says otherwise); failures in pytest.txt.
-seconds=$(limit 90)
+# CPU unless JAX_PLATFORMS says otherwise); -v names each result as it comes, so a step cut off by its
+# limit still says which tests failed (their tracebacks are in pytest.txt when pytest ends).
+seconds=$(limit 150)
 echo "== $(date -u +%T) (limit ${seconds} s) tests on $JAX_TEST_PLATFORM: $TESTS"
 if [ "$seconds" -ge 20 ]; then
-  JAX_PLATFORMS=$JAX_TEST_PLATFORM timeout "$seconds" "$PY" -m pytest -q -p no:cacheprovider --tb=short -n "$TEST_WORKERS" $TESTS >"$out/pytest.txt" 2>&1
+  JAX_PLATFORMS=$JAX_TEST_PLATFORM timeout "$seconds" "$PY" -m pytest -v -rfE -p no:cacheprovider --tb=short -n "$TEST_WORKERS" $TESTS >"$out/pytest.txt" 2>&1
   echo "  exit $?: $(tail -1 "$out/pytest.txt")"
+  grep -E "^\[gw[0-9]+\].* (FAILED|ERROR) " "$out/pytest.txt" | sed 's/^/  /'  # names, even when cut off
 fi
+timed 70 benchmarks/qmix_smax_throughput.py --settings jaxmarl --seeds $JAXMARL_SEEDS --chunk-periods "$JAXMARL_CHUNK"
 timed 150 benchmarks/dqn_minatar_throughput.py --seeds $DQN_SEEDS --chunk-periods "$DQN_CHUNK"
 [ -n "${dmon:-}" ] && kill "$dmon" 2>/dev/null
 tar czf "$out/logs.tgz" -C "$work" --exclude cache . 2>/dev/null

@@ -17,6 +17,12 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+if jax.default_backend() != "cpu":
+    # XLA:GPU multiplies float32 matrices in TensorFloat-32 by default (Ampere, Hopper); the tests
+    # compare float32 results with float64 NumPy references and other computation paths, so on a GPU
+    # they ask for float32 products. Which tests need it: `pytest -p tf32_emulation` (tests/tf32_emulation.py).
+    jax.config.update("jax_default_matmul_precision", "highest")
+
 from plastix.jit import collect_garbage_less_often  # noqa: E402
 
 collect_garbage_less_often()  # tests trace many programs

@@ -25,6 +25,8 @@ from jax import Array
 from plastix.nn.mlp import _check_widths
 from plastix.nn.topology import NeuronLayer, Neurons, ParamLayer, Path, Slice, Topology, _as_path
 
+HIGHEST = jax.lax.Precision.HIGHEST
+
 GRU_INPUT_GATES = ("ir", "iz", "in")
 GRU_HIDDEN_GATES = ("hr", "hz", "hn")
 GRU_BIASES = ("ir", "iz", "in", "hn")
@@ -45,6 +47,9 @@ def orthogonal(scale: float = 1.0):
     QRs on a 2-core machine every pool thread waits and the run deadlocks (jaxlib 0.10,
     ``jax::ParallelBatchMap``). This initializer avoids the call.
 
+    The products ask for full float32 precision: at XLA:GPU's default (TensorFloat-32 on Ampere and
+    Hopper) the columns were orthonormal only to ~2e-4 (``tests/tf32_emulation.py``).
+
     Returns:
       ``init(key, shape (rows, cols), dtype) -> (rows, cols)`` with orthonormal columns (rows ≥
       cols) or rows (rows < cols), times ``scale``.
@@ -60,7 +65,7 @@ def orthogonal(scale: float = 1.0):
         def column(j, q):
             v = a[:, j]
             for _ in range(2):  # classical Gram–Schmidt, repeated ("twice is enough")
-                v = v - q @ (q.T @ v)
+                v = v - jnp.matmul(q, jnp.matmul(q.T, v, precision=HIGHEST), precision=HIGHEST)
             return q.at[:, j].set(v / jnp.linalg.norm(v))
 
         q = jax.lax.fori_loop(0, short, column, jnp.zeros((tall, short), jnp.float32))
