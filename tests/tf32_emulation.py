@@ -12,7 +12,8 @@ can tell which tests and which library computations depend on float32 products b
 
 It relies on JAX internals (the MLIR lowering table) and is a developer's tool, never loaded by
 default. Programs it lowers differ from normal ones, so the persistent compilation cache never
-mixes the two.
+mixes the two. Processes the tests start (sweep workers, CLI runs) do not load it, so a test that
+compares their numbers with the test process's own fails under it (``test_sweep_status_resume_and_report``).
 """
 
 import jax.numpy as jnp
