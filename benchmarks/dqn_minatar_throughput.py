@@ -10,6 +10,7 @@ Setting: RR 1, batch 32, F = 1,000 updates, buffer 100k per seed, one greedy eva
    ReDo (τ 0.1, every 1,000 updates) vs neither, timed alternately (A, B, A, B, ...).
 
 Usage: python benchmarks/dqn_minatar_throughput.py [--seeds 1 8 64] [--repeats 3] [--chunk-periods 10]
+[--cache DIR --warm]  (see ``benchmarks/gpu_check.sh``)
 Prints timings and ratios; record what you measured in benchmarks/RESULTS.md with the machine.
 """
 

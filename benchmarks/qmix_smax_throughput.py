@@ -13,7 +13,8 @@ Settings (``--settings``):
   samples 128-step chunks, plastix whole padded battles (≤ 101 steps + final observation).
   JaxMARL's own QMIX is not installable here (its baselines are not in the jaxmarl wheel and
   plastix copies no code); MARL-NOTES records 223 env-steps/s for it at these settings on the same
-  2-core CPU type, which ``--jaxmarl-reference`` takes as the denominator of the printed ratio.
+  2-core CPU type, which ``--jaxmarl-reference`` takes as the denominator of the printed ratio
+  (printed on the CPU only: there is no GPU figure of JaxMARL's QMIX to divide by).
 
 Measurements (each compiled once, then timed ``--repeats`` times, median):
 
@@ -24,6 +25,8 @@ Measurements (each compiled once, then timed ``--repeats`` times, median):
    without diagnostics, timed alternately; share = 1 − without / with.
 
 Usage: python benchmarks/qmix_smax_throughput.py [--settings pymarl2|jaxmarl] [--seeds 1 8 32]
+(``--cache DIR --warm``: compile and run first chunks only, into a persistent compilation cache;
+``benchmarks/gpu_check.sh`` uses it to compile in parallel before timing.)
 Record what you measured in benchmarks/RESULTS.md with the machine.
 """
 
