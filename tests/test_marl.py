@@ -642,3 +642,62 @@ def test_a_diverging_group_names_the_member_and_its_method():
     rows = pd.DataFrame({"member": [0, 1], "seed": [1, 1], "period": [3, 3], "loss": [1.0, np.nan]})
     with pytest.raises(NonFiniteError, match="at member 1, seed 1, period 3 in g \\(member 1: redo\\)"):
         check_finite({}, rows, "g (member 1: redo)", lambda: "none")
+
+
+def test_episode_replay_samples_completed_stored_episodes_as_a_uniform_draw_over_them():
+    """Random episode ends (terminations and truncations) over several additions, enough to wrap
+    each env's ring of episodes and evict old steps; every sample is a completed episode still wholly
+    in the buffer, and each draw picks the same episode as a reference sampler (a cumulative sum
+    over all E × C ring slots, NumPy) given the same uniform numbers."""
+    from plastix.envs.base import EnvSpec
+
+    E, L, capacity = 3, 5, 24
+    spec = EnvSpec("toy", (2,), np.float32, num_actions=2, max_episode_steps=L)
+    loop = LoopConfig(
+        env_steps=30,
+        num_envs=E,
+        replay_ratio=1 / 3,
+        warmup_steps=L * E,
+        buffer_size=E * capacity,
+        batch_size=64,
+        period=1,
+    )
+    replay = episode_replay(loop, spec)
+    rng = np.random.default_rng(0)
+    T = 7
+
+    running = np.zeros(E, int)  # steps of each env's episode so far
+
+    def steps(t0):  # episodes of 1..L steps, ending at random or by the time limit; reward = 1000·env + time
+        time = t0 + np.arange(T)
+        ends, trunc = np.zeros((E, T), bool), np.zeros((E, T), bool)
+        for t in range(T):
+            running[:] += 1
+            trunc[:, t] = running == L
+            ends[:, t] = trunc[:, t] | (rng.random(E) < 0.3)
+            running[ends[:, t]] = 0
+        reward = (1000 * np.arange(E)[:, None] + time[None, :]).astype(np.float32)
+        obs = np.zeros((E, T, 2), np.float32)
+        return Step(obs, np.zeros((E, T), np.int32), reward, ends & ~trunc, trunc, obs)
+
+    add, sample = jax.jit(replay.add), jax.jit(replay.sample)
+    state = replay.init(jax.tree.map(lambda x: x[0, 0], steps(0)))
+    for round_ in range(12):
+        state = add(state, steps(round_ * T))
+        if round_ < 3:
+            continue
+        time = int(state.time)
+        episodes, starts, lengths = (np.asarray(x) for x in (state.episodes, state.episode_start, state.episode_length))
+        usable = (np.arange(capacity)[None, :] < episodes[:, None]) & (starts >= time - capacity)
+        assert usable.any()
+        for seed in range(3):
+            key = jax.random.key(100 * round_ + seed)
+            batch = sample(state, key)
+            u = np.asarray(jax.random.uniform(key, (loop.batch_size,))) * np.float32(usable.sum())
+            flat = np.searchsorted(np.cumsum(usable.reshape(-1)), u, side="right")
+            env, slot = flat // capacity, flat % capacity
+            assert usable[env, slot].all()
+            first_reward = np.asarray(batch.reward[:, 0])
+            np.testing.assert_array_equal(first_reward, 1000 * env + starts[env, slot])
+            np.testing.assert_array_equal(np.asarray(batch.valid).sum(1), lengths[env, slot])
+            assert (starts[env, slot] + lengths[env, slot] <= time).all()  # completed

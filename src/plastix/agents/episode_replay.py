@@ -115,14 +115,22 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         return EpisodeReplayState(storage.add(state.steps, steps), state.time + T, start, starts, lengths, count)
 
     def sample(state: EpisodeReplayState, key: Array, batch: int) -> EpisodeBatch:
+        # Usable: completed (in the ring) and wholly in the buffer still. Starts grow with the
+        # episode number, so an env's usable episodes are its most recent ``count`` ones: in slot
+        # order a range of the ring, perhaps wrapped. The k-th usable episode (env-major, then slot
+        # order) is found by arithmetic, not by a cumulative sum over all E × C slots.
         slots = jnp.arange(capacity)[None, :]
-        filled = slots < state.episodes[:, None]
-        stored = state.episode_start >= state.time - capacity  # wholly in the buffer still
-        weight = (filled & stored).reshape(-1).astype(jnp.float32)
-        cumulative = jnp.cumsum(weight)
-        u = jax.random.uniform(key, (batch,)) * cumulative[-1]
-        flat = jnp.clip(jnp.searchsorted(cumulative, u, side="right"), 0, E * capacity - 1)
-        env, slot = flat // capacity, flat % capacity
+        usable = (slots < state.episodes[:, None]) & (state.episode_start >= state.time - capacity)
+        count = usable.sum(axis=1, dtype=jnp.int32)  # (E,)
+        ends = jnp.cumsum(count)  # usable episodes of envs 0..e
+        total = ends[-1]
+        u = jax.random.uniform(key, (batch,)) * total.astype(jnp.float32)
+        k = jnp.clip(jnp.floor(u).astype(jnp.int32), 0, jnp.maximum(total - 1, 0))
+        env = jnp.minimum(jnp.searchsorted(ends, k, side="right"), E - 1)
+        k = k - (ends[env] - count[env])  # rank among the env's usable episodes
+        first = (state.episodes[env] - count[env]) % capacity  # slot of its oldest usable episode
+        wrapped = jnp.maximum(first + count[env] - capacity, 0)  # usable slots 0, 1, ... after a wrap
+        slot = jnp.where(k < wrapped, k, first + k - wrapped)
         start, length = state.episode_start[env, slot], state.episode_length[env, slot]
         positions = (start[:, None] + jnp.arange(W)[None, :]) % capacity  # (B, W)
         window = jax.tree.map(lambda x: x[env[:, None], positions], state.steps.experience)
