@@ -6,13 +6,17 @@
 # benchmark runs alone on the GPU, loads its programs from that cache and times its chunks.
 #
 # Usage, from the repository root: bash benchmarks/gpu_check.sh OUTDIR
-#   OUTDIR gets log.txt (everything printed), pytest.txt, dmon.txt (GPU utilization each second) and logs.tgz
-#   (one log per compiling process). Python packages the machine lacks can come as wheels in .whl/
-#   (installed into /tmp/site first); wheels in .whl/fallback/ are installed only if the smoke test
-#   fails without them (e.g. flax/optax/chex at the versions plastix pins).
+#   OUTDIR gets log.txt (everything printed), pytest.txt, dmon.txt (GPU utilization each second)
+#   and logs.tgz (one log per compiling process). Python packages the machine lacks can come as
+#   wheels in .whl/ (installed into /tmp/site first); wheels in .whl/fallback/ are installed only if
+#   the smoke test fails without them (e.g. flax/optax/chex at the versions plastix pins). The call
+#   of 2026-12-04 (H200 image: jax 0.11.2, Python 3.12) carried, fetched with `pip download --no-deps
+#   --only-binary=:all: --python-version 3.12 ...`: gymnax 1.0.1, gymnasium 1.3.0,
+#   farama-notifications 0.0.6, jaxmarl 0.2.0, flashbax 0.1.3; fallback flax 0.12.8, optax 0.2.8,
+#   chex 0.1.92 (not needed).
 # Settings (environment): PYTHON (python3), BUDGET (s for the whole script, 560), WARM_LIMIT (s, 240),
-#   WARM_JOBS (compiling processes at a time, 6: XLA:GPU compiles with several threads, and 13 at once
-#   on 16 cores took 4x as long each as one alone),
+#   WARM_JOBS (compiling processes at a time, 6: XLA:GPU compiles with several threads; with 13 at
+#   once on 16 cores a QMIX program took 90-215+ s, one alone about 45 s),
 #   QMIX_ENVS, QMIX_SEEDS ("1 8 32"), QMIX_CHUNK (periods, 1), JAXMARL_SEEDS ("1 8"), JAXMARL_CHUNK (4),
 #   DQN_SEEDS ("1 8 64"), DQN_CHUNK (periods, 5), REPEATS (timed chunks per program, 2), TESTS (test
 #   files run on the GPU; output in OUTDIR/pytest.txt), TEST_WORKERS (pytest-xdist processes, 8),
