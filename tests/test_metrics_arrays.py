@@ -1,5 +1,7 @@
 """Array-level metrics against hand-computed references."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,3 +153,27 @@ def test_gru_orthogonal_initializer_is_orthonormal_and_lapack_free():
     agent = GRUAgent(16, 3)
     draw = jax.vmap(lambda k: agent.init(k, jnp.zeros((1, 2, 4))))
     assert "lapack" not in jax.jit(draw).lower(jax.random.split(jax.random.key(0), 2)).as_text()
+
+
+def test_tf32_emulation_rounds_default_precision_products_only():
+    """``tests/tf32_emulation.py`` (a developer's plugin, loaded in a subprocess so the lowering it
+    registers stays out of this one): a float32 product at default precision gets TF32's error
+    (~1e-4 relative), one at ``precision="highest"`` keeps float32's (~1e-7)."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, jax, jax.numpy as jnp
+import tf32_emulation
+x = jax.random.normal(jax.random.key(0), (64, 256)); w = jax.random.normal(jax.random.key(1), (256, 64))
+ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+err = lambda y: float(np.abs(np.asarray(y) - ref).max() / np.abs(ref).max())
+print(err(jax.jit(jnp.dot)(x, w)), err(jax.jit(lambda a, b: jnp.dot(a, b, precision="highest"))(x, w)))
+"""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    default, highest = map(float, out.stdout.split())
+    assert 3e-5 < default < 2e-3, default
+    assert highest < 3e-6, highest
