@@ -63,6 +63,17 @@ def build(mixer="qmix"):
     return net, topology, init_params, inputs
 
 
+def assert_same_values(actual, desired):
+    """Bit-identical on the CPU; on other backends within 1e-6, the float32 function-preservation
+    tolerance: XLA:GPU compiles two programs that compute the same values (a network with empty
+    slots and the plain one; a re-drawn initializer inside an intervention and the same draw
+    outside) with different fusions and summation orders (H200, 2026-12-04: up to 3e-7 apart)."""
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(actual, desired)
+    else:
+        np.testing.assert_allclose(actual, desired, rtol=0, atol=1e-6)
+
+
 @functools.partial(jax.jit, static_argnums=0)  # compiled once per forward function
 def outputs(apply, params, inputs):
     """Agent Qs ``(T, B, n, A)`` and ``Q_tot (T, B)``."""
@@ -106,10 +117,10 @@ def test_knife_preserves_every_output_at_first_and_second_injection(learner, sel
     apply = method.forward(net.apply)
     state = create_train_state(method, init_params(jax.random.key(1)), optax.adam(1e-2))
     assert jax.tree.map(np.array, outputs(apply, state.params, inputs)) is not None
-    # the slots add nothing before any injection: bit-identical to the plain network
+    # the slots add nothing before any injection: bit-identical to the plain network (CPU)
     plain = outputs(net.apply, {k: v for k, v in state.params.items() if k != SLOTS}, inputs)
     for a, b in zip(outputs(apply, state.params, inputs), plain):
-        np.testing.assert_array_equal(a, b)
+        assert_same_values(a, b)
     for round_ in range(2):
         before = outputs(apply, state.params, inputs)
         scores = random_scores(jax.random.key(10), topology, state.params)  # same neurons: injected twice
@@ -647,7 +658,7 @@ def test_cbp_replaces_the_lowest_utility_mature_neurons_and_preserves_the_pruned
     replaced[lowest] = True
     fresh = init_params(jax.random.key(7))
     w, w1 = stepped.params["hidden_0"]["kernel"], after.params["hidden_0"]["kernel"]
-    np.testing.assert_array_equal(w1[:, replaced], fresh["hidden_0"]["kernel"][:, replaced])
+    assert_same_values(w1[:, replaced], fresh["hidden_0"]["kernel"][:, replaced])
     np.testing.assert_array_equal(w1[:, ~replaced], w[:, ~replaced])
     np.testing.assert_array_equal(after.params["hidden_1"]["kernel"][replaced], 0.0)
     st = after.intervention_state["hidden_0"]
