@@ -61,8 +61,9 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
 def apply_device_options(args: argparse.Namespace) -> None:
     """Turn on the compilation cache of ``--cache``; print the device."""
     if args.cache:
-        jax.config.update("jax_compilation_cache_dir", args.cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        from plastix.cli import enable_compilation_cache
+
+        enable_compilation_cache(args.cache)
     device = jax.devices()[0]
     print(f"jax {jax.__version__} on {device.device_kind} ({platform.processor() or platform.machine()})")
 

@@ -171,7 +171,8 @@ err = lambda y: float(np.abs(np.asarray(y) - ref).max() / np.abs(ref).max())
 print(err(jax.jit(jnp.dot)(x, w)), err(jax.jit(lambda a, b: jnp.dot(a, b, precision="highest"))(x, w)))
 """
     tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     default, highest = map(float, out.stdout.split())

@@ -160,6 +160,8 @@ def test_cli_turns_on_the_compilation_cache_unless_told_not_to(monkeypatch, tmp_
         assert enable_compilation_cache() is None and not jax.config.jax_compilation_cache_dir
         monkeypatch.setenv("PLASTIX_COMPILATION_CACHE", str(tmp_path / "xla"))
         assert enable_compilation_cache() == str(tmp_path / "xla") == jax.config.jax_compilation_cache_dir
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert enable_compilation_cache(str(tmp_path / "given")) == str(tmp_path / "given")  # a path given wins
     finally:
         jax.config.update("jax_compilation_cache_dir", saved[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])

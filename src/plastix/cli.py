@@ -408,21 +408,23 @@ def _legacy_experiment(rundir) -> str:
     return "supervised"
 
 
-def enable_compilation_cache() -> str | None:
+def enable_compilation_cache(path: str | None = None) -> str | None:
     """Turn on JAX's persistent compilation cache for runs (a study's cells and a resumed run then
     reuse compiled programs; on a 2-core CPU compilation is most of a small cell's time).
 
-    Directory: ``$PLASTIX_COMPILATION_CACHE``, default ``$XDG_CACHE_HOME/plastix/jax`` (``~/.cache``);
-    set it to an empty string to turn the cache off. A cache directory already configured (e.g. by
-    the test set-up) is left as it is. Returns the directory in use, or ``None``.
+    Directory: ``path`` if given, else ``$PLASTIX_COMPILATION_CACHE``, default
+    ``$XDG_CACHE_HOME/plastix/jax`` (``~/.cache``); an empty string turns the cache off. A cache
+    directory already configured (e.g. by the test set-up) is left as it is. Returns the directory
+    in use, or ``None``.
     """
     import jax
 
     current = jax.config.jax_compilation_cache_dir
     if current:
         return current
-    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "plastix", "jax")
-    path = os.environ.get("PLASTIX_COMPILATION_CACHE", default)
+    if path is None:
+        default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "plastix", "jax")
+        path = os.environ.get("PLASTIX_COMPILATION_CACHE", default)
     if not path:
         return None
     jax.config.update("jax_compilation_cache_dir", path)

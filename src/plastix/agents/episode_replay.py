@@ -127,9 +127,10 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         u = jax.random.uniform(key, (batch,)) * total.astype(jnp.float32)
         k = jnp.clip(jnp.floor(u).astype(jnp.int32), 0, jnp.maximum(total - 1, 0))
         env = jnp.minimum(jnp.searchsorted(ends, k, side="right"), E - 1)
-        k = k - (ends[env] - count[env])  # rank among the env's usable episodes
-        first = (state.episodes[env] - count[env]) % capacity  # slot of its oldest usable episode
-        wrapped = jnp.maximum(first + count[env] - capacity, 0)  # usable slots 0, 1, ... after a wrap
+        in_env = count[env]
+        k = k - (ends[env] - in_env)  # rank among the env's usable episodes
+        first = (state.episodes[env] - in_env) % capacity  # slot of its oldest usable episode
+        wrapped = jnp.maximum(first + in_env - capacity, 0)  # usable slots 0, 1, ... after a wrap
         slot = jnp.where(k < wrapped, k, first + k - wrapped)
         start, length = state.episode_start[env, slot], state.episode_length[env, slot]
         positions = (start[:, None] + jnp.arange(W)[None, :]) % capacity  # (B, W)
