@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU rows of benchmarks/RESULTS.md in one call on a machine with a GPU: QMIX on SMAX
-# (qmix_smax_throughput.py, PyMARL2 and JaxMARL settings, issue 10) and DQN on MinAtar
-# (dqn_minatar_throughput.py). Every program is compiled first, by parallel processes that fill one
-# persistent compilation cache (compilation is CPU work and the machine has many cores); then each
-# benchmark runs alone on the GPU, loads its programs from that cache and times its chunks.
+# (qmix_smax_throughput.py, PyMARL2 and JaxMARL settings, issue 10), DQN on MinAtar
+# (dqn_minatar_throughput.py) and grouped vs patch convolutions under a seed vmap (vmapped_conv.py).
+# Every program is compiled first, by parallel processes that fill one persistent compilation cache
+# (compilation is CPU work and the machine has many cores); then each benchmark runs alone on the
+# GPU, loads its programs from that cache and times its chunks.
 #
 # Usage, from the repository root: bash benchmarks/gpu_check.sh OUTDIR
 #   OUTDIR gets log.txt (everything printed), pytest.txt, dmon.txt (GPU utilization each second)
@@ -99,6 +100,7 @@ for s in $DQN_SEEDS; do
   warm "dqn_$s" benchmarks/dqn_minatar_throughput.py --seeds "$s" --skip-overhead --chunk-periods "$DQN_CHUNK"
 done
 warm dqn_overhead benchmarks/dqn_minatar_throughput.py --seeds --chunk-periods "$DQN_CHUNK"
+warm conv benchmarks/vmapped_conv.py --seeds $DQN_SEEDS
 wait "${warming[@]}"  # not a bare wait: that would wait for dmon and the log's tee too
 echo "  cache: $(find "$cache" -type f 2>/dev/null | wc -l) files, $(du -sh "$cache" 2>/dev/null | cut -f1)"
 
@@ -129,6 +131,12 @@ if [ "$seconds" -ge 20 ]; then
   JAX_PLATFORMS=$JAX_TEST_PLATFORM timeout "$seconds" "$PY" -m pytest -v -rfE -p no:cacheprovider --tb=short -n "$TEST_WORKERS" $TESTS >"$out/pytest.txt" 2>&1
   echo "  exit $?: $(tail -1 "$out/pytest.txt")"
   grep -E "^\[gw[0-9]+\].* (FAILED|ERROR) " "$out/pytest.txt" | sed 's/^/  /'  # names, even when cut off
+fi
+seconds=$(limit 60)  # grouped vs patches convolutions under a seed vmap (the DQN seed-scaling lead)
+echo "== $(date -u +%T) (limit ${seconds} s) benchmarks/vmapped_conv.py --seeds $DQN_SEEDS"
+if [ "$seconds" -ge 20 ]; then
+  timeout "$seconds" "$PY" benchmarks/vmapped_conv.py --seeds $DQN_SEEDS --cache "$cache" --repeats 20
+  echo "  exit $?"
 fi
 timed 70 benchmarks/qmix_smax_throughput.py --settings jaxmarl --seeds $JAXMARL_SEEDS --chunk-periods "$JAXMARL_CHUNK"
 timed 150 benchmarks/dqn_minatar_throughput.py --seeds $DQN_SEEDS --chunk-periods "$DQN_CHUNK"
