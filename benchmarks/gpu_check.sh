@@ -131,12 +131,16 @@ if [ "$seconds" -ge 20 ]; then
   JAX_PLATFORMS=$JAX_TEST_PLATFORM timeout "$seconds" "$PY" -m pytest -v -rfE -p no:cacheprovider --tb=short -n "$TEST_WORKERS" $TESTS >"$out/pytest.txt" 2>&1
   echo "  exit $?: $(tail -1 "$out/pytest.txt")"
   grep -E "^\[gw[0-9]+\].* (FAILED|ERROR) " "$out/pytest.txt" | sed 's/^/  /'  # names, even when cut off
+else
+  echo "  skipped: too little time left"
 fi
 seconds=$(limit 60)  # grouped vs patches convolutions under a seed vmap (the DQN seed-scaling lead)
 echo "== $(date -u +%T) (limit ${seconds} s) benchmarks/vmapped_conv.py --seeds $DQN_SEEDS"
 if [ "$seconds" -ge 20 ]; then
   timeout "$seconds" "$PY" benchmarks/vmapped_conv.py --seeds $DQN_SEEDS --cache "$cache" --repeats 20
   echo "  exit $?"
+else
+  echo "  skipped: too little time left"
 fi
 timed 70 benchmarks/qmix_smax_throughput.py --settings jaxmarl --seeds $JAXMARL_SEEDS --chunk-periods "$JAXMARL_CHUNK"
 timed 150 benchmarks/dqn_minatar_throughput.py --seeds $DQN_SEEDS --chunk-periods "$DQN_CHUNK"
