@@ -10,7 +10,8 @@ Setting: RR 1, batch 32, F = 1,000 updates, buffer 100k per seed, one greedy eva
    ReDo (τ 0.1, every 1,000 updates) vs neither, timed alternately (A, B, A, B, ...).
 
 Usage: python benchmarks/dqn_minatar_throughput.py [--seeds 1 8 64] [--repeats 3] [--chunk-periods 10]
-[--cache DIR --warm]  (see ``benchmarks/gpu_check.sh``)
+[--cache DIR --warm] (see ``benchmarks/gpu_check.sh``) [--profile-seeds N] (3.: one chunk at N seeds traced,
+its top operations printed; the profiler keeps at most 1,000,000 events)
 Prints timings and ratios; record what you measured in benchmarks/RESULTS.md with the machine.
 """
 
@@ -90,6 +91,45 @@ def time_chunks(trains_carries, repeats: int) -> list[float]:
     return [float(np.median(t)) if t else float("nan") for t in times]
 
 
+def profile_chunk(train, carry, top: int = 15) -> None:
+    """Trace one chunk with ``jax.profiler`` and print, per traced process (host threads, each GPU),
+    the ``top`` operations by total time: on a GPU its kernels (are the grouped convolutions the
+    cost?), on the CPU XLA's thunks. Names are grouped with trailing numbers dropped."""
+    import collections
+    import glob
+    import gzip
+    import json
+    import re
+    import tempfile
+
+    carry, m, _ = train.run_chunk(carry)  # compiled, and its first run out of the way
+    jax.block_until_ready(m)
+    with tempfile.TemporaryDirectory() as directory:
+        t0 = time.perf_counter()
+        with jax.profiler.trace(directory, create_perfetto_trace=True):
+            jax.block_until_ready(train.run_chunk(carry)[1])
+        print(f"  traced chunk: {time.perf_counter() - t0:.2f} s (the profiler slows it)")
+        (path,) = glob.glob(f"{directory}/**/perfetto_trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    total = collections.defaultdict(collections.Counter)
+    count = collections.defaultdict(collections.Counter)
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e:
+            name = re.sub(r"([._]\d+)+$", "", str(e.get("name", "")))
+            where = processes.get(e.get("pid"), str(e.get("pid")))
+            total[where][name] += e["dur"]
+            count[where][name] += 1
+    if len(events) >= 1_000_000:
+        print("  (the trace reached the profiler's cap of 1,000,000 events: it holds the chunk's first part)")
+    for where, by_name in total.items():
+        print(f"  {where}: {sum(count[where].values()):,} events")
+        for name, us in by_name.most_common(top):
+            print(f"    {us / 1e3:10.1f} ms {count[where][name]:9,d}x  {name[:90]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 8, 64], help="none: skip the scaling")
@@ -97,6 +137,9 @@ def main():
     parser.add_argument("--chunk-periods", type=int, default=10)
     parser.add_argument("--overhead-seeds", type=int, default=8)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument(
+        "--profile-seeds", type=int, default=0, help="trace one chunk at this many seeds and print its top operations"
+    )
     add_device_options(parser)
     args = parser.parse_args()
     apply_device_options(args)
@@ -126,6 +169,9 @@ def main():
         )
         if not args.warm:
             print(f"  without {plain:.3f} s, with {full:.3f} s per chunk: ratio {full / plain:.3f}")
+    if args.profile_seeds and not args.warm:
+        print(f"\n3. profile: one chunk at {args.profile_seeds} seeds (diagnostics on, as in 1.)", flush=True)
+        profile_chunk(*build(args.profile_seeds, args.chunk_periods, True, False))
 
 
 if __name__ == "__main__":
