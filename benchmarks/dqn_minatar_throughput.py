@@ -142,6 +142,8 @@ def main():
     )
     add_device_options(parser)
     args = parser.parse_args()
+    if args.profile_seeds < 0:
+        parser.error(f"--profile-seeds must be >= 0 (0: no profile), got {args.profile_seeds}")
     apply_device_options(args)
     repeats = 0 if args.warm else args.repeats
     steps = 1_000 * args.chunk_periods

@@ -21,13 +21,13 @@ Usage: python benchmarks/vmapped_conv.py [--nets minatar nature] [--seeds 1 8 64
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from dqn_minatar_throughput import add_device_options, apply_device_options
 from jax import lax
 
 NETS = {  # name: (input HWC, ((channels, kernel, stride), ...), dense, actions)
@@ -80,14 +80,11 @@ def main():
     parser.add_argument("--nets", nargs="*", default=list(NETS), choices=list(NETS))
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 8, 64])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--cache", default="", help="JAX persistent compilation cache directory (default: off)")
-    parser.add_argument("--warm", action="store_true", help="compile every program (fills --cache), time nothing")
+    add_device_options(parser)
     args = parser.parse_args()
-    if args.cache:
-        from plastix.cli import enable_compilation_cache
-
-        enable_compilation_cache(args.cache)
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})")
+    if any(s < 1 for s in args.seeds) or args.repeats < 1:
+        parser.error(f"--seeds and --repeats must be >= 1, got seeds {args.seeds}, repeats {args.repeats}")
+    apply_device_options(args)
     print(f"forward + backward, batch {BATCH} per seed; median of {args.repeats} calls")
     for net in args.nets:
         for seeds in args.seeds:
