@@ -591,6 +591,27 @@ def test_experiments_group_methods_at_small_scale_only():
     assert [m for _, m, _ in dormant.run_order("matrix-sequential", off, cells)] == [[0], [1], [2], [3]]
 
 
+def test_experiments_start_the_longest_programs_first():
+    """Most cells first; among jobs with as many cells, the network with the most neuron layers
+    (QPLEX 16, QMIX 6, VDN 2) first; otherwise run_order's order."""
+    from plastix.experiments import dormant
+
+    config = dormant.DormantExperimentConfig(methods=("none", "redo", "cbp"))  # vdn, qmix, qplex
+    cells = dormant.EXPERIMENTS["matrix-sequential"][0](config)
+    order = dormant.run_order("matrix-sequential", config, cells)
+    assert [label for _, _, label in order][:2] == ["mixer-vdn_method-none +1", "mixer-vdn_method-cbp"]
+    jobs = dormant.largest_first(order, cells)
+    assert [label for _, _, label in jobs] == [
+        "mixer-qplex_method-none +1",
+        "mixer-qmix_method-none +1",
+        "mixer-vdn_method-none +1",
+        "mixer-qplex_method-cbp",
+        "mixer-qmix_method-cbp",
+        "mixer-vdn_method-cbp",
+    ]
+    assert sorted(jobs) == sorted(order)
+
+
 def dataclasses_replace(config, **changes):
     import dataclasses
 

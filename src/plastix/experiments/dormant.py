@@ -39,7 +39,7 @@ from plastix.experiments.marl import (
     marl_cells,
     report_section,
 )
-from plastix.experiments.rl import RLConfig, build_train, groups, run_cell, run_cell_group
+from plastix.experiments.rl import RLConfig, build_agent, build_train, groups, run_cell, run_cell_group
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete, stopping_progress
 from plastix.experiments.workers import run_in_processes
@@ -423,7 +423,7 @@ def run(
             return df
         _record_cells(root, cells)
 
-        jobs = sorted(run_order(experiment, config, cells), key=lambda job: -len(job[1]))  # largest groups first
+        jobs = largest_first(run_order(experiment, config, cells), cells)
         workers = program_workers(config)
         shown = (lambda label, i, done, total: progress(label, i, len(cells), done, total)) if progress else None
         work = functools.partial(_run_job, experiment, root, cells)
@@ -519,6 +519,27 @@ def run_order(
         label = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
         order.append((members[0], members, label))
     return order
+
+
+def largest_first(
+    jobs: list[tuple[int, list[int], str]], cells: list[tuple[dict, RLConfig]]
+) -> list[tuple[int, list[int], str]]:
+    """``jobs`` (:func:`run_order`) in the order the workers take them: the most cells first, and
+    among jobs with as many cells the one whose network has the most neuron layers (all its
+    topologies together), so the longest programs start first and none starts alone at the end.
+
+    A job's cost is not known before it compiles; cells and network size are a proxy. Measured on
+    the three-mixer ``matrix-sequential --methods all --seeds 10`` study (2-core CPU, costs of the
+    nine programs on one core in ``benchmarks/RESULTS.md``): QPLEX's programs (16 neuron layers)
+    cost 1.8–3.1× VDN's (2 layers) with as many runs, and ordering by cells alone started QPLEX's
+    KNIFE program (the longest) third, after VDN's.
+    """
+
+    def neuron_layers(job) -> int:
+        _, _, topologies = build_agent(cells[job[0]][1])
+        return sum(len(topology.layers) for topology in topologies.values())
+
+    return sorted(jobs, key=lambda job: (-len(job[1]), -neuron_layers(job)))
 
 
 def _group_id(names: list[str]) -> str:
