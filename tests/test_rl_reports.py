@@ -211,3 +211,41 @@ def test_cells_json_records_what_really_runs(tmp_path):
     assert set(record) == {"method-none", "method-redo"}
     assert all(c["config"]["vmap_seeds"] is False for c in record.values())
     assert all(c.vmap_seeds for _, c in dormant.sac_cells(dormant.DormantExperimentConfig()))
+
+
+def test_curves_keep_one_style_per_setting_and_one_legend_per_figure():
+    """14 methods (more than matplotlib's ten colors, and ``none`` / ``redo`` with fixed colors that
+    collide with positional ones) get 14 distinct styles; a figure whose first panel has no data
+    (VDN's mixer: no neurons) still gets a legend naming every method, drawn alike in every panel,
+    and the empty panel says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from plastix.experiments.marl import STUDY_METHODS, expand_methods
+    from plastix.report import figure_legend, plot_curves
+    from plastix.report.figures import curve_styles
+
+    methods = sorted(expand_methods(("all",)))
+    assert len(methods) == 14 and set(STUDY_METHODS) <= set(methods)
+    styles = curve_styles(methods)
+    assert len({(s["color"], s["ls"]) for s in styles.values()}) == 14
+    assert styles["none"]["color"] == "#7f7f7f" and curve_styles(methods) == styles
+    rng = np.random.default_rng(0)
+    rows = [
+        {"method": m, "seed": s, "env_steps": t, "y": rng.normal()} for m in methods for s in range(2) for t in range(3)
+    ]
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 3, squeeze=False)
+    plot_curves(axes[0][0], df.iloc[:0], "y", hue="method", x="env_steps", order=methods)  # empty panel
+    plot_curves(axes[0][1], df, "y", hue="method", x="env_steps", order=methods)
+    plot_curves(axes[0][2], df[df.method != "cbp"], "y", hue="method", x="env_steps", order=methods)
+    figure_legend(fig, axes, title="method")
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == methods
+    assert [t.get_text() for t in axes[0][0].texts] == ["no y here"]
+    drawn = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in axes[0][1].lines}
+    assert all(drawn[line.get_label()] == (line.get_color(), line.get_linestyle()) for line in axes[0][2].lines)
+    assert len(set(drawn.values())) == 14
+    plt.close(fig)

@@ -622,7 +622,7 @@ def write_report(
     """Figures (PNG, curves with 95% CIs over seeds) and ``report.md`` with the IQM table."""
     import matplotlib.pyplot as plt
 
-    from plastix.report import few_seeds_note, format_estimate, plot_curves, save_figure
+    from plastix.report import few_seeds_note, figure_legend, format_estimate, plot_curves, save_figure
 
     by = _labels(experiment)
     df = with_settings(experiment, df)
@@ -631,6 +631,7 @@ def write_report(
     panel_key = by[0] if len(by) > 1 else None
     panels = list(dict.fromkeys(df[panel_key])) if panel_key else [None]
     hue = by[-1]
+    hues = sorted(df[hue].astype(str).unique())  # one style per value in every panel: one legend per figure
     for metric, label, scale in [(f"{n}/dormant_fraction", f"{n}: τ={config.tau}-dormant (%)", 100) for n in nets] + [
         ("eval_return", "evaluation return", 1)
     ]:
@@ -638,15 +639,18 @@ def write_report(
         for ax, panel in zip(axes[0], panels):
             part = df if panel is None else df[df[panel_key] == panel]
             part = part.dropna(subset=[metric])
-            plot_curves(ax, part.assign(**{hue: part[hue].astype(str)}), metric, hue=hue, x="env_steps", scale=scale)
+            plot_curves(
+                ax, part.assign(**{hue: part[hue].astype(str)}), metric, hue=hue, x="env_steps", scale=scale, order=hues
+            )
             ax.set_title(f"{panel_key} = {panel}" if panel is not None else experiment, fontsize=10)
             ax.set_ylabel(label)
-        axes[0][0].legend(frameon=False, fontsize=8, title=hue)
+        figure_legend(fig, axes, title=hue, fontsize=8)
         name = metric.replace("/", "_")
         files.append(save_figure(fig, os.path.join(path, f"{name}.png")))
     layer_cols = [c for c in df.columns if "/layer/" in c and c.endswith("/dormant_fraction")]
     if layer_cols:
         settings = list(dict.fromkeys(df["setting"]))[:4]
+        layers = [c.replace("/dormant_fraction", "").replace("/layer/", ": ") for c in layer_cols]
         fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
         for ax, setting in zip(axes[0], settings):
             part = df[df.setting == setting]
@@ -654,10 +658,10 @@ def write_report(
                 id_vars=["seed", "env_steps"], value_vars=layer_cols, var_name="layer", value_name="dormant"
             )
             long["layer"] = long["layer"].str.replace("/dormant_fraction", "").str.replace("/layer/", ": ")
-            plot_curves(ax, long, "dormant", hue="layer", x="env_steps", scale=100)
+            plot_curves(ax, long, "dormant", hue="layer", x="env_steps", scale=100, order=layers)
             ax.set_title(setting, fontsize=10)
             ax.set_ylabel("dormant (%) per layer")
-        axes[0][0].legend(frameon=False, fontsize=7)
+        figure_legend(fig, axes, title="layer")
         files.append(save_figure(fig, os.path.join(path, "dormant_per_layer.png")))
     rows = summary(experiment, df)
     marl_files, marl_lines = report_section(experiment, df, path) if experiment in MARL_EXPERIMENTS else ([], [])

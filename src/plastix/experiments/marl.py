@@ -546,7 +546,7 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
     """MARL figures and tables: ``(files, markdown lines)``."""
     import matplotlib.pyplot as plt
 
-    from plastix.report import format_estimate, mean_ci, plot_curves, save_figure
+    from plastix.report import figure_legend, format_estimate, mean_ci, plot_curves, save_figure
 
     files, lines = [], []
     switches = switch_steps(df)
@@ -575,19 +575,26 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
             mark_switches(ax, switches)
             ax.set_title(f"{setting}: {group}", fontsize=9)
             ax.set_ylabel("% of neurons")
-    axes[0][0].legend(frameon=False, fontsize=7)
+    figure_legend(fig, axes, title="neurons")
     files.append(save_figure(fig, os.path.join(path, "neuron_ratios_agent_vs_mixer.png")))
     # return per task
     task_cols = sorted(c for c in df.columns if c.startswith("eval_return/task_"))
-    if task_cols:
-        fig, axes = plt.subplots(1, len(task_cols), figsize=(3.4 * len(task_cols), 3.2), squeeze=False)
-        for ax, col in zip(axes[0], task_cols):
-            part = df.dropna(subset=[col])
-            plot_curves(ax, part, col, hue="setting", x="env_steps")
-            mark_switches(ax, switches)
-            ax.set_title(col.replace("eval_return/", ""), fontsize=10)
-            ax.set_ylabel("greedy return")
-        axes[0][0].legend(frameon=False, fontsize=6)
+    if task_cols:  # a row per mixer, so a panel holds one mixer's methods (14 with --methods all), not 42 lines
+        by_mixer = "mixer" in df and "method" in df  # else (e.g. ``plastix run rl``) one row of settings
+        mixers = list(dict.fromkeys(df["mixer"])) if by_mixer else [None]
+        hue, order = ("method", list(dict.fromkeys(df["method"]))) if by_mixer else ("setting", settings)
+        fig, axes = plt.subplots(
+            len(mixers), len(task_cols), figsize=(3.4 * len(task_cols), 3.0 * len(mixers)), squeeze=False
+        )
+        for row, mixer in zip(axes, mixers):
+            for ax, col in zip(row, task_cols):
+                part = (df if mixer is None else df[df.mixer == mixer]).dropna(subset=[col])
+                plot_curves(ax, part, col, hue=hue, x="env_steps", order=order)
+                mark_switches(ax, switches)
+                task = col.replace("eval_return/", "")
+                ax.set_title(task if mixer is None else f"{mixer}: {task}", fontsize=10)
+                ax.set_ylabel("greedy return")
+        figure_legend(fig, axes, title=hue)
         files.append(save_figure(fig, os.path.join(path, "return_per_task.png")))
     # neuron-level vs layer-level injection (paper Fig. 7a): KNIFE vs KNIFE on every neuron vs heads
     levels = [m for m in ("none", "knife", "knife-all", "injection") if "method" in df and m in set(df["method"])]
@@ -600,7 +607,7 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
             mark_switches(ax, switches)
             ax.set_title(f"{mixer}: neuron-level vs layer-level injection", fontsize=9)
             ax.set_ylabel("greedy return")
-        axes[0][0].legend(frameon=False, fontsize=7)
+        figure_legend(fig, axes, title="method")
         files.append(save_figure(fig, os.path.join(path, "neuron_vs_layer_level.png")))
     # tables: ranking, neuron ratios at the end, around the switches, and task 1 first vs revisited
     lines += ranking_table(df, settings, task_cols)

@@ -73,7 +73,15 @@ def write_sweep_report(root: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     from plastix.experiments.marl import inactive_methods, ranking_table
-    from plastix.report import few_seeds_note, final_values, format_estimate, mean_ci, plot_curves, save_figure
+    from plastix.report import (
+        few_seeds_note,
+        figure_legend,
+        final_values,
+        format_estimate,
+        mean_ci,
+        plot_curves,
+        save_figure,
+    )
 
     df, status = sweep_metrics(root)
     counts = status.status.value_counts()
@@ -143,7 +151,7 @@ def write_sweep_report(root: str) -> list[str]:
                     continue
                 plot_curves(ax, df, f"{net}/{column}", hue="setting", x="env_steps", scale=100, order=settings)
                 ax.set_title(f"{net}: {name} (%)", fontsize=10)
-        axes[0][0].legend(frameon=False, fontsize=7)
+        figure_legend(fig, axes, title="setting")
         files.append(save_figure(fig, os.path.join(root, "neuron_ratios.png")))
     lines += ["", *[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files], ""]
     return _write(root, lines, files)
