@@ -19,8 +19,8 @@ LINESTYLES = ("-", "--", ":", "-.")
 def curve_styles(groups: Sequence[str]) -> dict[str, dict]:
     """A distinct ``{"color", "ls"}`` per group: names in :data:`COLORS` keep their color; the others
     take, in order, matplotlib's ten colors that no fixed color of ``groups`` uses, then the same
-    colors dashed, dotted, dash-dotted. Given the same ``groups``, every panel draws a group alike,
-    so one legend serves a whole figure (:func:`figure_legend`)."""
+    colors dashed, dotted, dash-dotted (past ~40 groups, styles repeat). Given the same ``groups``,
+    every panel draws a group alike, so one legend serves a whole figure (:func:`figure_legend`)."""
     fixed = {g: COLORS[g] for g in groups if g in COLORS}
     taken = {to_hex(c) for c in fixed.values()}
     free = [c for c in (f"C{i}" for i in range(10)) if to_hex(c) not in taken]
