@@ -680,7 +680,7 @@ def write_report(
             ax.set_xlabel("replay ratio")
             ax.set_title(title, fontsize=10)
             ax.grid(alpha=0.3)
-        axes[0].legend(frameon=False, fontsize=8)
+        figure_legend(fig, axes, title="method", fontsize=8)
         files.append(save_figure(fig, os.path.join(path, "replay_ratio.png")))
     extra = [k for k in rows[0] if k not in ("setting", "iqm_return", *by)]
     lines = [

@@ -300,12 +300,10 @@ def group_column(part: pd.DataFrame, group: str, field: str) -> str:
     if column in part and part[column].notna().any():
         return column
     whole = f"marl/{field}"
-    if (
-        group == "agent"
-        and whole in part
-        and not any(c.startswith("marl/layer/mixer/") and part[c].notna().any() for c in part)
-    ):
-        return whole
+    if group == "agent" and whole in part:
+        mixer_layers = [c for c in part.columns if c.startswith("marl/layer/mixer/")]
+        if not part[mixer_layers].notna().to_numpy().any():  # one pass, not a column at a time
+            return whole
     return column
 
 
