@@ -48,6 +48,9 @@ def test_experiment_config_errors_name_the_field():
         dormant.DormantExperimentConfig(methods=("none", "magic"))
     with pytest.raises(ValueError, match="replay_ratios"):
         dormant.DormantExperimentConfig(replay_ratios=(0.0,))
+    for field in ("seeds", "env_steps"):
+        with pytest.raises(ValueError, match=rf"DormantExperimentConfig\.{field}: got -1, must be >= 0"):
+            dormant.DormantExperimentConfig(**{field: -1})
 
 
 def test_pruning_removes_exactly_the_masked_neurons_contribution():

@@ -105,13 +105,18 @@ class DormantExperimentConfig:
 
     def __post_init__(self):
         if self.scale not in ("small", "paper"):
-            raise ValueError(f"scale: got {self.scale!r}, allowed values are ('small', 'paper')")
+            allowed = ("small", "paper")
+            raise ValueError(f"DormantExperimentConfig.scale: got {self.scale!r}, allowed values are {allowed}")
         if self.workers < 0:
             raise ValueError(f"DormantExperimentConfig.workers: got {self.workers}, must be >= 0 (0 = automatic)")
-        if self.seeds < 0 or self.env_steps < 0:
-            raise ValueError("seeds and env_steps must be >= 0 (0 = the scale's default)")
+        for field in ("seeds", "env_steps"):
+            if getattr(self, field) < 0:
+                got = getattr(self, field)
+                raise ValueError(f"DormantExperimentConfig.{field}: got {got}, must be >= 0 (0 = the scale's default)")
         if not self.replay_ratios or any(r <= 0 for r in self.replay_ratios):
-            raise ValueError(f"replay_ratios must be positive numbers, got {self.replay_ratios}")
+            raise ValueError(
+                f"DormantExperimentConfig.replay_ratios: got {self.replay_ratios}, must be positive numbers"
+            )
         allowed = tuple(dict.fromkeys(METHODS + MARL_METHOD_CHOICES))
         bad = [m for m in self.methods if m not in allowed]
         if bad:
