@@ -584,3 +584,23 @@ def test_brax_without_brax_names_the_extra():
         pass
     with pytest.raises(ValueError, match=r"\.\[brax\]"):
         make_env("brax/hopper")
+
+
+def test_experiments_share_pure_envs_and_make_host_envs_anew(monkeypatch):
+    """``shared_env`` builds a pure JAX env once per process (cells share it), but an env with host
+    state (emulators) on every call."""
+    import types
+
+    from plastix.experiments import rl
+
+    made = []
+
+    def fake_make_env(name):
+        made.append(name)
+        return types.SimpleNamespace(name=name, host_state=name.startswith("atari/"))
+
+    monkeypatch.setattr(rl, "make_env", fake_make_env)
+    monkeypatch.setattr(rl, "_PURE_ENVS", {})
+    assert rl.shared_env("smax-drift") is rl.shared_env("smax-drift")
+    assert rl.shared_env("atari/pong") is not rl.shared_env("atari/pong")
+    assert made == ["smax-drift", "atari/pong", "atari/pong"]

@@ -118,9 +118,25 @@ class RLConfig:
         return self._other_agent_settings + tuple(f"plasticity.{name}" for name in self.plasticity.unused_settings())
 
 
+_PURE_ENVS: dict = {}
+
+
+def shared_env(name: str):
+    """``make_env(name)``, made once per process for environments that are pure JAX (their
+    functions and task data are immutable, so cells can share them): building SMAX's derives its
+    spec by tracing a reset (~0.3 s), which an experiment did for every cell. Environments with
+    host state (Atari's emulators) are made anew on every call."""
+    env = _PURE_ENVS.get(name)
+    if env is None:
+        env = make_env(name)
+        if not env.host_state:
+            _PURE_ENVS[name] = env
+    return env
+
+
 def build_agent(config: RLConfig):
     """``(env, agent, topologies)`` for a cell (``env`` the training environment)."""
-    env = make_env(config.env)
+    env = shared_env(config.env)
     shared = {"plasticity": config.plasticity, "diagnostics": config.diagnostics}
     if config.agent == "sac":
         agent, _, topologies = make_sac(env.spec, config.sac, config.loop.period, **shared)
