@@ -44,6 +44,7 @@ from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete, stopping_progress
 from plastix.experiments.workers import run_in_processes
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig, ResetConfig
+from plastix.interventions.base import check_choice
 from plastix.metrics import DiagnosticsConfig
 
 Scale = Literal["small", "paper"]
@@ -104,9 +105,7 @@ class DormantExperimentConfig:
     mixers: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.scale not in ("small", "paper"):
-            allowed = ("small", "paper")
-            raise ValueError(f"DormantExperimentConfig.scale: got {self.scale!r}, allowed values are {allowed}")
+        check_choice("DormantExperimentConfig.scale", self.scale, ("small", "paper"))
         if self.workers < 0:
             raise ValueError(f"DormantExperimentConfig.workers: got {self.workers}, must be >= 0 (0 = automatic)")
         for field in ("seeds", "env_steps"):

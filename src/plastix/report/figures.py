@@ -103,7 +103,6 @@ def curve_grid(
     legend_title: str | None = None,
 ) -> str:
     """One panel per ``(column, title)``, curves per setting; writes a PNG and returns its path."""
-    order = list(order) if order is not None else sorted(df["setting"].unique())
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (column, title) in zip(axes[0], panels):
         plot_curves(ax, df, column, scale=scale, order=order)
