@@ -722,3 +722,78 @@ def test_episode_replay_samples_completed_stored_episodes_as_a_uniform_draw_over
             np.testing.assert_array_equal(first_reward, 1000 * env + starts[env, slot])
             np.testing.assert_array_equal(np.asarray(batch.valid).sum(1), lengths[env, slot])
             assert (starts[env, slot] + lengths[env, slot] <= time).all()  # completed
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["time-limit", "early-truncations"])
+def test_episode_replay_keeps_the_final_observation_of_every_truncated_episode_it_samples(early):
+    """Steps are stored without their final observation; a small ring keeps truncated episodes'
+    ones. Against a reference kept here (every episode's start, length, ending and final
+    observation): a sampled window holds the episode's own final observation right after its last
+    step, and the sampled episodes are exactly those still wholly in the buffer — all of them when
+    truncations come at the time limit; when an env truncates earlier (``early``) and overwrites the
+    final observation of an episode still stored, only episodes newer than it are drawn."""
+    from plastix.envs.base import EnvSpec
+
+    E, L, capacity, T = 2, 4, 13, 5
+    R = capacity // L + 1
+    spec = EnvSpec("toy", (2,), np.float32, num_actions=2, max_episode_steps=L)
+    loop = LoopConfig(
+        env_steps=30, num_envs=E, replay_ratio=1 / 2, warmup_steps=L * E, buffer_size=E * capacity, batch_size=256, period=1
+    )
+    replay = episode_replay(loop, spec)
+    rng = np.random.default_rng(1)
+    running = np.zeros(E, int)
+    starts = np.zeros(E, int)
+    episodes = [[] for _ in range(E)]  # (start, length, truncated, final observation)
+
+    def steps(t0):  # obs = (1000·env + time, 0); final obs = (−1000·env − time, 1)
+        time = t0 + np.arange(T)
+        ends, trunc = np.zeros((E, T), bool), np.zeros((E, T), bool)
+        code = 1000 * np.arange(E)[:, None] + time[None, :]
+        for t in range(T):
+            running[:] += 1
+            limit = running == L
+            early_trunc = (rng.random(E) < 0.5) if early else np.zeros(E, bool)
+            stop = rng.random(E) < 0.3
+            trunc[:, t] = limit | (early_trunc & ~stop)
+            ends[:, t] = trunc[:, t] | stop
+            for e in np.flatnonzero(ends[:, t]):
+                final = (-float(code[e, t]), 1.0)
+                episodes[e].append((starts[e], running[e], bool(trunc[e, t]), final))
+                starts[e] = t0 + t + 1
+            running[ends[:, t]] = 0
+        obs = np.stack([code, np.zeros_like(code)], -1).astype(np.float32)
+        final_obs = np.stack([-code, np.ones_like(code)], -1).astype(np.float32)
+        return Step(obs, np.zeros((E, T), np.int32), code.astype(np.float32), ends & ~trunc, trunc, final_obs)
+
+    add, sample = jax.jit(replay.add), jax.jit(replay.sample)
+    state = replay.init(jax.tree.map(lambda x: x[0, 0], steps(0)))
+    for e in range(E):  # the example steps(0) made above is not stored
+        episodes[e].clear()
+    running[:], starts[:] = 0, 0
+    lost_any = False
+    for round_ in range(10):
+        state = add(state, steps(round_ * T))
+        time = (round_ + 1) * T
+        expected = set()
+        for e in range(E):
+            truncated = [ep for ep in episodes[e] if ep[2]]
+            lost = truncated[: max(len(truncated) - R, 0)]
+            cut = max((ep[0] for ep in lost), default=-1)
+            lost_any |= any(ep[0] >= time - capacity for ep in lost)
+            expected |= {(e, ep[0]) for ep in episodes[e] if ep[0] >= time - capacity and ep[0] > cut}
+        seen = set()
+        for seed in range(3):
+            batch = sample(state, jax.random.key(10 * round_ + seed))
+            reward, valid = np.asarray(batch.reward), np.asarray(batch.valid)
+            obs = np.asarray(batch.obs)
+            for b in range(loop.batch_size):
+                e, start = divmod(int(reward[b, 0]), 1000)
+                episode = next(ep for ep in episodes[e] if ep[0] == start)
+                assert valid[b].sum() == episode[1]
+                np.testing.assert_array_equal(obs[b, : episode[1], 0], 1000 * e + start + np.arange(episode[1]))
+                if episode[2]:  # a truncated episode: its own final observation after its last step
+                    np.testing.assert_array_equal(obs[b, episode[1]], episode[3])
+                seen.add((e, start))
+        assert seen == expected, round_
+    assert lost_any == early  # the early case really overwrote final observations of stored episodes

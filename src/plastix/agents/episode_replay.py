@@ -15,6 +15,14 @@ that runs a recurrent network over all ``L + 1`` observations gets the value of 
 truncated episode ended in; after a termination it is masked out by the learner (no bootstrap).
 An env that never truncates (``EnvSpec.truncates`` false) needs no final observation: its windows
 are ``L`` steps long.
+
+Only a truncated episode's final observation is ever read, so the steps are stored without one
+(it would double the buffer: 12 of the 24.6 GB of a paper-scale SMAX cell's 8 seeds) and a
+second, small ring per env keeps the final observations of the last ``R = C // L + 1`` truncated
+episodes (``C`` steps per env): a time limit ends an episode after ``L`` steps, so no more than
+``C // L`` truncated episodes fit in the buffer at once. An env that truncates earlier may
+overwrite the final observation of an episode still in the buffer; that episode is then no longer
+sampled (never one with a wrong final observation).
 """
 
 from __future__ import annotations
@@ -52,12 +60,15 @@ class EpisodeBatch(NamedTuple):
 
 
 class EpisodeReplayState(NamedTuple):
-    steps: Any  # flashbax TrajectoryBufferState, experience leaves (E, C, ...)
+    steps: Any  # flashbax TrajectoryBufferState, experience leaves (E, C, ...); Step.final_obs None
     time: Array  # int32: steps written per env so far
     current_start: Array  # (E,) int32: where the running episode of each env started
     episode_start: Array  # (E, C) int32 ring of completed episodes' starts
     episode_length: Array  # (E, C) int32
     episodes: Array  # (E,) int32 completed episodes so far
+    final_obs: Any  # pytree of (E, R, ...): final observations of the last R truncated episodes (None: not kept)
+    episode_final: Array  # (E, C) int32: the truncation number of each completed episode (-1: terminated)
+    truncations: Array  # (E,) int32 truncated episodes so far
 
 
 def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
@@ -72,6 +83,7 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     capacity = config.buffer_size // E
     L = spec.max_episode_steps
     W = L + 1 if spec.truncates else L  # observations per sampled episode
+    R = capacity // L + 1  # final observations kept per env (see the module docstring)
     if capacity < L + 1:
         raise ValueError(
             f"LoopConfig.buffer_size ({config.buffer_size}) must hold one episode of {spec.name} per env: "
@@ -94,33 +106,69 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     def init(example: Step) -> EpisodeReplayState:
         zeros = jnp.zeros((E, capacity), jnp.int32)
         scalar = jnp.zeros((), jnp.int32)
-        return EpisodeReplayState(storage.init(example), scalar, jnp.zeros(E, jnp.int32), zeros, zeros, zeros[:, 0])
+        finals = jax.tree.map(lambda x: jnp.zeros((E, R) + x.shape, x.dtype), example.final_obs)  # None stays None
+        return EpisodeReplayState(
+            storage.init(example._replace(final_obs=None)),
+            scalar,
+            jnp.zeros(E, jnp.int32),
+            zeros,
+            zeros,
+            zeros[:, 0],
+            finals,
+            zeros - 1,
+            zeros[:, 0],
+        )
 
     def add(state: EpisodeReplayState, steps: Step) -> EpisodeReplayState:
         done = steps.terminated | steps.truncated  # (E, T)
+        keep_final = state.final_obs is not None  # Step.final_obs is None exactly when the env gives none
+        rows = jnp.arange(E)
 
         def record(carry, t):
-            start, starts, lengths, count = carry
+            start, starts, lengths, count, finals, final_of, truncs = carry
             now = state.time + t
-            ended = done[:, t]
+            ended, truncated = done[:, t], steps.truncated[:, t] & keep_final
             slot = count % capacity
-            rows = jnp.arange(E)
             starts = starts.at[rows, slot].set(jnp.where(ended, start, starts[rows, slot]))
             lengths = lengths.at[rows, slot].set(jnp.where(ended, now - start + 1, lengths[rows, slot]))
-            return (jnp.where(ended, now + 1, start), starts, lengths, count + ended), None
+            final_of = final_of.at[rows, slot].set(jnp.where(ended, jnp.where(truncated, truncs, -1), final_of[rows, slot]))
+            if keep_final:
+                ring = truncs % R
+
+                def store(kept, new):  # (E, R, ...), (E, T, ...)
+                    mask = truncated.reshape((E,) + (1,) * (new.ndim - 2))
+                    return kept.at[rows, ring].set(jnp.where(mask, new[:, t], kept[rows, ring]))
+
+                finals = jax.tree.map(store, finals, steps.final_obs)
+            carry = (jnp.where(ended, now + 1, start), starts, lengths, count + ended, finals, final_of, truncs + truncated)
+            return carry, None
 
         T = done.shape[1]
-        carry = (state.current_start, state.episode_start, state.episode_length, state.episodes)
-        (start, starts, lengths, count), _ = jax.lax.scan(record, carry, jnp.arange(T))
-        return EpisodeReplayState(storage.add(state.steps, steps), state.time + T, start, starts, lengths, count)
+        carry = (
+            state.current_start,
+            state.episode_start,
+            state.episode_length,
+            state.episodes,
+            state.final_obs,
+            state.episode_final,
+            state.truncations,
+        )
+        (start, starts, lengths, count, finals, final_of, truncs), _ = jax.lax.scan(record, carry, jnp.arange(T))
+        stored = storage.add(state.steps, steps._replace(final_obs=None))
+        return EpisodeReplayState(stored, state.time + T, start, starts, lengths, count, finals, final_of, truncs)
 
     def sample(state: EpisodeReplayState, key: Array, batch: int) -> EpisodeBatch:
-        # Usable: completed (in the ring) and wholly in the buffer still. Starts grow with the
-        # episode number, so an env's usable episodes are its most recent ``count`` ones: in slot
-        # order a range of the ring, perhaps wrapped. The k-th usable episode (env-major, then slot
-        # order) is found by arithmetic, not by a cumulative sum over all E × C slots.
+        # Usable: completed (in the ring), wholly in the buffer still, and newer than every
+        # truncated episode whose final observation was overwritten (none where truncations come
+        # at the time limit). Starts grow with the episode number, so an env's usable episodes are
+        # its most recent ``count`` ones: in slot order a range of the ring, perhaps wrapped. The
+        # k-th usable episode (env-major, then slot order) is found by arithmetic, not by a
+        # cumulative sum over all E × C slots.
         slots = jnp.arange(capacity)[None, :]
-        usable = (slots < state.episodes[:, None]) & (state.episode_start >= state.time - capacity)
+        completed = slots < state.episodes[:, None]
+        lost = completed & (state.episode_final >= 0) & (state.truncations[:, None] - state.episode_final > R)
+        cut = jnp.max(jnp.where(lost, state.episode_start, -1), axis=1, keepdims=True)
+        usable = completed & (state.episode_start >= state.time - capacity) & (state.episode_start > cut)
         count = usable.sum(axis=1, dtype=jnp.int32)  # (E,)
         ends = jnp.cumsum(count)  # usable episodes of envs 0..e
         total = ends[-1]
@@ -136,14 +184,14 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         positions = (start[:, None] + jnp.arange(W)[None, :]) % capacity  # (B, W)
         window = jax.tree.map(lambda x: x[env[:, None], positions], state.steps.experience)
         at_end = (jnp.arange(W)[None, :] == length[:, None]).reshape(batch, W)
-        last = jnp.maximum(length - 1, 0)
+        final_slot = jnp.maximum(state.episode_final[env, slot], 0) % R  # terminated: any (masked by the learner)
 
-        def with_final(obs, final):
-            final_at_end = final[jnp.arange(batch), last]  # (B, ...)
+        def with_final(obs, finals):
+            final_at_end = finals[env, final_slot]  # (B, ...)
             mask = at_end.reshape(at_end.shape + (1,) * (obs.ndim - 2))
             return jnp.where(mask, final_at_end[:, None], obs)
 
-        obs = jax.tree.map(with_final, window.obs, window.final_obs) if window.final_obs is not None else window.obs
+        obs = jax.tree.map(with_final, window.obs, state.final_obs) if state.final_obs is not None else window.obs
         valid = jnp.arange(L)[None, :] < length[:, None]
         return EpisodeBatch(
             obs,
