@@ -738,7 +738,13 @@ def test_episode_replay_keeps_the_final_observation_of_every_truncated_episode_i
     R = capacity // L + 1
     spec = EnvSpec("toy", (2,), np.float32, num_actions=2, max_episode_steps=L)
     loop = LoopConfig(
-        env_steps=30, num_envs=E, replay_ratio=1 / 2, warmup_steps=L * E, buffer_size=E * capacity, batch_size=256, period=1
+        env_steps=30,
+        num_envs=E,
+        replay_ratio=1 / 2,
+        warmup_steps=L * E,
+        buffer_size=E * capacity,
+        batch_size=256,
+        period=1,
     )
     replay = episode_replay(loop, spec)
     rng = np.random.default_rng(1)

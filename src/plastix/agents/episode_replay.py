@@ -131,7 +131,8 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
             slot = count % capacity
             starts = starts.at[rows, slot].set(jnp.where(ended, start, starts[rows, slot]))
             lengths = lengths.at[rows, slot].set(jnp.where(ended, now - start + 1, lengths[rows, slot]))
-            final_of = final_of.at[rows, slot].set(jnp.where(ended, jnp.where(truncated, truncs, -1), final_of[rows, slot]))
+            number = jnp.where(truncated, truncs, -1)  # the episode's truncation number, -1: terminated
+            final_of = final_of.at[rows, slot].set(jnp.where(ended, number, final_of[rows, slot]))
             if keep_final:
                 ring = truncs % R
 
@@ -140,8 +141,8 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
                     return kept.at[rows, ring].set(jnp.where(mask, new[:, t], kept[rows, ring]))
 
                 finals = jax.tree.map(store, finals, steps.final_obs)
-            carry = (jnp.where(ended, now + 1, start), starts, lengths, count + ended, finals, final_of, truncs + truncated)
-            return carry, None
+            start = jnp.where(ended, now + 1, start)
+            return (start, starts, lengths, count + ended, finals, final_of, truncs + truncated), None
 
         T = done.shape[1]
         carry = (
