@@ -277,3 +277,77 @@ def test_ctrl_c_stops_concurrent_jobs_after_their_chunk_and_starts_no_new_one():
         signal.signal(signal.SIGINT, previous)
     assert stop.is_set() and sorted(started) == ["a", "b"]  # "c" never started
     assert 2 <= len(chunks) < 60  # both ran a few chunks, then stopped
+
+
+class _TimedRunDir(RunDir):
+    """A run directory whose saves take ``save_seconds`` on a fake clock that chunks advance by 1 s."""
+
+    def __init__(self, path, clock, save_seconds):
+        super().__init__(path)
+        self.clock, self.save_seconds, self.saved_at = clock, save_seconds, []
+
+    def save_checkpoint(self, state, rows, meta):
+        super().save_checkpoint(state, rows, meta)
+        self.clock[0] += self.save_seconds
+        self.saved_at.append((meta["stage"], meta["chunks_done"]))
+
+
+def _one_second_chunks(clock, chunks=30):
+    def run_chunk(carry, done):
+        clock[0] += 1.0
+        carry = carry + 1
+        return carry, stacked_rows({"value": np.array([[carry]], np.float32)}, "chunk", done, {"seed": np.arange(1)})
+
+    return [Stage("a", chunks, lambda _: np.zeros((), np.float32), run_chunk)]
+
+
+@pytest.mark.parametrize(
+    "save_seconds, share, expected",
+    [
+        (0.5, 0.1, list(range(1, 30))),
+        (2.0, 0.1, [1, 19]),
+        (2.0, 0.25, [1, 7, 13, 19, 25]),
+        (2.0, 1.0, list(range(1, 30))),
+    ],
+)
+def test_expensive_checkpoints_take_at_most_their_share_of_the_run(tmp_path, save_seconds, share, expected):
+    """A save of s seconds (at least CHEAP_SAVE_SECONDS) delays the next by s·(1 − share)/share:
+    with 1-s chunks and 2-s saves, a share of 0.1 saves after chunk 1 (done at 3 s), then once
+    18 s have passed (chunk 19, done at 21 s); a share of 0.25 every 6 chunks (2 s of 8); cheap
+    saves happen every chunk, as does every save at share 1. The last chunk is never saved (the
+    run finishes)."""
+    clock = [0.0]
+    rundir = _TimedRunDir(str(tmp_path / "run"), clock, save_seconds)
+    result = run_stages(rundir, _one_second_chunks(clock), "toy", checkpoint_share=share, clock=lambda: clock[0])
+    assert result.finished and list(result.rows.value) == list(range(1, 31))
+    assert [done for _, done in rundir.saved_at] == expected
+
+
+def test_a_run_stopped_between_chunks_saves_its_last_chunk_even_when_a_save_was_due_later(tmp_path):
+    """Stopping on request (Interrupted from the progress callback) keeps every chunk that ran:
+    the deferred checkpoint is written before the stop, and the resumed run continues from there."""
+    from plastix.experiments.runner import Interrupted
+
+    clock = [0.0]
+    rundir = _TimedRunDir(str(tmp_path / "run"), clock, 2.0)
+
+    def progress(name, done, total):
+        if done == 5:
+            raise Interrupted("toy")
+
+    with pytest.raises(Interrupted):
+        run_stages(rundir, _one_second_chunks(clock), "toy", progress=progress, clock=lambda: clock[0])
+    assert [done for _, done in rundir.saved_at] == [1, 5]  # chunk 1 (periodic), chunk 5 (on the stop)
+    resumed = run_stages(rundir, _one_second_chunks(clock), "toy", clock=lambda: clock[0])
+    assert list(resumed.rows.value) == list(range(1, 31))
+    assert rundir.saved_at[2] == (0, 6)  # resumed from chunk 5, not from scratch
+
+
+def test_checkpoint_share_is_checked_and_does_not_block_a_resume():
+    from plastix.experiments.rl import RLConfig
+    from plastix.experiments.rundir import WHERE_FIELDS
+
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="RLConfig.checkpoint_share must be in \\(0, 1\\]"):
+            RLConfig(checkpoint_share=bad)
+    assert "checkpoint_share" in WHERE_FIELDS

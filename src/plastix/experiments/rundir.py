@@ -115,7 +115,7 @@ def array_digest(tree: Any) -> str:
     for leaf in jax.tree.leaves(tree):
         a = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{a.shape}{a.dtype}".encode())
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8))  # the bytes in place: no copy of a large replay (as tobytes made)
     return h.hexdigest()
 
 
@@ -201,9 +201,10 @@ def check_run_name(name: str, field: str, allow_empty: bool = False) -> None:
         )
 
 
-WHERE_FIELDS = ("runs_dir", "workers")
+WHERE_FIELDS = ("runs_dir", "workers", "checkpoint_share")
 """Config fields that say where or how a run executes, not what it computes (the runs directory,
-programs run at once): left out when comparing configs, so a resumed run may change them."""
+programs run at once, the time share of checkpoints): left out when comparing configs, so a resumed
+run may change them."""
 
 
 def config_dict(config: Any) -> dict:

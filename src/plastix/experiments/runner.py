@@ -8,7 +8,8 @@ buffers, keys) chunk by chunk with one compiled function and returns the chunk's
 
 1. build the first carry, or restore the last checkpoint (stage, chunks done, rows so far);
 2. run a chunk, check its losses and parameters are finite (:func:`check_finite`), append its
-   rows, report progress, checkpoint every ``checkpoint_every`` chunks and at each stage switch;
+   rows, report progress, checkpoint every ``checkpoint_every`` chunks (but see below) and at each
+   stage switch;
 3. at the end of a stage build the next stage's carry from the last one;
 4. return the final carry and every row.
 
@@ -22,6 +23,14 @@ MARL cell recompiled its chunk, 10 s on a 2-core CPU even at test sizes).
 
 Checkpoints carry ``{"stage": i, "chunks_done": d}``; the rows saved with them are exactly the
 rows of the chunks before, so a resumed run produces the same table as an uninterrupted one.
+
+Saving costs what the carry weighs: a paper-scale SMAX cell's 8 seeds hold 12.5 GB of replay,
+36 s to save on the H200 machine against 9 s per chunk (benchmarks/RESULTS.md). So saving may
+take at most ``checkpoint_share`` of the run's time: after a save of ``s`` seconds the next
+one waits until ``s · (1 − share) / share`` seconds have passed (a share of 0.1: 9 · s), and a
+run stopped on request between chunks (:class:`Interrupted`) saves its last chunk first. Saves
+under :data:`CHEAP_SAVE_SECONDS` never wait, so small runs checkpoint every ``checkpoint_every``
+chunks as before; a killed process loses at most the chunks since its last save.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ import numpy as np
 import pandas as pd
 
 from plastix.experiments.rundir import RunDir, check_finite
+
+CHEAP_SAVE_SECONDS = 1.0
+"""A checkpoint saved faster than this never delays the next one (see the module docstring)."""
 
 
 def _keep(carry: Any) -> Any:
@@ -128,6 +140,8 @@ def run_stages(
     checkpoint_every: int = 1,
     stop_after_chunks: int | None = None,
     on_rows: Callable[[pd.DataFrame], None] | None = None,
+    checkpoint_share: float = 0.1,
+    clock: Callable[[], float] = time.monotonic,
 ) -> RunResult:
     """Run (or resume) ``stages`` in ``rundir``; see the module docstring.
 
@@ -141,6 +155,9 @@ def run_stages(
       stop_after_chunks: return (as if killed) after this many chunks of this call (tests).
       on_rows: ``on_rows(rows)`` with each chunk's rows once they passed the finiteness check
         (live logging); not called for rows restored from a checkpoint.
+      checkpoint_share: the most of the run's time saving may take, in (0, 1]; 1 saves every
+        ``checkpoint_every`` chunks whatever it costs (see the module docstring).
+      clock: seconds, for timing the saves (tests pass a fake one).
 
     Raises:
       NonFiniteError: a chunk produced a NaN / inf loss or parameter (nothing of it is saved).
@@ -148,7 +165,21 @@ def run_stages(
     """
     if not stages:
         raise ValueError("run_stages: a run needs at least one stage")
+    if not 0 < checkpoint_share <= 1:
+        raise ValueError(f"checkpoint_share must be in (0, 1], got {checkpoint_share}")
     index, done, frames, carry = 0, 0, [], None
+    next_save = -float("inf")  # clock time from which a periodic save may happen
+    unsaved = False  # chunks ran since the last save
+
+    def save(stage_index: int, chunks_done: int) -> None:
+        nonlocal next_save, unsaved
+        started = clock()
+        rundir.save_checkpoint(carry, _concat(frames), {"stage": stage_index, "chunks_done": chunks_done})
+        ended = clock()
+        took = ended - started
+        next_save = ended + (took * (1 - checkpoint_share) / checkpoint_share if took >= CHEAP_SAVE_SECONDS else 0.0)
+        unsaved = False
+
     meta = rundir.checkpoint_meta()
     if meta is not None:
         index, done = meta.get("stage", 0), meta["chunks_done"]
@@ -171,17 +202,22 @@ def run_stages(
             frames.append(rows)
             if on_rows:
                 on_rows(rows)
-            done, ran = done + 1, ran + 1
+            done, ran, unsaved = done + 1, ran + 1, True
             last = index == len(stages) - 1 and done == stage.chunks
-            if checkpoint_every and done % checkpoint_every == 0 and not last:
-                rundir.save_checkpoint(carry, _concat(frames), {"stage": index, "chunks_done": done})
+            if checkpoint_every and done % checkpoint_every == 0 and not last and clock() >= next_save:
+                save(index, done)
             if progress:
-                progress(stage.name, done, stage.chunks)
+                try:
+                    progress(stage.name, done, stage.chunks)
+                except Interrupted:  # stopped on request: what ran is kept
+                    if unsaved and checkpoint_every and not last:
+                        save(index, done)
+                    raise
         if index == len(stages) - 1:
             return RunResult(carry, _concat(frames), True)
         index, done = index + 1, 0
         carry = strong_types(stages[index].start(carry))
-        rundir.save_checkpoint(carry, _concat(frames), {"stage": index, "chunks_done": 0})
+        save(index, 0)
 
 
 def complete(rundir: RunDir, rows: pd.DataFrame, write_report: Callable[[pd.DataFrame, str], list[str]]) -> list[str]:
