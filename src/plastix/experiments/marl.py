@@ -48,8 +48,9 @@ OVERLAPS = {
     "stagnant∩GraMa": "overlap_stagnant_grama",
     "dormant∩GraMa": "overlap_dormant_grama",
 }
-SMAX_GPU_ESTIMATE = (  # benchmarks/RESULTS.md, "GPU, first measurements": 16–21k env-steps/s per run at 8–32 runs
-    "≈ 2.5–3 min per mixer on one H200 (estimated from QMIX's measured throughput, compilation included)"
+SMAX_GPU_ESTIMATE = (  # benchmarks/RESULTS.md, "GPU, second call": QMIX's paper cell measured in parts
+    "≈ 2.5–3 min per cell, ≈ 8 min per mixer on one H200 (estimated from QMIX's measured parts: 9 s per "
+    "160k env steps of 8 seeds, ~50 s compilation per program, one ~20 s checkpoint)"
 )
 DESCRIPTIONS = {
     "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again "
