@@ -665,25 +665,31 @@ def test_a_diverging_group_names_the_member_and_its_method():
         check_finite({}, rows, "g (member 1: redo)", lambda: "none")
 
 
+def toy_episode_replay(envs: int, limit: int, capacity: int, batch: int):
+    """``(loop, replay)``: an episode replay of ``capacity`` steps per env for a toy env with
+    2-dim observations and episodes of at most ``limit`` steps."""
+    from plastix.envs.base import EnvSpec
+
+    spec = EnvSpec("toy", (2,), np.float32, num_actions=2, max_episode_steps=limit)
+    loop = LoopConfig(
+        env_steps=30,
+        num_envs=envs,
+        replay_ratio=1 / envs,
+        warmup_steps=limit * envs,
+        buffer_size=envs * capacity,
+        batch_size=batch,
+        period=1,
+    )
+    return loop, episode_replay(loop, spec)
+
+
 def test_episode_replay_samples_completed_stored_episodes_as_a_uniform_draw_over_them():
     """Random episode ends (terminations and truncations) over several additions, enough to wrap
     each env's ring of episodes and evict old steps; every sample is a completed episode still wholly
     in the buffer, and each draw picks the same episode as a reference sampler (a cumulative sum
     over all E × C ring slots, NumPy) given the same uniform numbers."""
-    from plastix.envs.base import EnvSpec
-
     E, L, capacity = 3, 5, 24
-    spec = EnvSpec("toy", (2,), np.float32, num_actions=2, max_episode_steps=L)
-    loop = LoopConfig(
-        env_steps=30,
-        num_envs=E,
-        replay_ratio=1 / 3,
-        warmup_steps=L * E,
-        buffer_size=E * capacity,
-        batch_size=64,
-        period=1,
-    )
-    replay = episode_replay(loop, spec)
+    loop, replay = toy_episode_replay(E, L, capacity, batch=64)
     rng = np.random.default_rng(0)
     T = 7
 
@@ -732,21 +738,9 @@ def test_episode_replay_keeps_the_final_observation_of_every_truncated_episode_i
     step, and the sampled episodes are exactly those still wholly in the buffer — all of them when
     truncations come at the time limit; when an env truncates earlier (``early``) and overwrites the
     final observation of an episode still stored, only episodes newer than it are drawn."""
-    from plastix.envs.base import EnvSpec
-
     E, L, capacity, T = 2, 4, 13, 5
     R = capacity // L + 1
-    spec = EnvSpec("toy", (2,), np.float32, num_actions=2, max_episode_steps=L)
-    loop = LoopConfig(
-        env_steps=30,
-        num_envs=E,
-        replay_ratio=1 / 2,
-        warmup_steps=L * E,
-        buffer_size=E * capacity,
-        batch_size=256,
-        period=1,
-    )
-    replay = episode_replay(loop, spec)
+    loop, replay = toy_episode_replay(E, L, capacity, batch=256)
     rng = np.random.default_rng(1)
     running = np.zeros(E, int)
     starts = np.zeros(E, int)
