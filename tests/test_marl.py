@@ -577,18 +577,46 @@ def test_only_methods_with_the_same_program_are_grouped():
     assert group_config(cells[:1]).plasticity.members == (PlasticityConfig(),)
 
 
-def test_experiments_group_methods_at_small_scale_only():
-    from plastix.experiments import dormant
+def test_experiments_group_methods_in_groups_that_fit_in_memory(monkeypatch):
+    """Small scale: whole groups. Paper scale (default): groups whose runs' carries hold at most
+    half of the device's memory, split into near-equal parts otherwise; ``vmap_methods=True``
+    whole groups whatever they hold; ``False`` every cell alone."""
+    from plastix.experiments import dormant, rl
 
-    config = dormant.DormantExperimentConfig(mixers=("qmix",), methods=("none", "redo", "knife", "knife-all"))
+    methods = ("none", "redo", "reset", "regrama", "reborn", "knife", "knife-all")
+    config = dormant.DormantExperimentConfig(mixers=("qmix",), methods=methods, seeds=3)
     cells = dormant.EXPERIMENTS["matrix-sequential"][0](config)
+
+    def members(config, cells):
+        return [m for _, m, _ in dormant.run_order("matrix-sequential", config, cells)]
+
     order = dormant.run_order("matrix-sequential", config, cells)
-    assert [members for _, members, _ in order] == [[0, 1], [2, 3]]
-    assert order[0][2] == "mixer-qmix_method-none +1"
+    assert [m for _, m, _ in order] == [[0, 1, 2, 3, 4], [5, 6]]
+    assert order[0][2] == "mixer-qmix_method-none +4"
     paper = dataclasses_replace(config, scale="paper")
-    assert [m for _, m, _ in dormant.run_order("matrix-sequential", paper, cells)] == [[0], [1], [2], [3]]
+    paper_cells = dormant.EXPERIMENTS["matrix-sequential"][0](paper)
+    plain, knife = rl.run_bytes(paper_cells[0][1]), rl.run_bytes(paper_cells[5][1])
+    assert 1e5 < plain < knife < 2 * plain  # the replay dominates; KNIFE's slots add parameters
+    monkeypatch.setattr(dormant, "run_bytes", lambda cell: 1000)  # one run: 1000 bytes, 3 seeds per cell
+    for fits, expected in [
+        (5, [[0, 1, 2, 3, 4], [5, 6]]),
+        (2, [[0, 1], [2, 3], [4], [5, 6]]),
+        (0.5, [[m] for m in range(7)]),
+    ]:
+        monkeypatch.setattr(dormant, "device_memory", lambda fits=fits: fits * 3000 / dormant.GROUP_MEMORY_SHARE + 1)
+        assert members(paper, paper_cells) == expected, fits
+    assert members(dataclasses_replace(paper, vmap_methods=True), paper_cells) == [[0, 1, 2, 3, 4], [5, 6]]
     off = dataclasses_replace(config, vmap_methods=False)
-    assert [m for _, m, _ in dormant.run_order("matrix-sequential", off, cells)] == [[0], [1], [2], [3]]
+    assert members(off, cells) == [[m] for m in range(7)]
+
+
+def test_groups_are_split_into_near_equal_parts_that_fit():
+    from plastix.experiments.rl import split_to_fit
+
+    assert split_to_fit(list(range(14)), 10, 90) == [list(range(7)), list(range(7, 14))]  # 9 fit: 2 parts of 7
+    assert split_to_fit([3, 4, 5], 10, 30) == [[3, 4, 5]]
+    assert split_to_fit([3, 4, 5], 10, 5) == [[3], [4], [5]]  # one alone does not fit: each on its own
+    assert split_to_fit(list(range(5)), 10, 20) == [[0, 1], [2, 3], [4]]
 
 
 def test_experiments_start_the_longest_programs_first():

@@ -39,7 +39,17 @@ from plastix.experiments.marl import (
     marl_cells,
     report_section,
 )
-from plastix.experiments.rl import RLConfig, build_agent, build_train, groups, run_cell, run_cell_group
+from plastix.experiments.rl import (
+    RLConfig,
+    build_agent,
+    build_train,
+    device_memory,
+    groups,
+    run_bytes,
+    run_cell,
+    run_cell_group,
+    split_to_fit,
+)
 from plastix.experiments.rundir import RunDir, check_run_name
 from plastix.experiments.runner import complete, stopping_progress
 from plastix.experiments.workers import run_in_processes
@@ -73,8 +83,9 @@ class DormantExperimentConfig:
         plasticity injection, which add parameters, form a group of their own; CBP, which acts
         after every update, too). Compiles once per group
         instead of once per method and steps small networks far faster; memory (replay buffers
-        above all) grows with the number of methods. ``None`` (default): on at ``small`` scale, off at
-        ``paper`` scale, where one replay per method and seed may not fit on one GPU.
+        above all) grows with the number of methods. ``None`` (default): on, and at ``paper``
+        scale in groups whose runs hold at most half of the device's memory (a paper-scale SMAX
+        run holds 1.57 GB: 44 runs on an H200); ``True``: whole groups whatever their size.
       workers: programs (groups of cells or cells) run at once; results do not depend on it. On a
         CPU each runs in a worker process pinned to its share of the cores
         (:mod:`plastix.experiments.workers`), elsewhere in threads of this process. 0 (default): 2
@@ -499,29 +510,41 @@ def program_workers(config: DormantExperimentConfig | SingleRunConfig) -> int:
     return 2 if small and jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
 
 
+GROUP_MEMORY_SHARE = 0.5
+"""At paper scale a group of methods run as one program may hold at most this share of the device's
+memory in its runs' carries (replays above all); the rest is for XLA's temporaries and a
+checkpoint's host copy. Larger groups are split (:func:`~plastix.experiments.rl.split_to_fit`)."""
+
+
 def run_order(
     experiment: str, config: DormantExperimentConfig | SingleRunConfig, cells: list[tuple[dict, RLConfig]]
 ) -> list[tuple[int, list[int], str]]:
     """How the cells run: ``(first cell index, cell indices run together, progress label)`` in order.
 
     With ``vmap_methods`` (see :class:`DormantExperimentConfig`) cells that differ only in their
-    plasticity method form one group (:func:`plastix.experiments.rl.groups`); otherwise, and for
-    ``dormant-pruning`` (its cells keep their final networks) or cells that run their seeds one by
-    one, every cell runs alone.
+    plasticity method form one group (:func:`plastix.experiments.rl.groups`); by default at paper
+    scale a group whose runs' carries would take more than :data:`GROUP_MEMORY_SHARE` of the
+    device's memory is split into parts that fit. Otherwise, and for ``dormant-pruning`` (its cells
+    keep their final networks) or cells that run their seeds one by one, every cell runs alone.
     """
     wanted = getattr(config, "vmap_methods", False)
-    if wanted is None:
-        wanted = config.scale != "paper"
-    if not wanted or experiment == "dormant-pruning":
+    fit = wanted is None and getattr(config, "scale", "small") == "paper"  # small runs always fit
+    if wanted is False or experiment == "dormant-pruning":
         return [(i, [i], cell_id(labels)) for i, (labels, _) in enumerate(cells)]
+    memory = device_memory() if fit else None
     order = []
     for members in groups([cell for _, cell in cells]):
         if len(members) > 1 and not cells[members[0]][1].vmap_seeds:
             order += [(m, [m], cell_id(cells[m][0])) for m in members]
             continue
-        names = [cell_id(cells[m][0]) for m in members]
-        label = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
-        order.append((members[0], members, label))
+        parts = [members]
+        if memory and len(members) > 1:  # a group's runs together in half the device's memory
+            first = cells[members[0]][1]
+            parts = split_to_fit(members, run_bytes(first) * first.seeds, GROUP_MEMORY_SHARE * memory)
+        for part in parts:
+            names = [cell_id(cells[m][0]) for m in part]
+            label = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+            order.append((part[0], part, label))
     return order
 
 
