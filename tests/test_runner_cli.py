@@ -343,11 +343,20 @@ def test_a_run_stopped_between_chunks_saves_its_last_chunk_even_when_a_save_was_
     assert rundir.saved_at[2] == (0, 6)  # resumed from chunk 5, not from scratch
 
 
-def test_checkpoint_share_is_checked_and_does_not_block_a_resume():
+def test_checkpoint_share_is_checked_and_does_not_block_a_resume(tmp_path):
+    """A resumed ``plastix run rl`` may change ``--checkpoint-share`` (nested in its ``cell``), not
+    what the run computes."""
+    import dataclasses
+
     from plastix.experiments.rl import RLConfig
-    from plastix.experiments.rundir import WHERE_FIELDS
 
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="RLConfig.checkpoint_share must be in \\(0, 1\\]"):
             RLConfig(checkpoint_share=bad)
-    assert "checkpoint_share" in WHERE_FIELDS
+    config = dormant.SingleRunConfig(runs_dir=str(tmp_path))
+    rundir = RunDir(str(tmp_path / "rl"))
+    rundir.prepare(config, "rl")
+    (tmp_path / "rl" / "DONE").write_text("")  # the directory now holds results
+    rundir.prepare(dataclasses.replace(config, cell=dataclasses.replace(config.cell, checkpoint_share=1.0)), "rl")
+    with pytest.raises(ValueError, match="different config \\(fields \\['cell'\\]\\)"):
+        rundir.prepare(dataclasses.replace(config, cell=dataclasses.replace(config.cell, seed=7)), "rl")

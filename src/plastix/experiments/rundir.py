@@ -203,8 +203,13 @@ def check_run_name(name: str, field: str, allow_empty: bool = False) -> None:
 
 WHERE_FIELDS = ("runs_dir", "workers", "checkpoint_share")
 """Config fields that say where or how a run executes, not what it computes (the runs directory,
-programs run at once, the time share of checkpoints): left out when comparing configs, so a resumed
-run may change them."""
+programs run at once, the time share of checkpoints): left out, at any depth, of ``config.json``
+and of the comparison with it, so a resumed run may change them."""
+
+
+def _what_it_computes(config: dict) -> dict:
+    """``config`` without :data:`WHERE_FIELDS`, in nested configs too (``plastix run rl``'s ``cell``)."""
+    return {k: _what_it_computes(v) if isinstance(v, dict) else v for k, v in config.items() if k not in WHERE_FIELDS}
 
 
 def config_dict(config: Any) -> dict:
@@ -278,7 +283,7 @@ class RunDir:
         Raises:
           ValueError: when the directory holds results of another experiment or another config.
         """
-        wanted = {k: v for k, v in config_dict(config).items() if k not in WHERE_FIELDS}
+        wanted = _what_it_computes(config_dict(config))
         if experiment is not None:
             wanted["experiment"] = experiment
         path = self.file("config.json")
@@ -288,7 +293,7 @@ class RunDir:
                     existing = json.load(f)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise CorruptRunError(f"{path}: not valid JSON ({e}); delete the run directory to restart") from None
-            existing = {k: v for k, v in existing.items() if k not in WHERE_FIELDS}
+            existing = _what_it_computes(existing)
             if existing.get("experiment") != wanted.get("experiment"):
                 raise ValueError(
                     f"{self.path} holds a run of experiment {existing.get('experiment')!r}, not {experiment!r}; "
