@@ -142,6 +142,30 @@ def test_padded_steps_contribute_nothing_to_loss_gradients_or_diagnostics(learne
     assert set(d1.groups) == {"agent", "mixer"}
 
 
+def test_steps_without_available_actions_past_an_episode_change_nothing(learner):
+    """SMAX's observation after a battle's last step offers no action to any agent, and neither do
+    the padded steps after it: those steps are masked out, so the loss and the update equal the
+    ones of the same batch with every action available there (QPLEX's Q̄ over no action was −inf,
+    which made both NaN: ``smax-task-drift`` diverged in its first period)."""
+    env, agent, state, _ = learner
+    batch = episode_batch(jax.random.key(3), env.spec, [4, 2, 1, 3])
+    L = env.spec.max_episode_steps
+    lengths, ended = batch.valid.sum(1), batch.terminated.any(1)
+    t = jnp.arange(L + 1)[None, :]
+    unused = (t > lengths[:, None]) | (
+        (t == lengths[:, None]) & ended[:, None]
+    )  # a truncation bootstraps at t = length
+    blocked = batch._replace(obs=batch.obs._replace(avail=batch.obs.avail & ~unused[..., None, None]))
+    assert not np.asarray(blocked.obs.avail).any(-1).all()
+    update = jax.jit(agent.update)
+    (s1, m1), (s2, m2) = update(jax.random.key(0), state, batch), update(jax.random.key(0), state, blocked)
+    assert np.isfinite(m2["loss"])
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1.online.params, s2.online.params
+    )
+
+
 def test_without_truncations_the_final_observation_is_not_needed(learner):
     """An env that never truncates gives windows of L observations (no final one): when every
     episode terminates, the update equals the one over L + 1 observations."""

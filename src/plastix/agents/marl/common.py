@@ -140,7 +140,10 @@ class FactorizedQ(nn.Module):
 def mix(mixer: nn.Module, q: Array, actions: Array, state: Array, avail: Array) -> Array:
     """``Q_tot`` of joint ``actions (…, n)`` from per-agent values ``q (…, n, A)``."""
     chosen = jnp.take_along_axis(q, actions[..., None], -1)[..., 0]
-    q_max = jnp.max(jnp.where(avail, q, -jnp.inf), -1)
+    # An agent with no available action (SMAX after a battle's last step: the observation a
+    # terminated episode ended in, and the padding after it) gets its largest value: a masked-out
+    # step must stay finite, or QPLEX's advantage (Q − Q̄ = +inf) makes its loss and gradients NaN.
+    q_max = jnp.where(avail.any(-1), jnp.max(jnp.where(avail, q, -jnp.inf), -1), jnp.max(q, -1))
     return mixer(chosen, state, q_max, jax.nn.one_hot(actions, q.shape[-1]))
 
 
@@ -162,14 +165,12 @@ def lambda_returns(reward: Array, terminated: Array, valid: Array, next_value: A
     """TD(λ) targets ``(T, B)`` of the module docstring (time-major inputs, each ``(T, B)``)."""
     cont = jnp.concatenate([valid[1:], jnp.zeros_like(valid[:1])], 0)  # step t+1 is in the episode
 
-    def back(g_next, xs):
+    def back(g_next, xs):  # selects, not products with 0/1 masks: a non-finite value past the end stays there
         r, term, c, v = xs
-        g = r + gamma * (1.0 - term) * (v + lam * c * (g_next - v))
+        g = r + gamma * jnp.where(term, 0.0, jnp.where(c, v + lam * (g_next - v), v))
         return g, g
 
-    _, g = jax.lax.scan(
-        back, jnp.zeros_like(reward[0]), (reward, terminated.astype(reward.dtype), cont, next_value), reverse=True
-    )
+    _, g = jax.lax.scan(back, jnp.zeros_like(reward[0]), (reward, terminated, cont, next_value), reverse=True)
     return g
 
 
