@@ -849,3 +849,30 @@ def test_episode_replay_keeps_the_final_observation_of_every_truncated_episode_i
                 seen.add((e, start))
         assert seen == expected, round_
     assert lost_any == early  # the early case really overwrote final observations of stored episodes
+
+
+def test_neuron_ratio_panels_give_each_mixer_its_own_rows():
+    """Three mixers × three methods: rows per mixer (agent, then mixer), a column per method, and
+    no mixer row for VDN (no mixer neurons); 14 methods of one mixer wrap at RATIO_COLUMNS;
+    without a mixer column, the settings in order."""
+    import pandas as pd
+
+    from plastix.experiments.marl import RATIO_COLUMNS, ratio_panels
+
+    mixers, methods = ["vdn", "qmix", "qplex"], ["none", "redo", "reset"]
+    df = pd.DataFrame([{"mixer": x, "setting": f"{x} {m}"} for x in mixers for m in methods])
+    places, rows, columns = ratio_panels(df, list(df.setting), lambda s, g: not (s.startswith("vdn") and g == "mixer"))
+    assert (rows, columns) == (5, 3)
+    assert places["vdn redo"] == {"agent": (0, 1)}
+    assert places["qmix reset"] == {"agent": (1, 2), "mixer": (2, 2)}
+    assert places["qplex none"] == {"agent": (3, 0), "mixer": (4, 0)}
+    many = pd.DataFrame([{"mixer": x, "setting": f"{x} m{k}"} for x in ("qmix", "qplex") for k in range(14)])
+    places, rows, columns = ratio_panels(many, list(many.setting))
+    per_mixer = 2 * -(-14 // RATIO_COLUMNS)
+    assert (rows, columns) == (2 * per_mixer, RATIO_COLUMNS)
+    last = 2 * (13 // RATIO_COLUMNS)
+    assert places["qmix m13"] == {"agent": (last, 13 % RATIO_COLUMNS), "mixer": (last + 1, 13 % RATIO_COLUMNS)}
+    assert places["qplex m0"]["agent"] == (per_mixer, 0)  # the second mixer starts new rows
+    plain = pd.DataFrame({"setting": ["a", "b"]})
+    grid = {"a": {"agent": (0, 0), "mixer": (1, 0)}, "b": {"agent": (0, 1), "mixer": (1, 1)}}
+    assert ratio_panels(plain, ["a", "b"]) == (grid, 2, 2)

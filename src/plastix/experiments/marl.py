@@ -20,6 +20,7 @@ of the report (task-switch markers, agent vs mixer neuron ratios, return per tas
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ DESCRIPTIONS = {
     "predator-prey": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on predator-prey with miscoordination penalty −2 "
     "(--scale paper: 5 seeds × 960k env steps per cell, GPU time not yet measured)",
     "smax-task-drift": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5 with the unit-type mix drifting "
-    "protoss → zerg-like (small: ~7 min on a 2-core CPU; --scale paper: 5 seeds × 1.6M env steps per cell, "
+    "protoss → zerg-like (small: ~3.5 min cold on a 2-core CPU; --scale paper: 5 seeds × 1.6M env steps per cell, "
     f"≈ 1.6 h on a 2-core CPU from the measured 12.6k env-steps/s, {SMAX_GPU_ESTIMATE})",
     "smax-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on SMAX 5v5, five fixed unit compositions in sequence "
     f"(--scale paper: 5 seeds × 1.6M env steps per cell, ≈ 1.6 h on a 2-core CPU, {SMAX_GPU_ESTIMATE})",
@@ -541,6 +542,30 @@ def mark_switches(ax, steps: list[int]) -> None:
         ax.axvline(s, color="0.4", lw=0.8, ls="--", zorder=0)
 
 
+def ratio_panels(
+    df: pd.DataFrame, settings: list[str], has_neurons: Callable[[str, str], bool] = lambda setting, group: True
+) -> tuple[dict[str, dict[str, tuple[int, int]]], int, int]:
+    """Where each setting's neuron-ratio panels go: ``({setting: {group: (row, column)}}, rows,
+    columns)``. A setting is a column of panels, agent network above mixer; each mixer's settings
+    start new rows, at most :data:`RATIO_COLUMNS` per row, so that a row compares one mixer's
+    methods and the figure stays readable at 14 methods. A group without neurons in any of a
+    mixer's settings (VDN's mixer) gets no row there."""
+    if "mixer" in df:
+        mixer_of = df.drop_duplicates("setting").set_index("setting")["mixer"]
+        blocks = [[s for s in settings if mixer_of[s] == m] for m in dict.fromkeys(mixer_of[s] for s in settings)]
+    else:
+        blocks = [settings]
+    columns = min(max(len(block) for block in blocks), RATIO_COLUMNS)
+    places, rows = {}, 0
+    for block in blocks:
+        groups = [g for g in ("agent", "mixer") if any(has_neurons(s, g) for s in block)] or ["agent"]
+        for j, setting in enumerate(block):
+            top = rows + len(groups) * (j // columns)
+            places[setting] = {g: (top + i, j % columns) for i, g in enumerate(groups)}
+        rows += len(groups) * -(-len(block) // columns)
+    return places, rows, columns
+
+
 def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[str], list[str]]:
     """MARL figures and tables: ``(files, markdown lines)``."""
     import matplotlib.pyplot as plt
@@ -550,21 +575,29 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
     files, lines = [], []
     switches = switch_steps(df)
     settings = list(dict.fromkeys(df["setting"]))
-    # neuron ratios, agent network vs mixer: each setting a column of two panels (agent above
-    # mixer), at most RATIO_COLUMNS settings per row so the figure stays readable at 14 methods
-    columns = min(len(settings), RATIO_COLUMNS)
-    rows = -(-len(settings) // columns)
-    fig, axes = plt.subplots(2 * rows, columns, figsize=(3.6 * columns, 3.1 * 2 * rows), squeeze=False)
-    for j in range(len(settings), rows * columns):  # the empty places of the last row
-        for i in (0, 1):
-            axes[2 * (j // columns) + i][j % columns].set_visible(False)
-    for j, setting in enumerate(settings):
-        part = df[df.setting == setting]
-        for i, group in enumerate(("agent", "mixer")):
-            ax = axes[2 * (j // columns) + i][j % columns]
-            cols = {name: group_column(part, group, field) for name, field in RATIOS.items()}
-            if not all(c in part and part[c].notna().any() for c in cols.values()):
+
+    # neuron ratios, agent network vs mixer
+    def ratio_columns(part: pd.DataFrame, group: str) -> dict[str, str] | None:
+        cols = {name: group_column(part, group, field) for name, field in RATIOS.items()}
+        return cols if all(c in part and part[c].notna().any() for c in cols.values()) else None
+
+    parts = {setting: df[df.setting == setting] for setting in settings}
+    has_neurons = lambda setting, group: ratio_columns(parts[setting], group) is not None  # noqa: E731
+    places, rows, columns = ratio_panels(df, settings, has_neurons)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.1 * rows), squeeze=False)
+    used = {place for panels in places.values() for place in panels.values()}
+    for r in range(rows):
+        for column in range(columns):
+            if (r, column) not in used:  # the empty places at the end of a mixer's rows
+                axes[r][column].set_visible(False)
+    for setting, panels in places.items():
+        part = parts[setting]
+        for group, (r, column) in panels.items():
+            ax = axes[r][column]
+            cols = ratio_columns(part, group)
+            if cols is None:
                 ax.set_title(f"{setting}: {group} (no neurons)", fontsize=9)
+                ax.axis("off")
                 continue
             long = part.melt(
                 id_vars=["seed", "env_steps"], value_vars=list(cols.values()), var_name="ratio", value_name="v"
@@ -572,7 +605,8 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
             long["ratio"] = long["ratio"].map({c: n for n, c in cols.items()})
             plot_curves(ax, long, "v", hue="ratio", x="env_steps", scale=100, order=list(RATIOS))
             mark_switches(ax, switches)
-            ax.set_title(f"{setting}: {group}", fontsize=9)
+            no_mixer = "mixer" not in panels and group == "agent"
+            ax.set_title(f"{setting}: {group}" + (" (the mixer has no neurons)" if no_mixer else ""), fontsize=9)
             ax.set_ylabel("% of neurons")
     figure_legend(fig, axes, title="neurons")
     files.append(save_figure(fig, os.path.join(path, "neuron_ratios_agent_vs_mixer.png")))
