@@ -42,8 +42,9 @@ class EpisodeBatch(NamedTuple):
 
     Attributes:
       obs: pytree of ``(B, W, ...)``, ``W = L + 1``: observations of steps 0…L; position ``length``
-        holds the final observation of the episode (the state it ended in); later positions are
-        padding. ``W = L`` for an env that never truncates (no final observation is needed).
+        holds the final observation of a truncated episode (the state it ended in; after a
+        termination it is some other stored observation, never bootstrapped from); later positions
+        are padding. ``W = L`` for an env that never truncates (no final observation is needed).
       action: ``(B, L, ...)`` actions.
       reward: ``(B, L)`` rewards.
       terminated: ``(B, L)`` the episode terminated at this step (only at its last step).
