@@ -50,8 +50,8 @@ OVERLAPS = {
     "dormant∩GraMa": "overlap_dormant_grama",
 }
 SMAX_GPU_ESTIMATE = (  # benchmarks/RESULTS.md, "GPU, second call": QMIX's paper cell measured in parts
-    "≈ 2.5–3 min per cell, ≈ 8 min per mixer on one H200 (estimated from QMIX's measured parts: 9 s per "
-    "160k env steps of 8 seeds, ~50 s compilation per program, one ~20 s checkpoint)"
+    "≈ 3.5 min per mixer on one H200, its methods' 15 runs as one program (estimated from QMIX's measured "
+    "parts: 9 s per 160k env steps of 8 seeds, 1.34× the time at 32 runs, ~50 s compilation, one checkpoint)"
 )
 DESCRIPTIONS = {
     "matrix-sequential": "VDN/QMIX/QPLEX × {none, ReDo, Reset} on 5 sequential matrix games, then game 1 again "
