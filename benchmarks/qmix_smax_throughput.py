@@ -11,10 +11,12 @@ Settings (``--settings``):
   sequences per 16 × 128 env steps, GRU 512, mixer embed 64, hypernetworks 256, target every 10
   updates, 10,240 warm-up steps, buffer 5,000 battles; diagnostics off (JaxMARL has none). JaxMARL
   samples 128-step chunks, plastix whole padded battles (≤ 101 steps + final observation).
-  JaxMARL's own QMIX is not installable here (its baselines are not in the jaxmarl wheel and
-  plastix copies no code); MARL-NOTES records 223 env-steps/s for it at these settings on the same
-  2-core CPU type, which ``--jaxmarl-reference`` takes as the denominator of the printed ratio
-  (printed on the CPU only: there is no GPU figure of JaxMARL's QMIX to divide by).
+  JaxMARL's own QMIX is not installable (its baselines are not in the jaxmarl wheel or sdist, and
+  plastix copies no code): time it on the same machine from JaxMARL's repository
+  (``baselines/QLearning/qmix_rnn.py``; benchmarks/RESULTS.md, "JaxMARL's own QMIX, side by side",
+  says how it was done) and pass its steady-state env-steps/s as ``--jaxmarl-reference`` to print
+  the ratio. MARL-NOTES' 223 env-steps/s is another machine's figure; no ratio is printed without
+  a reference.
 
 Measurements (each compiled once, then timed ``--repeats`` times, median):
 
@@ -104,7 +106,9 @@ def main():
     parser.add_argument("--chunk-periods", type=int, default=2)
     parser.add_argument("--overhead-seeds", type=int, default=8)
     parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--jaxmarl-reference", type=float, default=223.0, help="JaxMARL QMIX env-steps/s")
+    parser.add_argument(
+        "--jaxmarl-reference", type=float, default=None, help="JaxMARL's QMIX env-steps/s on this machine (1 seed)"
+    )
     add_device_options(parser)
     args = parser.parse_args()
     apply_device_options(args)
@@ -125,11 +129,9 @@ def main():
                 f"{t:.2f} s → {seeds * per_seed:,.0f} env-steps/s in total, {per_seed:,.0f} per seed; "
                 f"10M env steps each, all {seeds} together, would take {1e7 / per_seed / 60:,.0f} min"
             )
-            if args.settings == "jaxmarl" and jax.default_backend() == "cpu":
+            if args.settings == "jaxmarl" and args.jaxmarl_reference:
                 ratio = per_seed / args.jaxmarl_reference
-                print(f"  vs JaxMARL's QMIX at {args.jaxmarl_reference:g} env-steps/s: {ratio:.2f}×")
-            elif args.settings == "jaxmarl":
-                print(f"  (--jaxmarl-reference is a 2-core CPU figure: no ratio on {jax.default_backend()})")
+                print(f"  vs JaxMARL's QMIX at {args.jaxmarl_reference:g} env-steps/s per seed: {ratio:.2f}×")
     if args.settings == "pymarl2" and not args.skip_overhead:
         s = args.overhead_seeds
         print(f"\n2. diagnostics share at {s} seeds (smax-drift), with vs without, alternating")
