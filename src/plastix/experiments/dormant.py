@@ -85,7 +85,7 @@ class DormantExperimentConfig:
         instead of once per method and steps small networks far faster; memory (replay buffers
         above all) grows with the number of methods. ``None`` (default): on, and at ``paper``
         scale in groups whose runs hold at most half of the device's memory (a paper-scale SMAX
-        run holds 1.57 GB: 44 runs on an H200); ``True``: whole groups whatever their size.
+        run holds 1.57 GB: 30–40 runs on an H200); ``True``: whole groups whatever their size.
       workers: programs (groups of cells or cells) run at once; results do not depend on it. On a
         CPU each runs in a worker process pinned to its share of the cores
         (:mod:`plastix.experiments.workers`), elsewhere in threads of this process. 0 (default): 2
