@@ -876,3 +876,17 @@ def test_neuron_ratio_panels_give_each_mixer_its_own_rows():
     plain = pd.DataFrame({"setting": ["a", "b"]})
     grid = {"a": {"agent": (0, 0), "mixer": (1, 0)}, "b": {"agent": (0, 1), "mixer": (1, 1)}}
     assert ratio_panels(plain, ["a", "b"]) == (grid, 2, 2)
+
+
+def test_qplex_trains_a_period_on_smax_with_finite_losses():
+    """SMAX offers no action to any agent after a battle's last step; QPLEX's first period on it
+    was NaN (``smax-task-drift`` stopped there). One period of the experiment's own small cell."""
+    from plastix.experiments import dormant, rl
+
+    config = dormant.DormantExperimentConfig(mixers=("qplex",), methods=("none",), seeds=1)
+    ((_, cell),) = dormant.EXPERIMENTS["smax-task-drift"][0](config)
+    stage = rl.stage(cell)
+    carry, rows = stage.run_chunk(stage.start(None), 0)
+    losses = rows["loss"].to_numpy()
+    assert len(losses) and np.isfinite(losses).all()
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(stage.trained(carry)))
