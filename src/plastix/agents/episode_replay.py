@@ -67,9 +67,10 @@ class EpisodeReplayState(NamedTuple):
     episode_start: Array  # (E, C) int32 ring of completed episodes' starts
     episode_length: Array  # (E, C) int32
     episodes: Array  # (E,) int32 completed episodes so far
-    final_obs: Any  # pytree of (E, R, ...): final observations of the last R truncated episodes (None: not kept)
-    episode_final: Array  # (E, C) int32: the truncation number of each completed episode (-1: terminated)
-    truncations: Array  # (E,) int32 truncated episodes so far
+    final_obs: Any  # pytree of (E, R, ...): final observations of the last R truncated episodes
+    episode_final: Array | None  # (E, C) int32: the truncation number of each completed episode (-1: terminated)
+    truncations: Array | None  # (E,) int32 truncated episodes so far
+    # the last three are None for an env that gives no final observation (nothing to keep)
 
 
 def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
@@ -107,6 +108,7 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     def init(example: Step) -> EpisodeReplayState:
         zeros = jnp.zeros((E, capacity), jnp.int32)
         scalar = jnp.zeros((), jnp.int32)
+        keep = example.final_obs is not None
         finals = jax.tree.map(lambda x: jnp.zeros((E, R) + x.shape, x.dtype), example.final_obs)  # None stays None
         return EpisodeReplayState(
             storage.init(example._replace(final_obs=None)),
@@ -116,8 +118,8 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
             zeros,
             zeros[:, 0],
             finals,
-            zeros - 1,
-            zeros[:, 0],
+            zeros - 1 if keep else None,
+            zeros[:, 0] if keep else None,
         )
 
     def add(state: EpisodeReplayState, steps: Step) -> EpisodeReplayState:
@@ -128,13 +130,14 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         def record(carry, t):
             start, starts, lengths, count, finals, final_of, truncs = carry
             now = state.time + t
-            ended, truncated = done[:, t], steps.truncated[:, t] & keep_final
+            ended = done[:, t]
             slot = count % capacity
             starts = starts.at[rows, slot].set(jnp.where(ended, start, starts[rows, slot]))
             lengths = lengths.at[rows, slot].set(jnp.where(ended, now - start + 1, lengths[rows, slot]))
-            number = jnp.where(truncated, truncs, -1)  # the episode's truncation number, -1: terminated
-            final_of = final_of.at[rows, slot].set(jnp.where(ended, number, final_of[rows, slot]))
             if keep_final:
+                truncated = steps.truncated[:, t]
+                number = jnp.where(truncated, truncs, -1)  # the episode's truncation number, -1: terminated
+                final_of = final_of.at[rows, slot].set(jnp.where(ended, number, final_of[rows, slot]))
                 ring = truncs % R
 
                 def store(kept, new):  # (E, R, ...), (E, T, ...)
@@ -142,8 +145,9 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
                     return kept.at[rows, ring].set(jnp.where(mask, new[:, t], kept[rows, ring]))
 
                 finals = jax.tree.map(store, finals, steps.final_obs)
+                truncs = truncs + truncated
             start = jnp.where(ended, now + 1, start)
-            return (start, starts, lengths, count + ended, finals, final_of, truncs + truncated), None
+            return (start, starts, lengths, count + ended, finals, final_of, truncs), None
 
         T = done.shape[1]
         carry = (
@@ -168,9 +172,10 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         # cumulative sum over all E × C slots.
         slots = jnp.arange(capacity)[None, :]
         completed = slots < state.episodes[:, None]
-        lost = completed & (state.episode_final >= 0) & (state.truncations[:, None] - state.episode_final > R)
-        cut = jnp.max(jnp.where(lost, state.episode_start, -1), axis=1, keepdims=True)
-        usable = completed & (state.episode_start >= state.time - capacity) & (state.episode_start > cut)
+        usable = completed & (state.episode_start >= state.time - capacity)
+        if state.final_obs is not None:
+            lost = completed & (state.episode_final >= 0) & (state.truncations[:, None] - state.episode_final > R)
+            usable &= state.episode_start > jnp.max(jnp.where(lost, state.episode_start, -1), axis=1, keepdims=True)
         count = usable.sum(axis=1, dtype=jnp.int32)  # (E,)
         ends = jnp.cumsum(count)  # usable episodes of envs 0..e
         total = ends[-1]
@@ -185,15 +190,16 @@ def episode_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
         start, length = state.episode_start[env, slot], state.episode_length[env, slot]
         positions = (start[:, None] + jnp.arange(W)[None, :]) % capacity  # (B, W)
         window = jax.tree.map(lambda x: x[env[:, None], positions], state.steps.experience)
-        at_end = (jnp.arange(W)[None, :] == length[:, None]).reshape(batch, W)
-        final_slot = jnp.maximum(state.episode_final[env, slot], 0) % R  # terminated: any (masked by the learner)
+        obs = window.obs
+        if state.final_obs is not None:  # position ``length``: the kept final observation
+            at_end = (jnp.arange(W)[None, :] == length[:, None]).reshape(batch, W)
+            final_slot = jnp.maximum(state.episode_final[env, slot], 0) % R  # terminated: any (masked by the learner)
 
-        def with_final(obs, finals):
-            final_at_end = finals[env, final_slot]  # (B, ...)
-            mask = at_end.reshape(at_end.shape + (1,) * (obs.ndim - 2))
-            return jnp.where(mask, final_at_end[:, None], obs)
+            def with_final(obs, finals):
+                mask = at_end.reshape(at_end.shape + (1,) * (obs.ndim - 2))
+                return jnp.where(mask, finals[env, final_slot][:, None], obs)
 
-        obs = jax.tree.map(with_final, window.obs, state.final_obs) if state.final_obs is not None else window.obs
+            obs = jax.tree.map(with_final, obs, state.final_obs)
         valid = jnp.arange(L)[None, :] < length[:, None]
         return EpisodeBatch(
             obs,

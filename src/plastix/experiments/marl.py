@@ -582,8 +582,8 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
         return cols if all(c in part and part[c].notna().any() for c in cols.values()) else None
 
     parts = {setting: df[df.setting == setting] for setting in settings}
-    has_neurons = lambda setting, group: ratio_columns(parts[setting], group) is not None  # noqa: E731
-    places, rows, columns = ratio_panels(df, settings, has_neurons)
+    found = {(s, g): ratio_columns(parts[s], g) for s in settings for g in ("agent", "mixer")}
+    places, rows, columns = ratio_panels(df, settings, lambda setting, group: found[setting, group] is not None)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.1 * rows), squeeze=False)
     used = {place for panels in places.values() for place in panels.values()}
     for r in range(rows):
@@ -594,7 +594,7 @@ def report_section(experiment: str, df: pd.DataFrame, path: str) -> tuple[list[s
         part = parts[setting]
         for group, (r, column) in panels.items():
             ax = axes[r][column]
-            cols = ratio_columns(part, group)
+            cols = found[setting, group]
             if cols is None:
                 ax.set_title(f"{setting}: {group} (no neurons)", fontsize=9)
                 ax.axis("off")

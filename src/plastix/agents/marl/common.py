@@ -165,12 +165,19 @@ def lambda_returns(reward: Array, terminated: Array, valid: Array, next_value: A
     """TD(λ) targets ``(T, B)`` of the module docstring (time-major inputs, each ``(T, B)``)."""
     cont = jnp.concatenate([valid[1:], jnp.zeros_like(valid[:1])], 0)  # step t+1 is in the episode
 
-    def back(g_next, xs):  # selects, not products with 0/1 masks: a non-finite value past the end stays there
+    def back(g_next, xs):
         r, term, c, v = xs
-        g = r + gamma * jnp.where(term, 0.0, jnp.where(c, v + lam * (g_next - v), v))
+        # values the masks discard are replaced by 0 first (0 · NaN would be NaN): a non-finite
+        # value past an episode's end cannot reach its targets; the arithmetic is otherwise the
+        # masked formula's, so finite inputs give the same bits as before
+        v = jnp.where(term > 0, 0.0, v)
+        g_next = jnp.where(c > 0, g_next, 0.0)
+        g = r + gamma * (1.0 - term) * (v + lam * c * (g_next - v))
         return g, g
 
-    _, g = jax.lax.scan(back, jnp.zeros_like(reward[0]), (reward, terminated, cont, next_value), reverse=True)
+    _, g = jax.lax.scan(
+        back, jnp.zeros_like(reward[0]), (reward, terminated.astype(reward.dtype), cont, next_value), reverse=True
+    )
     return g
 
 
