@@ -1,5 +1,6 @@
 """The off-policy loop, DQN / DrQ(ε) / SAC, and RL runs: references, invariants, learning checks."""
 
+import collections
 import dataclasses
 
 import jax
@@ -11,7 +12,15 @@ import pytest
 from plastix.agents import DQNConfig, LoopConfig, SACConfig, Transition, make_dqn, make_sac, make_train
 from plastix.agents.dqn import random_shift, td_targets
 from plastix.agents.marl import MARLConfig
-from plastix.agents.off_policy import layout, n_step_return, n_step_targets, replay_schedule
+from plastix.agents.off_policy import (
+    layout,
+    n_step_return,
+    n_step_targets,
+    replay_schedule,
+    sample_sequences,
+    uniform_below,
+    unit_interval,
+)
 from plastix.agents.sac import soft_target, squashed_gaussian, temperature_loss
 from plastix.envs import Env, EnvSpec, Timestep, make_env
 from plastix.experiments.rl import RLConfig, run_cell
@@ -107,6 +116,50 @@ def test_one_step_return_is_reward_and_gamma():
     returns, discounts = n_step_return(jnp.array([[2.0]]), jnp.array([[False]]), 0.99)
     np.testing.assert_allclose(returns, [2.0])
     np.testing.assert_allclose(discounts, [0.99])
+
+
+def test_sampled_windows_are_uniform_over_the_stored_windows_that_do_not_cross_the_write_position():
+    import flashbax
+
+    envs, capacity, length, draws = 3, 7, 3, 6_000
+    buffer = flashbax.make_trajectory_buffer(
+        add_batch_size=envs,
+        sample_batch_size=1,
+        sample_sequence_length=length,
+        period=1,
+        min_length_time_axis=length,
+        max_length_time_axis=capacity,
+    )
+    state = buffer.init({"time": jnp.int32(0), "env": jnp.int32(0)})
+    sample = jax.jit(sample_sequences, static_argnums=(2, 3))
+    written = 0
+    for total in (4, 7, 11):  # not full, exactly full, wrapped (the oldest stored step is 4)
+        new = total - written
+        steps = {
+            "time": jnp.tile(jnp.arange(written, total, dtype=jnp.int32), (envs, 1)),
+            "env": jnp.tile(jnp.arange(envs, dtype=jnp.int32)[:, None], (1, new)),
+        }
+        state, written = buffer.add(state, steps), total
+        window = sample(state, jax.random.PRNGKey(total), draws, length)
+        time, env = np.asarray(window["time"]), np.asarray(window["env"])
+        assert time.shape == (draws, length)
+        assert (np.diff(time, axis=1) == 1).all() and (env == env[:, :1]).all()  # one env's consecutive steps
+        oldest = max(0, total - capacity)
+        expected = {(e, s) for e in range(envs) for s in range(oldest, total - length + 1)}
+        drawn = collections.Counter(zip(env[:, 0].tolist(), time[:, 0].tolist()))
+        assert set(drawn) == expected
+        mean = draws / len(expected)
+        assert max(abs(c - mean) for c in drawn.values()) < 5 * mean**0.5  # uniform (binomial, 5 sigma)
+
+
+def test_integers_and_unit_floats_from_random_bits():
+    assert float(unit_interval(jnp.uint32(0))) == 0.0
+    assert float(unit_interval(jnp.uint32(2**32 - 1))) == 1 - 2**-24  # below 1: ε = 1 always explores
+    bits = jax.random.bits(jax.random.PRNGKey(0), (30_000,))
+    values = np.asarray(uniform_below(bits, jnp.int32(3)))
+    assert values.dtype == np.int32 and set(values.tolist()) == {0, 1, 2}
+    np.testing.assert_allclose(np.bincount(values) / values.size, 1 / 3, atol=0.012)  # 5 sigma
+    np.testing.assert_allclose(np.mean(np.asarray(unit_interval(bits))), 0.5, atol=0.01)
 
 
 @pytest.mark.parametrize(

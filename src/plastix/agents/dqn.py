@@ -20,7 +20,15 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from plastix.agents.off_policy import Agent, Transition, apply_update, diagnose_state, linear_epsilon
+from plastix.agents.off_policy import (
+    Agent,
+    Transition,
+    apply_update,
+    diagnose_state,
+    linear_epsilon,
+    uniform_below,
+    unit_interval,
+)
 from plastix.envs.base import EnvSpec
 from plastix.interventions import (
     OptimizerConfig,
@@ -200,9 +208,9 @@ def make_dqn(
     def act(key, state: DQNState, obs, step, greedy: bool):
         q = apply(state.online.params, obs)
         eps = config.epsilon_eval if greedy else linear_epsilon(config, step)
-        k_explore, k_action = jax.random.split(key)
-        explore = jax.random.uniform(k_explore, (obs.shape[0],)) < eps
-        random_action = jax.random.randint(k_action, (obs.shape[0],), 0, spec.num_actions)
+        bits = jax.random.bits(key, (2, obs.shape[0]))  # one random call for both draws (see uniform_below)
+        explore = unit_interval(bits[0]) < eps
+        random_action = uniform_below(bits[1], jnp.int32(spec.num_actions))
         return jnp.where(explore, random_action, jnp.argmax(q, -1))
 
     def augment(key, batch: Transition) -> Transition:

@@ -399,7 +399,7 @@ def random_actions(key: Array, spec: EnvSpec, n: int, obs: Any = None) -> Array:
         logits = jnp.where(obs.avail, 0.0, -jnp.inf)
         return jax.random.categorical(key, logits).astype(jnp.int32)
     if spec.discrete:
-        return jax.random.randint(key, (n,), 0, spec.num_actions)
+        return uniform_below(jax.random.bits(key, (n,)), jnp.int32(spec.num_actions))
     return jax.random.uniform(key, (n, spec.action_dim), minval=spec.action_low, maxval=spec.action_high)
 
 
@@ -509,6 +509,50 @@ def rebuild_stacks(frames: Array, ended: Array, k: int) -> Array:
     return jnp.stack(stack, axis=-1)
 
 
+def unit_interval(bits: Array) -> Array:
+    """Uniform ``float32`` in ``[0, 1)`` (multiples of ``2**-24``) from uniform ``uint32`` ``bits``."""
+    return (bits >> 8).astype(jnp.float32) * (2.0**-24)
+
+
+def uniform_below(bits: Array, n: Array) -> Array:
+    """Integers in ``[0, n)`` from uniform ``uint32`` ``bits`` (any shape; ``n`` a positive int32
+    broadcastable to it), as ``int32``.
+
+    ``bits mod n``: a value's probability is off by at most ``n / 2**32`` relative (``2e-4`` for a
+    million), which is what lets a whole batch's draws come from one threefry call; on XLA:CPU each
+    call is a small loop whose fixed cost is that of a few dozen elementwise operations.
+    """
+    return (bits % n.astype(jnp.uint32)).astype(jnp.int32)
+
+
+def sample_sequences(state: Any, key: Array, batch_size: int, length: int) -> Any:
+    """``batch_size`` windows of ``length`` consecutive steps from a flashbax trajectory buffer state.
+
+    Each window is drawn uniformly among all (env, start) pairs whose steps are all stored and that
+    do not cross the write position (flashbax's own sampling with ``period=1``), from one random
+    call (see :func:`uniform_below`; flashbax's sampler makes eight).
+
+    Args:
+      state: ``TrajectoryBufferState`` with experience leaves ``(E, C, ...)``, holding at least
+        ``length`` steps per env.
+      key: PRNG key.
+      batch_size: windows B.
+      length: steps per window L.
+
+    Returns:
+      The experience pytree with leaves ``(B, L, ...)``.
+    """
+    envs, capacity = jax.tree.leaves(state.experience)[0].shape[:2]
+    stored = jnp.where(state.is_full, capacity, state.current_index)
+    oldest = jnp.where(state.is_full, state.current_index, 0)
+    starts = jnp.maximum(stored - length + 1, 1)  # valid window starts per env
+    bits = jax.random.bits(key, (2, batch_size))
+    env = uniform_below(bits[0], jnp.int32(envs))
+    start = oldest + uniform_below(bits[1], starts)
+    time = (start[:, None] + jnp.arange(length)) % capacity
+    return jax.tree.map(lambda x: x[env[:, None], time], state.experience)
+
+
 def transition_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     """Flat n-step :class:`Transition` s from a flashbax trajectory buffer (DQN, DrQ(ε), SAC).
 
@@ -526,17 +570,14 @@ def transition_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     k = spec.frame_stack if config.single_frames and spec.frame_stack > 1 else 1
     length = n + k
 
-    def sequence_buffer(batch_size: int):  # one storage layout, two sample sizes (updates, scoring)
-        return flashbax.make_trajectory_buffer(
-            add_batch_size=E,
-            sample_batch_size=batch_size,
-            sample_sequence_length=length,
-            period=1,
-            min_length_time_axis=length,
-            max_length_time_axis=capacity,
-        )
-
-    buffer, scoring_buffer = sequence_buffer(config.batch_size), sequence_buffer(config.scoring_batch)
+    buffer = flashbax.make_trajectory_buffer(  # storage only: sequences are drawn by sample_sequences
+        add_batch_size=E,
+        sample_batch_size=config.batch_size,
+        sample_sequence_length=length,
+        period=1,
+        min_length_time_axis=length,
+        max_length_time_axis=capacity,
+    )
 
     def newest_frame(steps: Step) -> Step:
         return steps if k == 1 else steps._replace(obs=steps.obs[..., -1])
@@ -559,8 +600,8 @@ def transition_replay(config: LoopConfig, spec: EnvSpec) -> Replay:
     return Replay(
         init=lambda example: buffer.init(newest_frame(example)),
         add=lambda state, steps: buffer.add(state, newest_frame(steps)),
-        sample=lambda state, key: to_transition(buffer.sample(state, key).experience),
-        sample_scoring=lambda state, key: to_transition(scoring_buffer.sample(state, key).experience),
+        sample=lambda state, key: to_transition(sample_sequences(state, key, config.batch_size, length)),
+        sample_scoring=lambda state, key: to_transition(sample_sequences(state, key, config.scoring_batch, length)),
     )
 
 
@@ -603,9 +644,9 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         return jax.vmap(reset), jax.vmap(step)
 
     def env_step(carry: Carry, keys: Array, explore: bool):
-        """One vector step with ``keys = (k_act, k_env)``; returns the stored steps and (completed return
-        sum, completed count)."""
-        k_act, k_env = keys
+        """One vector step with ``keys (1 + E, key)`` (the policy's, then one per env); returns the
+        stored steps and (completed return sum, completed count)."""
+        k_act, k_envs = keys[0], keys[1:]
         if explore:
             actions, memory = agent.policy(
                 k_act, carry.agent, carry.obs, carry.env_steps, False, carry.memory, carry.done
@@ -613,7 +654,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         else:
             actions, memory = random_actions(k_act, spec, E, carry.obs), carry.memory
         _, vstep = vector_env(env, schedule.task_at(carry.env_steps))
-        ts = vstep(jax.random.split(k_env, E), carry.env_state, actions)
+        ts = vstep(k_envs, carry.env_state, actions)
         done = ts.done
         ret = carry.episode_return + ts.reward
         finished = (jnp.sum(jnp.where(done, ret, 0.0)), jnp.sum(done))
@@ -629,7 +670,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         return carry, (step, finished)
 
     def collect(carry: Carry, keys: Array, explore: bool):
-        """``len(keys)`` vector steps (``keys (length, 2, key)``) added to the buffer; returns
+        """``len(keys)`` vector steps (``keys (length, 1 + E, key)``) added to the buffer; returns
         (carry, (return sum, episodes))."""
         carry, (steps, finished) = jax.lax.scan(lambda c, k: env_step(c, k, explore), carry, keys)
         steps = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # (E, length, ...)
@@ -662,9 +703,7 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
             env_steps=jnp.zeros((), jnp.int32),
             updates=jnp.zeros((), jnp.int32),
         )
-        warm_keys = jax.random.split(k_warm, 2 * lay.warmup_vector_steps).reshape(
-            lay.warmup_vector_steps, 2, *k_warm.shape
-        )
+        warm_keys = jax.random.split(k_warm, (lay.warmup_vector_steps, 1 + E))
         carry, _ = collect(carry, warm_keys, explore=False)
         return carry
 
@@ -672,15 +711,17 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
         key, index = xs  # index: the iteration's number in the period, unbatched under the seed vmap
         # Every key of the iteration from one split: on XLA:CPU each threefry call is a small loop
         # whose fixed cost, per vector step, is comparable to the env step itself.
-        keys = jax.random.split(key, 2 * (lay.vector_steps + lay.updates)).reshape(-1, 2, *key.shape)
-        carry, finished = collect(carry, keys[: lay.vector_steps], explore=True)
+        keys = jax.random.split(key, lay.vector_steps * (1 + E) + 2 * lay.updates)
+        step_keys = keys[: lay.vector_steps * (1 + E)].reshape(lay.vector_steps, 1 + E, *key.shape)
+        update_keys = keys[lay.vector_steps * (1 + E) :].reshape(lay.updates, 2, *key.shape)
+        carry, finished = collect(carry, step_keys, explore=True)
 
         def updates(agent_state, buffer=carry.buffer):
             def one_update(agent_state, k):
                 k_sample, k_agent = k
                 return agent.update(k_agent, agent_state, replay.sample(buffer, k_sample))
 
-            return jax.lax.scan(one_update, agent_state, keys[lay.vector_steps :])
+            return jax.lax.scan(one_update, agent_state, update_keys)
 
         # XLA:CPU fuses the buffer write just made into the updates' sampling gathers and then
         # copies the replay's columns each iteration; ``Replay.fence`` says how to keep them apart.
