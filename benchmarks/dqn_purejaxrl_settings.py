@@ -24,11 +24,17 @@ Variants, each a whole training run from a fresh key (compiled once beforehand, 
   tracks episode returns and logs per-period metrics.
 - ``plastix+diag+redo``: the same with diagnostics every period and ReDo (τ 0.1) every 1,000 updates.
 
+XLA:CPU's thread pool has one thread by default here (``--xla-cpu-threads``; 0: XLA's own default,
+one per core), for every variant alike: what ``plastix run rl`` chooses for DQN with an MLP
+(:meth:`plastix.experiments.rl.RLConfig.cpu_threads`). PureJaxRL's loop is as fast or faster
+with one thread than with two (1 seed: 8.7–9.1 s vs 11.3 s; 8 seeds: the same), so this is the
+stricter comparison for plastix.
+
 Repeats are interleaved (the order rotates each round) so that drifting machine load hits every
 variant alike; ratios are taken within a round, and their median (with a 95%
 bootstrap CI: is a 3% difference resolved?) and range are printed.
 
-Usage: python benchmarks/dqn_purejaxrl_settings.py [--seeds 1] [--repeats 5] [--env-steps 500000]
+Usage: python benchmarks/dqn_purejaxrl_settings.py [--seeds 1] [--repeats 5] [--env-steps 500000] [--xla-cpu-threads 1]
 Record what you measured in benchmarks/RESULTS.md with the machine.
 """
 
@@ -40,7 +46,6 @@ import time
 
 import flashbax
 import flax.linen as nn
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +54,7 @@ import optax
 from plastix.agents import DQNConfig, LoopConfig, make_dqn, make_train
 from plastix.envs import make_env
 from plastix.interventions import OptimizerConfig, PlasticityConfig, ReDoConfig
+from plastix.jit import xla_cpu_threads
 
 NUM_ENVS, BUFFER, BATCH, LEARNING_STARTS, TRAIN_EVERY, TARGET_EVERY_ENV_STEPS = 10, 10_000, 128, 10_000, 10, 500
 LR, GAMMA, EPS_END, EPS_STEPS, HIDDEN = 2.5e-4, 0.99, 0.05, 250_000, (120, 84)
@@ -66,6 +72,7 @@ class QNet(nn.Module):
 
 def reference_train(total_steps: int, faithful: bool):
     """``train(key) -> (updates, outputs)``: PureJaxRL's DQN (``faithful``) or the minimal loop (module docstring)."""
+    import gymnax  # imported here: importing gymnax starts JAX's backends (see --xla-cpu-threads)
     from gymnax.wrappers.purerl import LogWrapper
 
     env, env_params = gymnax.make("CartPole-v1")
@@ -183,8 +190,11 @@ def main():
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--env-steps", type=int, default=500_000)
+    parser.add_argument("--xla-cpu-threads", type=int, default=1, help="XLA:CPU's pool (0: XLA's default)")
     args = parser.parse_args()
+    pool = xla_cpu_threads(args.xla_cpu_threads)  # before anything starts JAX
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})")
+    print(f"XLA:CPU pool threads: {pool if pool is not None else 'XLA default (could not choose)'}")
     print(f"{args.seeds} seed(s), {args.env_steps} env steps per seed, {args.repeats} interleaved repeats")
 
     def reference_runner(faithful):

@@ -195,6 +195,19 @@ def _cartpole_train(rr, steps, plasticity=PlasticityConfig(), period=50, eval_ev
     return make_train(loop, env, agent)
 
 
+def test_the_transition_replay_fence_follows_xla_cpu_threads(monkeypatch):
+    """``Replay.fence="auto"``: a barrier where XLA:CPU runs one thread, the update conditional
+    otherwise (seen in the traced chunk program; both compute the same, see the recurrent-policy test)."""
+    programs = {}
+    for pool in (1, 2):
+        monkeypatch.setattr("plastix.agents.off_policy.xla_cpu_pool_threads", lambda: pool)
+        train = _cartpole_train(0.25, 800)
+        carry = jax.eval_shape(train.init, jax.random.split(jax.random.PRNGKey(0), 1))
+        programs[pool] = train.run_chunk.trace(carry).jaxpr.pretty_print()
+    assert "optimization_barrier" in programs[1] and "optimization_barrier" not in programs[2]
+    assert programs[2].count("cond[") > programs[1].count("cond[")  # the updates in a conditional
+
+
 @pytest.mark.parametrize("rr, steps", [(0.25, 800), (2, 200)])
 def test_replay_ratio_bookkeeping(rr, steps):
     train = _cartpole_train(rr, steps)
@@ -592,7 +605,8 @@ def test_loop_serves_a_recurrent_policy_with_its_own_replay(fence):
         env_steps=48, num_envs=envs, warmup_steps=2 * window, buffer_size=64, batch_size=4, period=8, eval_every=3
     )
     if fence == "wall":
-        with pytest.raises(ValueError, match=r"Replay.fence: got 'wall', allowed values are 'conditional', 'barrier'"):
+        allowed = "'auto', 'conditional', 'barrier'"
+        with pytest.raises(ValueError, match=rf"Replay.fence: got 'wall', allowed values are {allowed}"):
             make_train(loop, Env(spec, reset, step), agent)
         return
     train = make_train(loop, Env(spec, reset, step), agent)

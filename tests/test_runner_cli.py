@@ -215,6 +215,62 @@ def test_building_a_training_program_on_the_cpu_leaves_blas_one_thread_unless_th
         one_blas_thread.cache_clear()  # the next program of this test process sets it again
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_xla_cpu_pool_takes_the_threads_asked_for_and_leaves_every_thread_all_cores():
+    import subprocess
+    import sys
+    import textwrap
+
+    from plastix.jit import xla_cpu_threads
+
+    script = textwrap.dedent(
+        """
+        import os
+        from plastix.jit import XLA_POOL_THREAD_PREFIX, _thread_names, xla_cpu_threads
+        cores = os.sched_getaffinity(0)
+        size = xla_cpu_threads(1)
+        import jax.numpy as jnp
+        jnp.ones(3).block_until_ready()
+        pool = sum(name.startswith(XLA_POOL_THREAD_PREFIX) for name in _thread_names())
+        free = all(os.sched_getaffinity(int(t)) == cores for t in os.listdir("/proc/self/task"))
+        print(size, pool, free)
+        """
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["1", "1", "True"], out.stderr
+    with pytest.warns(UserWarning, match="already started"):  # this process's JAX runs: no change
+        assert xla_cpu_threads(1) is None
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        xla_cpu_threads(-1)
+
+
+def test_rl_runs_choose_one_xla_thread_for_dqn_with_an_mlp_before_jax_starts(monkeypatch):
+    from plastix.agents import DQNConfig
+    from plastix.experiments.rl import RLConfig
+
+    assert RLConfig(env="CartPole-v1", agent="dqn").cpu_threads() == 1  # auto network: an MLP
+    assert RLConfig(env="Breakout-MinAtar", agent="dqn").cpu_threads() == 0  # a conv net: XLA's default
+    assert RLConfig(env="Breakout-MinAtar", agent="dqn", dqn=DQNConfig(network="mlp")).cpu_threads() == 1
+    assert RLConfig(env="Pendulum-v1", agent="sac").cpu_threads() == 0  # not measured: XLA's default
+    assert RLConfig(env="CartPole-v1", agent="dqn", xla_cpu_threads=0).cpu_threads() == 0
+    with pytest.raises(ValueError, match="RLConfig.xla_cpu_threads"):
+        RLConfig(xla_cpu_threads=-2)
+    calls, pool = [], [0]
+    monkeypatch.setattr("plastix.jit.xla_cpu_pool_threads", lambda: pool[0])
+    monkeypatch.setattr("plastix.jit.xla_cpu_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(cli, "run", lambda experiment, config: calls.append(("run", experiment)) or 0)
+    assert cli.main(["run", "rl", "--env", "CartPole-v1", "--agent", "dqn"]) == 0  # JAX not started yet
+    assert calls == [("threads", 1), ("run", "rl")]
+    calls.clear()
+    pool[0] = 2  # JAX already runs (a CLI called from Python): the automatic choice stays silent ...
+    assert cli.main(["run", "rl", "--env", "CartPole-v1", "--agent", "dqn"]) == 0
+    assert calls == [("run", "rl")]
+    calls.clear()  # ... a choice made on the command line is tried (and warns)
+    assert cli.main(["run", "rl", "--env", "CartPole-v1", "--agent", "dqn", "--xla-cpu-threads", "1"]) == 0
+    assert calls == [("threads", 1), ("run", "rl")]
+
+
 def test_run_concurrently_keeps_order_and_raises_the_first_error_after_the_running_jobs_end():
     import threading
     import time

@@ -472,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep(*command.config)
         check_unused_flags(command.experiment, command.config, argv)
         prepare_process()
+        if command.experiment == "rl":  # before anything starts JAX (warns only if asked for, too late)
+            from plastix.jit import xla_cpu_pool_threads, xla_cpu_threads
+
+            cell = command.config.cell
+            if cell.xla_cpu_threads is not None or not xla_cpu_pool_threads():
+                xla_cpu_threads(cell.cpu_threads())
         return run(command.experiment, command.config)
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"plastix: error: {e}", file=sys.stderr)

@@ -89,6 +89,70 @@ def one_blas_thread() -> bool:
     return True
 
 
+XLA_POOL_THREAD_PREFIX = "tf_XLA"
+"""Name prefix of XLA:CPU's pool threads (``tf_XLAEigen``): where one exists, JAX's backends have started."""
+
+
+def _thread_names() -> list[str]:
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return names
+
+
+def xla_cpu_pool_threads() -> int | None:
+    """Threads in XLA:CPU's pool now (0 before JAX's backends start; ``None`` where this cannot be seen)."""
+    if not os.path.isdir("/proc/self/task"):
+        return None
+    return sum(name.startswith(XLA_POOL_THREAD_PREFIX) for name in _thread_names())
+
+
+def xla_cpu_threads(threads: int) -> int | None:
+    """Start JAX's backends with ``threads`` threads in XLA:CPU's thread pool (0: XLA's default,
+    one per core this process may use); returns the pool's size, or ``None`` where it cannot be
+    chosen (not Linux, or JAX's backends already started: a warning says so).
+
+    XLA:CPU runs a program's independent operations on a pool sized, when the backend starts, by
+    the cores the process may use. A small program gains nothing from a second thread and can
+    lose much: DQN at PureJaxRL's settings (MLP 120-84, 8 seeds) ran a chunk in 8.6–9.0 s with
+    XLA's two threads on a 2-core Xeon and in 7.4 s with one, where PureJaxRL's own loop ran
+    alike either way (``benchmarks/RESULTS.md``); convolutional nets gain from both (DQN on
+    MinAtar, 8 seeds: 16.7 s per chunk on two cores, 24.0 s on one). The pool is made while
+    this thread is confined to ``threads`` cores, then every thread of the process may use all
+    of them again, so the pool's threads, Python and the data loaders move freely. For processes
+    plastix owns (the CLI, benchmarks), before anything starts JAX (``jax.devices()``, the first
+    computation, ``import gymnax``); never at import.
+    """
+    if threads < 0:
+        raise ValueError(f"xla_cpu_threads: threads must be >= 0 (0: XLA's default), got {threads}")
+    if not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
+        return None
+    if xla_cpu_pool_threads():
+        warnings.warn(
+            f"plastix: JAX's backends already started; XLA:CPU keeps its thread pool (asked for {threads})",
+            stacklevel=2,
+        )
+        return None
+    cores = os.sched_getaffinity(0)
+    if threads == 0 or threads >= len(cores):
+        jax.devices()
+        return len(cores)
+    os.sched_setaffinity(0, sorted(cores)[:threads])
+    try:
+        jax.devices()
+    finally:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), cores)
+            except OSError:  # the thread ended meanwhile
+                pass
+    return threads
+
+
 def jit_program(fn: Callable, **kwargs) -> Callable:
     """``jax.jit(fn, **kwargs)`` with :func:`compiler_options`, and :func:`one_blas_thread`: for whole
     training programs (a run's init and chunk), not for small helpers, whose compile time does not

@@ -38,6 +38,7 @@ from plastix.interventions import (
     make_intervention,
     make_optimizer,
 )
+from plastix.jit import when_any
 from plastix.metrics import DiagnosticsConfig
 from plastix.nn import MLP, ConvNet, nature_cnn
 from plastix.nn.mlp import check_width_fields
@@ -240,7 +241,7 @@ def make_dqn(
         hook_key = jax.random.fold_in(key, 1)
         online = apply_update(intervention, topology, apply_variables, state.online, grads, hook_key, (batch.obs,))
         sync = online.step % config.target_update_period == 0
-        target_params = jax.tree.map(lambda o, t: jnp.where(sync, o, t), online.params, state.target)
+        target_params = when_any(sync, lambda target: online.params, state.target)
         return DQNState(online, target_params), {"loss": loss, "q_mean": jnp.mean(q_a)}
 
     def diagnose_fn(state: DQNState, batch: Transition):

@@ -201,7 +201,7 @@ def check_run_name(name: str, field: str, allow_empty: bool = False) -> None:
         )
 
 
-WHERE_FIELDS = ("runs_dir", "workers", "checkpoint_share")
+WHERE_FIELDS = ("runs_dir", "workers", "checkpoint_share", "xla_cpu_threads")
 """Config fields that say where or how a run executes, not what it computes (the runs directory,
 programs run at once, the time share of checkpoints): left out, at any depth, of ``config.json``
 and of the comparison with it, so a resumed run may change them."""
