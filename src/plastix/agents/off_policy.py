@@ -522,8 +522,8 @@ def uniform_below(bits: Array, n: Array) -> Array:
     broadcastable to it), as ``int32``.
 
     ``bits mod n``: a value's probability is off by at most ``n / 2**32`` relative (``2e-4`` for a
-    million), which is what lets a whole batch's draws come from one threefry call; on XLA:CPU each
-    call is a small loop whose fixed cost is that of a few dozen elementwise operations.
+    million), which lets a whole batch's draws come from one threefry call (``jax.random.randint``
+    makes three per draw: a split and two bit draws).
     """
     return (bits % n.astype(jnp.uint32)).astype(jnp.int32)
 
@@ -715,8 +715,8 @@ def make_train(config: LoopConfig, env: Env, agent: Agent, eval_env: Env | None 
 
     def iteration(carry: Carry, xs: tuple[Array, Array]):
         key, index = xs  # index: the iteration's number in the period, unbatched under the seed vmap
-        # Every key of the iteration from one split: on XLA:CPU each threefry call is a small loop
-        # whose fixed cost, per vector step, is comparable to the env step itself.
+        # Every key of the iteration (the policy's, each env's, each update's) from one split: one
+        # threefry call (a kernel on an accelerator, a small loop on XLA:CPU) instead of one per step.
         keys = jax.random.split(key, lay.vector_steps * (1 + E) + 2 * lay.updates)
         step_keys = keys[: lay.vector_steps * (1 + E)].reshape(lay.vector_steps, 1 + E, *key.shape)
         update_keys = keys[lay.vector_steps * (1 + E) :].reshape(lay.updates, 2, *key.shape)
