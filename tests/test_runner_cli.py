@@ -252,7 +252,8 @@ def test_rl_runs_choose_one_xla_thread_for_dqn_with_an_mlp_before_jax_starts(mon
     assert RLConfig(env="CartPole-v1", agent="dqn").cpu_threads() == 1  # auto network: an MLP
     assert RLConfig(env="Breakout-MinAtar", agent="dqn").cpu_threads() == 0  # a conv net: XLA's default
     assert RLConfig(env="Breakout-MinAtar", agent="dqn", dqn=DQNConfig(network="mlp")).cpu_threads() == 1
-    assert RLConfig(env="Pendulum-v1", agent="sac").cpu_threads() == 0  # not measured: XLA's default
+    assert RLConfig(env="Pendulum-v1", agent="sac").cpu_threads() == 1
+    assert RLConfig(env="matrix/qplex_matrix_game_3", agent="qplex").cpu_threads() == 0  # not measured
     assert RLConfig(env="CartPole-v1", agent="dqn", xla_cpu_threads=0).cpu_threads() == 0
     with pytest.raises(ValueError, match="RLConfig.xla_cpu_threads"):
         RLConfig(xla_cpu_threads=-2)

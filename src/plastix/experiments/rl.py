@@ -69,8 +69,9 @@ class RLConfig:
       vmap_seeds: run seeds with ``vmap`` (True) or one after another (False).
       xla_cpu_threads: threads of XLA:CPU's pool in the process that runs this (``plastix run rl``),
         set before JAX starts (:func:`plastix.jit.xla_cpu_threads`); ``None``: one for DQN with an
-        MLP (measured faster, 8 seeds: 7.4 vs 8.6–9.0 s per chunk on a 2-core Xeon), XLA's default
-        (one per core) otherwise; 0: XLA's default. Does not change results.
+        MLP and for SAC (measured faster on a 2-core Xeon: DQN 8 seeds 7.4 vs 8.6–9.0 s per chunk,
+        SAC on Pendulum 3 seeds 70–77 vs 75–79 s per run), XLA's default (one per core) otherwise;
+        0: XLA's default. Does not change results.
     """
 
     env: str = "Breakout-MinAtar"
@@ -90,13 +91,13 @@ class RLConfig:
 
     def cpu_threads(self) -> int:
         """:attr:`xla_cpu_threads` resolved (0: XLA's default): one for DQN with an MLP (a classic-control
-        env's ``auto`` network), decided from names alone, before anything starts JAX."""
+        env's ``auto`` network) and for SAC (MLPs), decided from names alone, before anything starts JAX."""
         if self.xla_cpu_threads is not None:
             return self.xla_cpu_threads
         from plastix.envs.gymnax_envs import CLASSIC
 
         mlp = self.dqn.network == "mlp" or (self.dqn.network == "auto" and self.env in CLASSIC)
-        return 1 if self.agent == "dqn" and mlp else 0
+        return 1 if (self.agent == "dqn" and mlp) or self.agent == "sac" else 0
 
     def __post_init__(self):
         if self.agent not in AGENTS:
